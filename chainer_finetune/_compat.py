@@ -1,0 +1,298 @@
+"""Make Chainer 7.8.1 run on a current stack (NumPy 2, protobuf >= 4, Python 3.12+).
+
+Chainer 7.8.1 is the last Chainer release and predates NumPy 2, protobuf 4
+and the removal of ``pkg_resources`` / ``numpy.distutils``. :func:`apply`
+patches exactly the places that break, and nothing else:
+
+* every patch is guarded by a feature test of the installed stack (never by
+  a version number), so on a stack where Chainer works unmodified (NumPy
+  1.x with ``numpy.distutils`` and ``pkg_resources``) the patch is not
+  applied and Chainer behaves as shipped;
+* NumPy itself is never modified for other code: where a Chainer function
+  needs a NumPy name that NumPy 2 removed, that one function is rebound to
+  a view of NumPy with the name added back.
+
+:func:`apply` runs when :mod:`chainer_finetune` is imported, before Chainer
+is first imported. :data:`APPLIED` lists what it did, for ``chainer-finetune
+info`` and bug reports.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.metadata
+import importlib.util
+import logging
+import sys
+import types
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy
+
+logger = logging.getLogger(__name__)
+
+#: Names of the patches :func:`apply` applied in this process, in order.
+APPLIED: List[str] = []
+
+# Chainer's own copy of the Caffe schema; see _CaffeSchemaFinder.
+_CHAINER_CAFFE_PB2 = 'chainer.links.caffe.protobuf3.caffe_pb2'
+_OUR_CAFFE_PB2 = 'chainer_finetune.caffe.caffe_pb2'
+
+# CuPy's package names as Chainer 7.8.1 lists them (chainer/_version.py),
+# plus the ones published since, for the "several CuPy installed" check.
+_CUPY_DISTRIBUTIONS = (
+    'cupy', 'cupy-cuda80', 'cupy-cuda90', 'cupy-cuda91', 'cupy-cuda92',
+    'cupy-cuda100', 'cupy-cuda101', 'cupy-cuda102', 'cupy-cuda110',
+    'cupy-cuda111', 'cupy-cuda112', 'cupy-cuda113', 'cupy-cuda114',
+    'cupy-cuda115', 'cupy-cuda116', 'cupy-cuda117', 'cupy-cuda118',
+    'cupy-cuda119', 'cupy-cuda120', 'cupy-cuda11x', 'cupy-cuda12x',
+    'cupy-cuda13x', 'cupy-rocm-4-3', 'cupy-rocm-5-0')
+
+
+class _NumpyView(types.ModuleType):
+    """NumPy with a few names overridden, for one Chainer function's globals.
+
+    Attribute lookups that are not overridden go to the real :mod:`numpy`,
+    so the module sees NumPy exactly as before apart from the given names.
+    """
+
+    def __init__(self, overrides: Dict[str, Any]) -> None:
+        super().__init__(numpy.__name__, numpy.__doc__)
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(numpy, name)
+
+    def __repr__(self) -> str:
+        return '<numpy view with {}>'.format(
+            ', '.join(sorted(k for k in self.__dict__
+                             if not k.startswith('__'))))
+
+
+def _numpy1_sctypes() -> Dict[str, list]:
+    # The table NumPy 1.x exposed as numpy.sctypes (removed in NumPy 2.0).
+    return {
+        'int': [numpy.int8, numpy.int16, numpy.int32, numpy.int64],
+        'uint': [numpy.uint8, numpy.uint16, numpy.uint32, numpy.uint64],
+        'float': [numpy.float16, numpy.float32, numpy.float64,
+                  numpy.longdouble],
+        'complex': [numpy.complex64, numpy.complex128, numpy.clongdouble],
+        'others': [bool, object, bytes, str, numpy.void],
+    }
+
+
+def _meshgrid_as_list(*xi: Any, **kwargs: Any) -> list:
+    # NumPy 2 returns a tuple; NumPy 1.x returned a list.
+    return list(numpy.meshgrid(*xi, **kwargs))
+
+
+def _has_numpy_attr(name: str) -> bool:
+    # NumPy 2 raises AttributeError (with a message) for removed names;
+    # hasattr turns that into False without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return hasattr(numpy, name)
+
+
+def _can_import(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _with_numpy_view(module_name: str, qualname: str,
+                     overrides: Dict[str, Any]) -> None:
+    """Rebind one Chainer function to a NumPy view with ``overrides``.
+
+    Only that function sees the view (its globals are a copy of the
+    module's with the ``numpy`` name swapped), so identity tests such as
+    ``xp is numpy`` elsewhere in the module keep working.
+    """
+    module = sys.modules.get(module_name)
+    if module is None:  # chainer's import failed before reaching it
+        return
+    owner: Any = module
+    *path, name = qualname.split('.')
+    for part in path:
+        owner = getattr(owner, part)
+    func = getattr(owner, name)
+    view = _NumpyView(overrides)
+    func_globals = {key: (view if value is numpy else value)
+                    for key, value in func.__globals__.items()}
+    patched = types.FunctionType(func.__code__, func_globals, func.__name__,
+                                 func.__defaults__, func.__closure__)
+    patched.__kwdefaults__ = func.__kwdefaults__
+    patched.__dict__.update(func.__dict__)
+    patched.__doc__ = func.__doc__
+    patched.__qualname__ = func.__qualname__
+    patched.__module__ = func.__module__
+    setattr(owner, name, patched)
+
+
+def _environment_check_module() -> types.ModuleType:
+    """A stand-in for ``chainer/_environment_check.py``.
+
+    Chainer's module imports ``numpy.distutils`` (gone in NumPy 2 and on
+    Python >= 3.12) and ``pkg_resources`` (gone in setuptools >= 82) at
+    import time, only to warn about macOS Accelerate and CuPy versions. The
+    stand-in keeps the check that still means something on a current stack
+    (two CuPy packages installed side by side) using importlib.metadata.
+    Chainer's CuPy version window (>=7.7,<8) is not re-checked: every CuPy
+    released since is outside it, see docs/gpu.rst.
+    """
+    module = types.ModuleType('chainer._environment_check')
+    module.__doc__ = _environment_check_module.__doc__
+
+    def check() -> None:
+        installed = []
+        for dist in _CUPY_DISTRIBUTIONS:
+            try:
+                importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            installed.append(dist)
+        if len(installed) > 1:
+            warnings.warn(
+                'Several CuPy packages are installed ({}); they overwrite '
+                'each other. Uninstall all but one.'.format(
+                    ', '.join(installed)))
+
+    module.check = check  # type: ignore[attr-defined]
+    return module
+
+
+class _CaffeSchemaFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serve our caffe_pb2 where ``chainer.links.caffe`` imports its own.
+
+    Chainer's ``chainer/links/caffe/protobuf3/caffe_pb2.py`` was generated by
+    protoc 3.x and raises "Descriptors cannot be created directly" under
+    protobuf >= 4 (the only workaround, pure-Python protobuf, is ~20x
+    slower). Our schema is a superset of Chainer's, so ``CaffeFunction`` runs
+    on it unchanged. It is also served under protobuf 3.x: two modules that
+    both define ``caffe.NetParameter`` cannot share a descriptor pool.
+    """
+
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]],
+                  target: Optional[types.ModuleType] = None
+                  ) -> Optional[importlib.machinery.ModuleSpec]:
+        if fullname != _CHAINER_CAFFE_PB2:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec
+                      ) -> types.ModuleType:
+        return importlib.import_module(_OUR_CAFFE_PB2)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass  # already executed as chainer_finetune.caffe.caffe_pb2
+
+
+def _install_caffe_schema_finder() -> None:
+    if not any(isinstance(f, _CaffeSchemaFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _CaffeSchemaFinder())
+
+
+class _Patch:
+    """One compatibility patch: when it is needed and what it does."""
+
+    def __init__(self, name: str, needed: Callable[[], bool],
+                 before_import: Optional[Callable[[], None]] = None,
+                 after_import: Optional[Callable[[], None]] = None,
+                 must_precede_chainer: bool = True) -> None:
+        self.name = name
+        self.needed = needed
+        # Run before `import chainer`; may leave temporary state that
+        # after_import cleans up whether or not the import succeeded.
+        self.before_import = before_import
+        self.after_import = after_import
+        self.must_precede_chainer = must_precede_chainer
+
+
+def _set_temporary_sctypes() -> None:
+    # as_strided.py reads numpy.sctypes at import time, before its globals
+    # can be replaced; the attribute is removed again after the import.
+    numpy.sctypes = _numpy1_sctypes()  # type: ignore[attr-defined]
+
+
+def _move_sctypes_into_as_strided() -> None:
+    if 'sctypes' in vars(numpy):
+        del numpy.sctypes  # type: ignore[attr-defined]
+    # as_strided.py also reads numpy.sctypes['float'] in its backward pass.
+    _with_numpy_view('chainer.functions.array.as_strided',
+                     'AsStridedGrad.forward', {'sctypes': _numpy1_sctypes()})
+
+
+def _install_environment_check() -> None:
+    sys.modules['chainer._environment_check'] = _environment_check_module()
+
+
+_PATCHES = [
+    # chainer/_environment_check.py: imports numpy.distutils and
+    # pkg_resources at import time; both may be missing on a current stack.
+    _Patch('chainer._environment_check without numpy.distutils/pkg_resources',
+           needed=lambda: not (_can_import('numpy.distutils')
+                               and _can_import('pkg_resources')),
+           before_import=_install_environment_check),
+    # chainer/functions/array/as_strided.py: numpy.sctypes, removed in
+    # NumPy 2.0, read at import time and in AsStridedGrad.forward.
+    _Patch('numpy.sctypes for chainer.functions.array.as_strided',
+           needed=lambda: not _has_numpy_attr('sctypes'),
+           before_import=_set_temporary_sctypes,
+           after_import=_move_sctypes_into_as_strided),
+    # chainer/functions/array/resize_images.py: numpy.float (an alias of
+    # the builtin float), removed in NumPy 1.24; used by F.resize_images.
+    _Patch('numpy.float for chainer.functions.array.resize_images',
+           needed=lambda: not _has_numpy_attr('float'),
+           after_import=lambda: _with_numpy_view(
+               'chainer.functions.array.resize_images',
+               'compute_indices_and_weights', {'float': float})),
+    # chainer/distributions/categorical.py: Categorical.log_prob does
+    # `meshgrid(...) + [x]`; NumPy 2's meshgrid returns a tuple.
+    _Patch('list-returning numpy.meshgrid for chainer.distributions.categorical',
+           needed=lambda: isinstance(numpy.meshgrid([0], [0]), tuple),
+           after_import=lambda: _with_numpy_view(
+               'chainer.distributions.categorical', 'Categorical.log_prob',
+               {'meshgrid': _meshgrid_as_list})),
+    # chainer/links/caffe/protobuf3/caffe_pb2.py: generated by an old protoc,
+    # unusable under protobuf >= 4; see _CaffeSchemaFinder.
+    _Patch('caffe_pb2 for chainer.links.caffe from chainer_finetune.caffe',
+           needed=lambda: _CHAINER_CAFFE_PB2 not in sys.modules,
+           before_import=_install_caffe_schema_finder,
+           must_precede_chainer=False),
+]
+
+
+def apply() -> List[str]:
+    """Apply the patches this stack needs, once per process.
+
+    Returns:
+        The names of the patches applied (also kept in :data:`APPLIED`).
+
+    Raises:
+        RuntimeError: if Chainer was imported before this ran and a patch
+            that has to act before Chainer's import is needed.
+    """
+    if APPLIED:
+        return list(APPLIED)
+    chainer_was_imported = 'chainer' in sys.modules
+    needed = [p for p in _PATCHES if p.needed()]
+    for patch in needed:
+        if patch.before_import is not None:
+            if chainer_was_imported and patch.must_precede_chainer:
+                raise RuntimeError(
+                    'chainer was imported before chainer_finetune, and this '
+                    'stack needs a patch that must come first ({}). Import '
+                    'chainer_finetune before chainer.'.format(patch.name))
+            patch.before_import()
+    try:
+        import chainer  # noqa: F401  (runs chainer/__init__ with patches)
+    finally:
+        for patch in needed:
+            if patch.after_import is not None:
+                patch.after_import()
+    for patch in needed:
+        APPLIED.append(patch.name)
+        logger.debug('compat patch applied: %s', patch.name)
+    return list(APPLIED)
