@@ -1,0 +1,132 @@
+"""The compatibility layer: what it patches, and only when it must."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy
+import pytest
+
+import chainer_finetune
+from chainer_finetune import _compat
+
+NUMPY2 = int(numpy.__version__.split('.')[0]) >= 2
+
+
+def _run(code):
+    return subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_plain_chainer_import_fails_exactly_where_patched():
+    # Without chainer_finetune, Chainer 7.8.1 must fail on NumPy 2 (that is
+    # why the layer exists) and import untouched on NumPy 1.x.
+    proc = _run('import chainer')
+    if NUMPY2:
+        assert proc.returncode != 0
+        assert 'sctypes' in proc.stderr or 'distutils' in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_import_order_numpy_version_printed():
+    proc = _run('import chainer_finetune, chainer, numpy; '
+                'print(numpy.__version__)')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == numpy.__version__
+
+
+def test_patches_match_stack():
+    applied = set(_compat.APPLIED)
+    sctypes = 'numpy.sctypes for chainer.functions.array.as_strided'
+    meshgrid = ('list-returning numpy.meshgrid for '
+                'chainer.distributions.categorical')
+    env = 'chainer._environment_check without numpy.distutils/pkg_resources'
+    assert (sctypes in applied) == NUMPY2
+    assert (meshgrid in applied) == NUMPY2
+    distutils_ok = (importlib.util.find_spec('numpy.distutils') is not None
+                    and importlib.util.find_spec('pkg_resources') is not None)
+    assert (env in applied) == (not distutils_ok)
+    assert ('caffe_pb2 for chainer.links.caffe from chainer_finetune.caffe'
+            in applied)
+    # Applying again is a no-op.
+    assert _compat.apply() == _compat.APPLIED
+
+
+def test_numpy_itself_is_not_modified():
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        assert hasattr(numpy, 'sctypes') == (not NUMPY2)
+    assert 'float' not in vars(numpy) or numpy.float is float
+    assert isinstance(numpy.meshgrid([0], [0]), tuple if NUMPY2 else list)
+
+
+def test_numpy_view_delegates_and_overrides():
+    view = _compat._NumpyView({'float': float})
+    assert view.float is float
+    assert view.float32 is numpy.float32
+    assert view.ndarray is numpy.ndarray
+    with pytest.raises(AttributeError):
+        view.no_such_name_in_numpy
+
+
+def test_patched_function_keeps_module_identity():
+    # resize_images tests `xp is numpy` in the module; only
+    # compute_indices_and_weights sees the view, so the CPU path is taken.
+    from chainer.functions.array import resize_images as mod
+    assert mod.numpy is numpy
+    if 'numpy.float for chainer.functions.array.resize_images' in \
+            _compat.APPLIED:
+        func_numpy = mod.compute_indices_and_weights.__globals__['numpy']
+        assert isinstance(func_numpy, _compat._NumpyView)
+        assert func_numpy.float is float
+
+
+def test_environment_check_stand_in_warns_on_two_cupy(monkeypatch):
+    installed = {'cupy-cuda12x': '13.6.0', 'cupy-cuda13x': '14.0.1'}
+
+    def version(name):
+        if name in installed:
+            return installed[name]
+        raise _compat.importlib.metadata.PackageNotFoundError(name)
+
+    module = _compat._environment_check_module()
+    monkeypatch.setattr(_compat.importlib.metadata, 'version', version)
+    with pytest.warns(UserWarning, match='cupy-cuda12x, cupy-cuda13x'):
+        module.check()
+    installed.pop('cupy-cuda13x')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        module.check()
+
+
+def test_cli_info_json():
+    proc = subprocess.run(
+        [sys.executable, '-m', 'chainer_finetune.cli', 'info', '--json'],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    import chainer
+    import google.protobuf
+    assert info['chainer_finetune'] == chainer_finetune.__version__
+    assert info['chainer'] == chainer.__version__ == '7.8.1'
+    assert info['numpy'] == numpy.__version__
+    assert info['protobuf'] == google.protobuf.__version__
+    assert info['protobuf_backend'] in ('upb', 'cpp')
+    assert info['compat_patches'] == _compat.APPLIED
+    assert isinstance(info['gpu'], bool)
+
+
+def test_cli_info_text():
+    proc = subprocess.run(
+        [sys.executable, '-m', 'chainer_finetune.cli', 'info'],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith('chainer_finetune')
+    assert any(line.startswith('NumPy') and numpy.__version__ in line
+               for line in lines)
+    for patch in _compat.APPLIED:
+        assert '  - ' + patch in lines
