@@ -1,0 +1,1 @@
+"""Caffe model support: schema, reader, layers."""
