@@ -10,7 +10,11 @@ from chainer_finetune._version import __version__
 
 _compat.apply()
 
+from chainer_finetune.caffe import CaffeNet  # NOQA: E402
+from chainer_finetune.caffe import load_caffe  # NOQA: E402
+from chainer_finetune.caffe import load_mean  # NOQA: E402
 from chainer_finetune.errors import CaffeModelError  # NOQA: E402
 from chainer_finetune.errors import UnsupportedLayerError  # NOQA: E402
 
-__all__ = ['CaffeModelError', 'UnsupportedLayerError', '__version__']
+__all__ = ['CaffeModelError', 'CaffeNet', 'UnsupportedLayerError',
+           '__version__', 'load_caffe', 'load_mean']

@@ -1,0 +1,251 @@
+"""The converted network: a ``CaffeFunction`` built from a NetDescription."""
+
+from __future__ import annotations
+
+import keyword
+import logging
+import re
+from typing import (Dict, Iterable, List, Mapping, Optional, Sequence, Set,
+                    Tuple, Union)
+
+import chainer
+from chainer.links.caffe import CaffeFunction
+
+from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe import layers as layer_builders
+from chainer_finetune.caffe.upgrade import NetDescription
+from chainer_finetune.errors import CaffeModelError
+
+logger = logging.getLogger(__name__)
+
+_ILLEGAL = re.compile(r'[^0-9A-Za-z_]')
+
+
+def link_name_for(caffe_name: str) -> str:
+    """The attribute-safe name a Caffe layer's link gets (before collisions).
+
+    Every character other than ASCII letters, digits and ``_`` becomes
+    ``_`` (``conv1/7x7_s2`` -> ``conv1_7x7_s2``); a leading digit or a
+    Python keyword gets a ``_`` prefix or suffix.
+    """
+    name = _ILLEGAL.sub('_', caffe_name) or '_'
+    if name[0].isdigit():
+        name = '_' + name
+    if keyword.iskeyword(name):
+        name += '_'
+    return name
+
+
+class _BoundLayer:
+    """A layer function bound to its net, for ``CaffeFunction.forwards``."""
+
+    def __init__(self, net: 'CaffeNet', function) -> None:
+        self.net = net
+        self.function = function
+
+    def __call__(self, *xs):
+        return self.function(self.net, *xs)
+
+
+def _needed_layers(layers: Sequence[Tuple[str, List[str], List[str]]],
+                   targets: Iterable[str], end: int) -> Set[int]:
+    """Indices of ``layers[:end]`` that compute the blobs ``targets``."""
+    needed_blobs = set(targets)
+    needed = set()
+    for index in range(end - 1, -1, -1):
+        _, bottoms, tops = layers[index]
+        produced = needed_blobs.intersection(tops)
+        if produced:
+            needed.add(index)
+            needed_blobs.difference_update(produced)
+            needed_blobs.update(bottoms)
+    return needed
+
+
+class CaffeNet(CaffeFunction):
+    """A Caffe network converted to Chainer; made by :func:`load_caffe`.
+
+    A :class:`chainer.links.caffe.CaffeFunction` (so code written for
+    Chainer's converter works unchanged), built by chainer_finetune's own
+    reader and layer builders rather than Chainer's. Call it like
+    CaffeFunction: ``y, = net(inputs={'data': x}, outputs=['prob'])``.
+
+    Layers with parameters are child links. A Caffe layer name that is not a
+    valid attribute name is mapped by :func:`link_name_for` (``conv1/7x7_s2``
+    becomes ``conv1_7x7_s2``; clashes get ``_2``, ``_3``...):
+    ``net.link_names`` maps Caffe names to link names and
+    ``net.caffe_names`` the other way; ``net[caffe_name]`` finds a link by
+    either name.
+
+    Attributes:
+        layers: ``(name, bottoms, tops)`` per layer in execution order, as
+            in CaffeFunction (Caffe names).
+        forwards: Layer name to a callable of the bottoms, as in
+            CaffeFunction.
+        inputs: Blob names the caller must supply, with the shape the net
+            declares for each (``None`` where a data layer declares none).
+        caffe_layers: The V2 description of each layer (without blobs).
+    """
+
+    def __init__(self, description: NetDescription) -> None:
+        # CaffeFunction.__init__ parses a file with Chainer's own schema;
+        # this class is built from a NetDescription instead.
+        chainer.Chain.__init__(self)
+        self.forwards = {}
+        self.split_map = {}
+        self.layers = []
+        self.name = description.name
+        self.link_names: Dict[str, str] = {}
+        self.caffe_names: Dict[str, str] = {}
+        self.inputs: Dict[str, Optional[Tuple[int, ...]]] = {}
+        self._functions = {}
+        self._caffe_layers_bytes: List[bytes] = []
+        for layer in description.layers:
+            self._add(layer, description)
+
+    # The layer descriptions are kept serialized: small, and picklable
+    # under every protobuf backend.
+    @property
+    def caffe_layers(self) -> List[caffe_pb2.LayerParameter]:
+        return [caffe_pb2.LayerParameter.FromString(b)
+                for b in self._caffe_layers_bytes]
+
+    def _unique_link_name(self, caffe_name: str) -> str:
+        base = link_name_for(caffe_name)
+        name, i = base, 1
+        while (name in self.caffe_names or hasattr(type(self), name) or
+               name in self.__dict__):
+            i += 1
+            name = '{}_{}'.format(base, i)
+        return name
+
+    def _add(self, layer: caffe_pb2.LayerParameter,
+             description: NetDescription) -> None:
+        if any(name == layer.name for name, _, _ in self.layers):
+            raise CaffeModelError('{}: two layers are named {!r}'.format(
+                description.source, layer.name))
+        blobs = description.weights.get(layer.name, [])
+        ctx = layer_builders.BuildContext(layer, blobs, description.source)
+        built = layer_builders.build(ctx)
+        stored = caffe_pb2.LayerParameter()
+        stored.CopyFrom(layer)
+        del stored.blobs[:]
+        self._caffe_layers_bytes.append(stored.SerializeToString())
+        self.layers.append((layer.name, list(layer.bottom), list(layer.top)))
+        if built.function is None:   # an input layer
+            shapes = [tuple(s.dim) for s in layer.input_param.shape]
+            for i, top in enumerate(layer.top):
+                if len(shapes) == 1:
+                    shape = shapes[0]
+                elif i < len(shapes):
+                    shape = shapes[i]
+                else:
+                    shape = None
+                self.inputs[top] = shape
+            return
+        function = built.function
+        if built.link is not None:
+            link_name = self._unique_link_name(layer.name)
+            self.add_link(link_name, built.link)
+            self.link_names[layer.name] = link_name
+            self.caffe_names[link_name] = layer.name
+            function.link_name = link_name
+        self._functions[layer.name] = function
+        self.forwards[layer.name] = _BoundLayer(self, function)
+
+    def __getitem__(self, name: str) -> chainer.Link:
+        """The link of a layer, by Caffe name or link name."""
+        link_name = self.link_names.get(name, name)
+        if link_name not in self.caffe_names:
+            raise KeyError('no layer with parameters named {!r}'.format(name))
+        return getattr(self, link_name)
+
+    def forward(self, inputs: Mapping[str, object],
+                outputs: Sequence[str], disable: Iterable[str] = (),
+                **kwargs) -> Tuple[chainer.Variable, ...]:
+        """forward(self, inputs, outputs, disable=())
+
+        Computes the blobs ``outputs`` from the blobs ``inputs``.
+
+        Only the layers the outputs depend on run (CaffeFunction runs every
+        layer it can). Layers whose bottoms are not all available, such as a
+        loss head without its ``label``, are skipped; asking for an output
+        that then cannot be computed is an error.
+
+        Args:
+            inputs (dict): Blob name to :class:`~chainer.Variable` or array.
+            outputs (Iterable of str): Blob names to return.
+            disable (Iterable of str): Layer names to skip.
+
+        Returns:
+            tuple: One :class:`~chainer.Variable` per name in ``outputs``.
+        """
+        if kwargs:
+            raise TypeError('unexpected arguments {}; use '
+                            'chainer.using_config for train/test'.format(
+                                sorted(kwargs)))
+        outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        disable = set(disable)
+        variables = {}
+        for name, value in inputs.items():
+            variables[name] = value if isinstance(value, chainer.Variable) \
+                else chainer.Variable(value, requires_grad=False)
+        needed = _needed_layers(self.layers, outputs, len(self.layers))
+        for index, (name, bottoms, tops) in enumerate(self.layers):
+            if (index not in needed or name in disable or
+                    name not in self._functions):
+                continue
+            if any(b not in variables for b in bottoms):
+                continue
+            ys = self._functions[name](self, *(variables[b] for b in bottoms))
+            for top, y in zip(tops, ys):
+                variables[top] = y
+        self.variables = variables
+        missing = [o for o in outputs if o not in variables]
+        if missing:
+            raise CaffeModelError(
+                'cannot compute {} from the given inputs {}; the net needs '
+                '{}'.format(missing, sorted(inputs), sorted(self.inputs)))
+        return tuple(variables[o] for o in outputs)
+
+
+def select_layers(description: NetDescription,
+                  stop_at: Union[str, Sequence[str], None]
+                  ) -> NetDescription:
+    """Keeps only the layers needed to compute ``stop_at``.
+
+    Args:
+        description: The full net.
+        stop_at: A layer name (keep everything that layer needs, up to and
+            including it) or a list of layer or blob names.
+
+    Raises:
+        CaffeModelError: if a name is neither a layer nor a blob of the net.
+    """
+    if stop_at is None:
+        return description
+    wanted = [stop_at] if isinstance(stop_at, str) else list(stop_at)
+    entries = [(layer.name, list(layer.bottom), list(layer.top))
+               for layer in description.layers]
+    layer_index = {name: i for i, (name, _, _) in enumerate(entries)}
+    keep: Set[int] = set()
+    for target in wanted:
+        if target in layer_index:
+            end = layer_index[target] + 1
+            blobs = entries[end - 1][2]
+        else:
+            producers = [i for i, (_, _, tops) in enumerate(entries)
+                         if target in tops]
+            if not producers:
+                raise CaffeModelError(
+                    '{}: stop_at {!r} is neither a layer nor a blob of the '
+                    'net'.format(description.source, target))
+            end = producers[-1] + 1
+            blobs = [target]
+        keep |= _needed_layers(entries, blobs, end)
+    layers = [layer for i, layer in enumerate(description.layers)
+              if i in keep]
+    dropped = len(description.layers) - len(layers)
+    logger.debug('stop_at=%r keeps %d layers, drops %d', stop_at,
+                 len(layers), dropped)
+    return description._replace(layers=layers)

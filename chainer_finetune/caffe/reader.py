@@ -1,0 +1,458 @@
+"""Read Caffe files: binary caffemodels, text prototxts, binaryproto means.
+
+A caffemodel is one serialized ``NetParameter``. Parsing it whole with
+protobuf keeps every weight twice (the file's bytes and the message), and
+Chainer's CaffeFunction then copies the floats a third time, element by
+element. Here the file is scanned at the wire-format level instead: layer
+descriptions (small) are parsed with protobuf, while each blob's packed
+float data is read straight from the file into its final NumPy array. Peak
+memory is therefore about one copy of the weights, and every length field is
+checked against the bytes that actually remain before anything is read or
+allocated, so a corrupt or hostile file costs at most its own size.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from typing import BinaryIO, Dict, List, NamedTuple, Optional, Tuple, Union
+
+import numpy
+from google.protobuf import message as pb_message
+from google.protobuf import text_format
+
+from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.errors import CaffeModelError
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, 'os.PathLike[str]']
+
+# Wire types (https://protobuf.dev/programming-guides/encoding/).
+_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+
+# Field numbers, from caffe.proto.
+_NET_LAYER = 100           # NetParameter.layer (V2)
+_NET_LAYERS = 2            # NetParameter.layers (V1)
+_V2_BLOBS = 7              # LayerParameter.blobs
+_V1_BLOBS = 6              # V1LayerParameter.blobs
+_V1_V0_LAYER = 1           # V1LayerParameter.layer (a V0LayerParameter)
+_BLOB_LEGACY_DIMS = (1, 2, 3, 4)   # num, channels, height, width
+_BLOB_DATA = 5
+_BLOB_SHAPE = 7
+_BLOB_DOUBLE_DATA = 8
+
+
+class Blob(NamedTuple):
+    """One stored blob.
+
+    Attributes:
+        array: The values, shaped as the file says.
+        legacy: True when the shape came from the 4-D ``num, channels,
+            height, width`` fields, which Caffe compares to a layer's
+            expected shape after left-padding that shape with ones (so an
+            InnerProduct weight stored as ``(1, 1, out, in)`` is fine).
+    """
+
+    array: numpy.ndarray
+    legacy: bool
+
+
+class LayerRecord(NamedTuple):
+    """A layer as stored: its description (without blobs) and its blobs."""
+
+    param: Union[caffe_pb2.LayerParameter, caffe_pb2.V1LayerParameter]
+    blobs: List[Blob]
+
+
+class CaffeModelFile(NamedTuple):
+    """What :func:`read_caffemodel` found in a binary file.
+
+    Attributes:
+        path: The file read.
+        net: The net-level fields (name, inputs, state); ``layer`` and
+            ``layers`` are empty, see ``layers``.
+        layers: One record per stored layer, in file order.
+        version: 2 for ``layer`` (current) layers, 1 for ``layers`` (V1).
+    """
+
+    path: str
+    net: caffe_pb2.NetParameter
+    layers: List[LayerRecord]
+    version: int
+
+
+class _Field(NamedTuple):
+    number: int
+    wire_type: int
+    start: int      # offset of the tag
+    value_start: int
+    end: int        # one past the last byte of the field
+    value: int      # the varint or fixed value; the length for _LEN
+
+
+class _Scanner:
+    """Walks protobuf fields in a byte buffer, checking every length."""
+
+    def __init__(self, buf: Union[bytes, mmap.mmap, memoryview],
+                 path: str) -> None:
+        self.buf = buf
+        self.path = path
+
+    def _varint(self, pos: int, end: int, what: str) -> Tuple[int, int]:
+        result = 0
+        shift = 0
+        buf = self.buf
+        while True:
+            if pos >= end:
+                raise self.error(pos, 'truncated {}'.format(what))
+            byte = buf[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return result, pos
+            shift += 7
+            if shift >= 70:
+                raise self.error(pos, 'malformed varint in {}'.format(what))
+
+    def error(self, offset: int, what: str) -> CaffeModelError:
+        return CaffeModelError('{}: not a valid Caffe binary: {} at byte '
+                               'offset {}'.format(self.path, what, offset))
+
+    def fields(self, start: int, end: int, what: str):
+        """Yields the fields of the message stored in ``buf[start:end]``."""
+        pos = start
+        while pos < end:
+            tag, value_start = self._varint(pos, end, what + ' field tag')
+            number, wire_type = tag >> 3, tag & 7
+            if number == 0:
+                raise self.error(pos, 'field number 0 in ' + what)
+            if wire_type == _VARINT:
+                value, field_end = self._varint(value_start, end, what)
+            elif wire_type == _LEN:
+                value, value_start = self._varint(value_start, end, what)
+                field_end = value_start + value
+                if field_end > end:
+                    raise self.error(
+                        pos, 'field {} of {} declares {} bytes but only {} '
+                             'remain (truncated file?)'.format(
+                                 number, what, value, end - value_start))
+            elif wire_type in (_FIXED32, _FIXED64):
+                size = 4 if wire_type == _FIXED32 else 8
+                field_end = value_start + size
+                if field_end > end:
+                    raise self.error(pos, 'truncated fixed-size field {} of '
+                                          '{}'.format(number, what))
+                value = 0
+            else:
+                raise self.error(pos, 'unsupported wire type {} (field {}) '
+                                      'in {}'.format(wire_type, number, what))
+            yield _Field(number, wire_type, pos, value_start, field_end,
+                         value)
+            pos = field_end
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b'\0' in head:
+        return False
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        # A multi-byte character may be cut at the end of the sample.
+        try:
+            text = head[:-3].decode('utf-8')
+        except UnicodeDecodeError:
+            return False
+    printable = sum(c.isprintable() or c in '\t\r\n' for c in text)
+    return printable >= 0.98 * len(text)
+
+
+def _open_checked(path: PathLike, kind: str) -> Tuple[str, BinaryIO, int]:
+    path = os.fspath(path)
+    try:
+        f = open(path, 'rb')
+    except FileNotFoundError:
+        raise CaffeModelError('{}: {} not found'.format(path, kind)) from None
+    except OSError as e:
+        raise CaffeModelError('{}: cannot open {}: {}'.format(
+            path, kind, e.strerror or e)) from None
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        f.close()
+        raise CaffeModelError('{}: empty file, expected a {}'.format(path,
+                                                                     kind))
+    return path, f, size
+
+
+class _BlobReader:
+    """Reads blob submessages out of an open caffemodel."""
+
+    def __init__(self, scanner: _Scanner, f: BinaryIO) -> None:
+        self.scanner = scanner
+        self.f = f
+
+    def read(self, start: int, end: int, where: str) -> Blob:
+        legacy: Dict[int, int] = {}
+        shape: Optional[List[int]] = None
+        runs: Dict[int, List[_Field]] = {_BLOB_DATA: [], _BLOB_DOUBLE_DATA: []}
+        fallback = False
+        for field in self.scanner.fields(start, end, where):
+            if field.number in _BLOB_LEGACY_DIMS and \
+                    field.wire_type == _VARINT:
+                legacy[field.number] = field.value
+            elif field.number == _BLOB_SHAPE and field.wire_type == _LEN:
+                shape_msg = caffe_pb2.BlobShape()
+                shape_msg.ParseFromString(
+                    bytes(self.scanner.buf[field.value_start:field.end]))
+                shape = list(shape_msg.dim)
+            elif field.number in runs:
+                if field.wire_type != _LEN:
+                    fallback = True   # unpacked values (very old writers)
+                elif field.value:
+                    runs[field.number].append(field)
+        # Several packed runs of one field concatenate; rare enough to leave
+        # to protobuf, like unpacked values.
+        fallback = fallback or any(len(r) > 1 for r in runs.values())
+        if fallback:
+            return self._read_with_protobuf(start, end, where)
+        if legacy:
+            dims = [legacy.get(i, 0) for i in _BLOB_LEGACY_DIMS]
+            is_legacy = True
+        else:
+            dims = shape if shape is not None else None
+            is_legacy = False
+        # Caffe reads `data` and falls back to `double_data`.
+        run = (runs[_BLOB_DATA] or runs[_BLOB_DOUBLE_DATA] or [None])[0]
+        dtype = '<f8' if run is not None and run.number == \
+            _BLOB_DOUBLE_DATA else '<f4'
+        itemsize = numpy.dtype(dtype).itemsize
+        if run is not None and run.value % itemsize:
+            raise CaffeModelError(
+                '{}: {}: packed data of {} bytes is not a whole number of '
+                '{}-byte values'.format(self.scanner.path, where, run.value,
+                                        itemsize))
+        offset = run.value_start if run is not None else 0
+        count = run.value // itemsize if run is not None else 0
+        if dims is None:
+            dims = [count]
+        self._check_count(dims, count, where)
+        array = numpy.empty(count, dtype=dtype)
+        if count:
+            self.f.seek(offset)
+            got = self.f.readinto(memoryview(array).cast('B'))
+            if got != array.nbytes:
+                raise CaffeModelError('{}: {}: file ended while reading blob '
+                                      'data'.format(self.scanner.path, where))
+        return Blob(self._finish(array, dims), is_legacy)
+
+    def _read_with_protobuf(self, start: int, end: int, where: str) -> Blob:
+        blob = caffe_pb2.BlobProto()
+        try:
+            blob.ParseFromString(bytes(self.scanner.buf[start:end]))
+        except pb_message.DecodeError as e:
+            raise CaffeModelError('{}: {}: cannot parse blob: {}'.format(
+                self.scanner.path, where, e)) from None
+        return blob_from_proto(blob, '{}: {}'.format(self.scanner.path,
+                                                     where))
+
+    def _check_count(self, dims: List[int], count: int, where: str) -> None:
+        _check_blob_count(dims, count, '{}: {}'.format(self.scanner.path,
+                                                       where))
+
+    @staticmethod
+    def _finish(array: numpy.ndarray, dims: List[int]) -> numpy.ndarray:
+        if array.dtype != numpy.float32:
+            array = array.astype(numpy.float32)
+        return array.reshape(dims)
+
+
+def _check_blob_count(dims: List[int], count: int, where: str) -> None:
+    if any(d < 0 for d in dims):
+        raise CaffeModelError('{}: blob shape {} has a negative '
+                              'dimension'.format(where, tuple(dims)))
+    expected = 1
+    for d in dims:
+        expected *= d
+    if expected != count:
+        raise CaffeModelError(
+            '{}: blob shape {} holds {} values but the file stores {}'.format(
+                where, tuple(dims), expected, count))
+
+
+def blob_from_proto(blob: caffe_pb2.BlobProto, where: str) -> Blob:
+    """Converts a parsed ``BlobProto`` to a :class:`Blob` (float32).
+
+    Args:
+        blob: The message.
+        where: File and layer, for error messages.
+
+    Raises:
+        CaffeModelError: if the shape does not match the number of values.
+    """
+    legacy = any(blob.HasField(f) for f in ('num', 'channels', 'height',
+                                            'width'))
+    if legacy:
+        dims = [blob.num, blob.channels, blob.height, blob.width]
+    elif blob.HasField('shape'):
+        dims = list(blob.shape.dim)
+    else:
+        dims = None
+    values = blob.data if len(blob.data) else blob.double_data
+    # upb's repeated scalar fields expose a buffer: this is one memcpy.
+    array = numpy.asarray(values, dtype=numpy.float32)
+    if dims is None:
+        dims = [array.size]
+    _check_blob_count(dims, array.size, where)
+    return Blob(array.reshape(dims), legacy)
+
+
+def _parse_message(msg: pb_message.Message, data: bytes, path: str,
+                   where: str) -> None:
+    try:
+        msg.ParseFromString(data)
+    except pb_message.DecodeError as e:
+        raise CaffeModelError('{}: not a valid Caffe binary: cannot parse {} '
+                              '({})'.format(path, where, e)) from None
+
+
+def _layer_name(scanner: _Scanner, start: int, end: int, version: int) -> str:
+    # `name` is field 1 of LayerParameter and field 4 of V1LayerParameter.
+    name_field = 1 if version == 2 else 4
+    for field in scanner.fields(start, end, 'layer'):
+        if field.number == name_field and field.wire_type == _LEN:
+            raw = bytes(scanner.buf[field.value_start:field.end])
+            return raw.decode('utf-8', 'replace')
+    return '?'
+
+
+def read_caffemodel(path: PathLike) -> CaffeModelFile:
+    """Reads a binary ``.caffemodel`` (V1 or V2 ``NetParameter``).
+
+    Args:
+        path: The file.
+
+    Returns:
+        CaffeModelFile: The net-level fields and every layer with its blobs
+        as float32 arrays.
+
+    Raises:
+        CaffeModelError: if the file is missing, empty, truncated, not a
+            binary Caffe net (e.g. a text prototxt), holds a blob whose
+            shape does not match its values, or uses the V0 format.
+    """
+    path, f, size = _open_checked(path, 'binary caffemodel')
+    with f:
+        head = f.read(4096)
+        if _looks_like_text(head):
+            raise CaffeModelError(
+                '{}: this is a text file (a prototxt?), expected a binary '
+                'caffemodel; pass a prototxt as prototxt='.format(path))
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _read_net(buf, f, path, size)
+
+
+def _read_net(buf: mmap.mmap, f: BinaryIO, path: str,
+              size: int) -> CaffeModelFile:
+    scanner = _Scanner(buf, path)
+    blob_reader = _BlobReader(scanner, f)
+    header = bytearray()
+    spans: List[Tuple[int, int, int]] = []   # field, start, end
+    for field in scanner.fields(0, size, 'NetParameter'):
+        if field.number in (_NET_LAYER, _NET_LAYERS) and \
+                field.wire_type == _LEN:
+            spans.append((field.number, field.value_start, field.end))
+        else:
+            header += buf[field.start:field.end]
+    versions = {number for number, _, _ in spans}
+    if not spans:
+        raise CaffeModelError('{}: not a Caffe model: no layers found in '
+                              '{} bytes'.format(path, size))
+    if versions == {_NET_LAYER, _NET_LAYERS}:
+        raise CaffeModelError('{}: mixes V1 (`layers`) and V2 (`layer`) '
+                              'layers; Caffe cannot load that either'
+                              .format(path))
+    version = 2 if _NET_LAYER in versions else 1
+    net = caffe_pb2.NetParameter()
+    _parse_message(net, bytes(header), path, 'the net header')
+    blobs_field = _V2_BLOBS if version == 2 else _V1_BLOBS
+    layers = []
+    for index, (_, start, end) in enumerate(spans):
+        name = _layer_name(scanner, start, end, version)
+        where = 'layer {} ({!r})'.format(index, name)
+        rest = bytearray()
+        blob_spans = []
+        for field in scanner.fields(start, end, where):
+            if field.number == blobs_field and field.wire_type == _LEN:
+                blob_spans.append((field.value_start, field.end))
+            elif version == 1 and field.number == _V1_V0_LAYER:
+                raise CaffeModelError(
+                    '{}: {} is in the V0 format (2013); upgrade it with '
+                    "Caffe's upgrade_net_proto_binary first".format(path,
+                                                                  where))
+            else:
+                rest += buf[field.start:field.end]
+        param = (caffe_pb2.LayerParameter() if version == 2
+                 else caffe_pb2.V1LayerParameter())
+        _parse_message(param, bytes(rest), path, where)
+        blobs = [blob_reader.read(s, e, '{}, blob {}'.format(where, i))
+                 for i, (s, e) in enumerate(blob_spans)]
+        layers.append(LayerRecord(param, blobs))
+    logger.debug('%s: %d V%d layers, %d blobs', path, len(layers), version,
+                 sum(len(r.blobs) for r in layers))
+    return CaffeModelFile(path, net, layers, version)
+
+
+def read_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
+    """Reads a text ``.prototxt`` net description (V1 or V2).
+
+    Raises:
+        CaffeModelError: if the file is missing, empty, binary (e.g. a
+            caffemodel) or not a valid text ``NetParameter``; the message
+            carries protobuf's line and column.
+    """
+    path, f, _ = _open_checked(path, 'text prototxt')
+    with f:
+        raw = f.read()
+    if not _looks_like_text(raw[:4096]):
+        raise CaffeModelError(
+            '{}: this is a binary file (a caffemodel?), expected a text '
+            'prototxt'.format(path))
+    try:
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise CaffeModelError('{}: not UTF-8 text: {}'.format(path, e)) \
+            from None
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(text, net)
+    except text_format.ParseError as e:
+        raise CaffeModelError('{}: not a valid Caffe prototxt: {}'.format(
+            path, e)) from None
+    if not net.layer and not net.layers:
+        raise CaffeModelError('{}: prototxt defines no layers'.format(path))
+    return net
+
+
+def read_binaryproto(path: PathLike) -> Blob:
+    """Reads a ``.binaryproto`` file holding one ``BlobProto`` (a mean).
+
+    Raises:
+        CaffeModelError: if the file is missing, empty, not a BlobProto, or
+            its shape does not match its values.
+    """
+    path, f, _ = _open_checked(path, 'binaryproto (BlobProto) file')
+    with f:
+        raw = f.read()
+    if _looks_like_text(raw[:4096]):
+        raise CaffeModelError('{}: this is a text file, expected a binary '
+                              'BlobProto (.binaryproto)'.format(path))
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(raw)
+    except pb_message.DecodeError as e:
+        raise CaffeModelError('{}: not a valid BlobProto: {}'.format(
+            path, e)) from None
+    if not len(blob.data) and not len(blob.double_data):
+        raise CaffeModelError('{}: BlobProto holds no values'.format(path))
+    return blob_from_proto(blob, path)

@@ -1,0 +1,226 @@
+"""Bring any stored Caffe net to one form: V2 layers, inputs as Input layers.
+
+Caffe does the same when it loads a net (``upgrade_proto.cpp``): V1
+``layers`` with enum types become ``layer`` entries with type strings,
+``blobs_lr``/``weight_decay`` become ``param { lr_mult decay_mult }``, and the
+net-level ``input``/``input_dim``/``input_shape`` fields become an ``Input``
+layer. Layers that the net state (phase TEST, as for a deployed net)
+excludes are dropped, as Caffe's ``FilterNet`` does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
+
+from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe.reader import Blob
+from chainer_finetune.caffe.reader import CaffeModelFile
+from chainer_finetune.errors import CaffeModelError
+
+logger = logging.getLogger(__name__)
+
+# V1LayerParameter.LayerType names -> V2 type strings (upgrade_proto.cpp).
+V1_TYPE_NAMES = {
+    'ABSVAL': 'AbsVal', 'ACCURACY': 'Accuracy', 'ARGMAX': 'ArgMax',
+    'BNLL': 'BNLL', 'CONCAT': 'Concat', 'CONTRASTIVE_LOSS': 'ContrastiveLoss',
+    'CONVOLUTION': 'Convolution', 'DATA': 'Data',
+    'DECONVOLUTION': 'Deconvolution', 'DROPOUT': 'Dropout',
+    'DUMMY_DATA': 'DummyData', 'EUCLIDEAN_LOSS': 'EuclideanLoss',
+    'ELTWISE': 'Eltwise', 'EXP': 'Exp', 'FLATTEN': 'Flatten',
+    'HDF5_DATA': 'HDF5Data', 'HDF5_OUTPUT': 'HDF5Output',
+    'HINGE_LOSS': 'HingeLoss', 'IM2COL': 'Im2col', 'IMAGE_DATA': 'ImageData',
+    'INFOGAIN_LOSS': 'InfogainLoss', 'INNER_PRODUCT': 'InnerProduct',
+    'LRN': 'LRN', 'MEMORY_DATA': 'MemoryData',
+    'MULTINOMIAL_LOGISTIC_LOSS': 'MultinomialLogisticLoss', 'MVN': 'MVN',
+    'POOLING': 'Pooling', 'POWER': 'Power', 'RELU': 'ReLU',
+    'SIGMOID': 'Sigmoid',
+    'SIGMOID_CROSS_ENTROPY_LOSS': 'SigmoidCrossEntropyLoss',
+    'SILENCE': 'Silence', 'SOFTMAX': 'Softmax',
+    'SOFTMAX_LOSS': 'SoftmaxWithLoss', 'SPLIT': 'Split', 'SLICE': 'Slice',
+    'TANH': 'TanH', 'WINDOW_DATA': 'WindowData', 'THRESHOLD': 'Threshold',
+}
+
+
+class NetDescription(NamedTuple):
+    """A net ready to be built: structure plus weights by layer name.
+
+    Attributes:
+        name: The net's name.
+        layers: V2 layer descriptions without blobs, in execution order,
+            inputs declared by ``Input`` layers.
+        weights: Blobs by layer name.
+        source: Where structure and weights came from, for messages.
+    """
+
+    name: str
+    layers: List[caffe_pb2.LayerParameter]
+    weights: Dict[str, List[Blob]]
+    source: str
+
+
+def _v1_type_name(layer: caffe_pb2.V1LayerParameter) -> str:
+    enum = caffe_pb2.V1LayerParameter.LayerType
+    name = enum.Name(layer.type) if layer.type in enum.values() else None
+    if name is None or name == 'NONE' or name not in V1_TYPE_NAMES:
+        raise CaffeModelError('V1 layer {!r} has unknown type code {}'.format(
+            layer.name, layer.type))
+    return V1_TYPE_NAMES[name]
+
+
+def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter
+                     ) -> caffe_pb2.LayerParameter:
+    """Converts one V1 layer description (without its blobs) to V2."""
+    v2 = caffe_pb2.LayerParameter()
+    v2.name = v1.name
+    v2.type = _v1_type_name(v1)
+    v2.bottom.extend(v1.bottom)
+    v2.top.extend(v1.top)
+    v2.loss_weight.extend(v1.loss_weight)
+    for rule in v1.include:
+        v2.include.add().CopyFrom(rule)
+    for rule in v1.exclude:
+        v2.exclude.add().CopyFrom(rule)
+    n_specs = max(len(v1.param), len(v1.blob_share_mode), len(v1.blobs_lr),
+                  len(v1.weight_decay))
+    for i in range(n_specs):
+        spec = v2.param.add()
+        if i < len(v1.param):
+            spec.name = v1.param[i]
+        if i < len(v1.blob_share_mode):
+            spec.share_mode = v1.blob_share_mode[i]
+        if i < len(v1.blobs_lr):
+            spec.lr_mult = v1.blobs_lr[i]
+        if i < len(v1.weight_decay):
+            spec.decay_mult = v1.weight_decay[i]
+    v2_fields = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
+    for field, value in v1.ListFields():
+        if field.name.endswith('_param') and field.name in v2_fields:
+            getattr(v2, field.name).CopyFrom(value)
+    return v2
+
+
+def _input_layer(net: caffe_pb2.NetParameter, where: str
+                 ) -> Optional[caffe_pb2.LayerParameter]:
+    if not net.input:
+        if net.input_dim or net.input_shape:
+            raise CaffeModelError('{}: input_dim/input_shape given without '
+                                  'input names'.format(where))
+        return None
+    layer = caffe_pb2.LayerParameter(name='input', type='Input')
+    layer.top.extend(net.input)
+    n = len(net.input)
+    if net.input_shape:
+        if len(net.input_shape) != n:
+            raise CaffeModelError(
+                '{}: {} inputs but {} input_shape entries'.format(
+                    where, n, len(net.input_shape)))
+        for shape in net.input_shape:
+            layer.input_param.shape.add().CopyFrom(shape)
+    elif net.input_dim:
+        if len(net.input_dim) != 4 * n:
+            raise CaffeModelError(
+                '{}: {} inputs need {} input_dim values (4 each), found '
+                '{}'.format(where, n, 4 * n, len(net.input_dim)))
+        for i in range(n):
+            layer.input_param.shape.add().dim.extend(
+                net.input_dim[4 * i:4 * i + 4])
+    return layer
+
+
+def _rule_matches(rule: caffe_pb2.NetStateRule,
+                  state: caffe_pb2.NetState) -> bool:
+    # Caffe's Net::StateMeetsRule.
+    if rule.HasField('phase') and rule.phase != state.phase:
+        return False
+    if rule.HasField('min_level') and state.level < rule.min_level:
+        return False
+    if rule.HasField('max_level') and state.level > rule.max_level:
+        return False
+    if any(stage not in state.stage for stage in rule.stage):
+        return False
+    if any(stage in state.stage for stage in rule.not_stage):
+        return False
+    return True
+
+
+def _included(layer: caffe_pb2.LayerParameter,
+              state: caffe_pb2.NetState) -> bool:
+    # Caffe's Net::FilterNet.
+    if layer.include:
+        return any(_rule_matches(r, state) for r in layer.include)
+    return not any(_rule_matches(r, state) for r in layer.exclude)
+
+
+def to_v2_layers(net: caffe_pb2.NetParameter,
+                 layers: Iterable, version: int, where: str,
+                 phase: int = caffe_pb2.TEST
+                 ) -> List[caffe_pb2.LayerParameter]:
+    """The layers of a net as V2 descriptions, inputs first, filtered.
+
+    Args:
+        net: The net-level fields (for ``input*`` and ``state``).
+        layers: V2 ``LayerParameter`` or V1 ``V1LayerParameter`` messages.
+        version: 1 or 2, the kind of ``layers``.
+        where: File name for error messages.
+        phase: The phase whose layers are kept (``caffe_pb2.TEST`` for a
+            deployed net).
+    """
+    state = caffe_pb2.NetState()
+    state.CopyFrom(net.state)
+    state.phase = phase
+    result = []
+    input_layer = _input_layer(net, where)
+    if input_layer is not None:
+        result.append(input_layer)
+    for layer in layers:
+        if version == 1:
+            try:
+                layer = upgrade_v1_layer(layer)
+            except CaffeModelError as e:
+                raise CaffeModelError('{}: {}'.format(where, e)) from None
+        if _included(layer, state):
+            result.append(layer)
+        else:
+            logger.debug('%s: layer %r (%s) is not part of the %s phase',
+                         where, layer.name, layer.type,
+                         caffe_pb2.Phase.Name(phase))
+    return result
+
+
+def describe(model: CaffeModelFile,
+             prototxt: Optional[caffe_pb2.NetParameter] = None,
+             prototxt_path: Optional[str] = None) -> NetDescription:
+    """Combines a caffemodel with an optional prototxt into one description.
+
+    With a prototxt, the structure comes from it and the weights are taken
+    from the caffemodel by layer name; layers of the caffemodel that the
+    prototxt does not use (training-only heads, data layers) are listed at
+    debug level and ignored. Without one, the caffemodel's own structure is
+    used.
+    """
+    weights: Dict[str, List[Blob]] = {}
+    for record in model.layers:
+        if record.blobs:
+            if record.param.name in weights:
+                raise CaffeModelError(
+                    '{}: two layers named {!r} hold weights'.format(
+                        model.path, record.param.name))
+            weights[record.param.name] = record.blobs
+    if prototxt is None:
+        layers = to_v2_layers(model.net, [r.param for r in model.layers],
+                              model.version, model.path)
+        return NetDescription(model.net.name, layers, weights, model.path)
+    version = 2 if prototxt.layer else 1
+    source_layers: Sequence = prototxt.layer if version == 2 \
+        else prototxt.layers
+    where = prototxt_path or 'prototxt'
+    layers = to_v2_layers(prototxt, source_layers, version, where)
+    used = {layer.name for layer in layers}
+    unused = sorted(name for name in weights if name not in used)
+    if unused:
+        logger.debug('%s: weights of layers not in %s ignored: %s',
+                     model.path, where, ', '.join(unused))
+    return NetDescription(prototxt.name or model.net.name, layers,
+                          {k: v for k, v in weights.items() if k in used},
+                          '{} + {}'.format(where, model.path))
