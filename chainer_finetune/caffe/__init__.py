@@ -11,3 +11,4 @@ from chainer_finetune.caffe.function import link_name_for  # NOQA
 from chainer_finetune.caffe.layers import supported_types  # NOQA
 from chainer_finetune.caffe.loader import load_caffe  # NOQA
 from chainer_finetune.caffe.loader import load_mean  # NOQA
+from chainer_finetune.caffe.preprocessing import CaffePreprocessor  # NOQA
