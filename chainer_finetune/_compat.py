@@ -95,11 +95,17 @@ def _has_numpy_attr(name: str) -> bool:
         return hasattr(numpy, name)
 
 
-def _can_import(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+def _imports(name: str) -> bool:
+    # A real import, not find_spec: numpy.distutils can be present and still
+    # fail to import (NumPy 1.26 beside setuptools >= 80, whose distutils
+    # lacks msvccompiler). Chainer would import these modules anyway.
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        try:
+            importlib.import_module(name)
+        except Exception:  # ImportError, or whatever the module raises
+            return False
+    return True
 
 
 def _with_numpy_view(module_name: str, qualname: str,
@@ -232,8 +238,8 @@ _PATCHES = [
     # chainer/_environment_check.py: imports numpy.distutils and
     # pkg_resources at import time; both may be missing on a current stack.
     _Patch('chainer._environment_check without numpy.distutils/pkg_resources',
-           needed=lambda: not (_can_import('numpy.distutils')
-                               and _can_import('pkg_resources')),
+           needed=lambda: not (_imports('numpy.distutils.system_info')
+                               and _imports('pkg_resources')),
            before_import=_install_environment_check),
     # chainer/functions/array/as_strided.py: numpy.sctypes, removed in
     # NumPy 2.0, read at import time and in AsStridedGrad.forward.
