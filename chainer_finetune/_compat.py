@@ -282,6 +282,18 @@ def apply() -> List[str]:
     """
     if APPLIED:
         return list(APPLIED)
+    # numpy.distutils (imported by Chainer's environment check, and by the
+    # feature test below) resets the root logger's level through
+    # distutils.log; keep the user's setting.
+    root = logging.getLogger()
+    root_level = root.level
+    try:
+        return _apply()
+    finally:
+        root.setLevel(root_level)
+
+
+def _apply() -> List[str]:
     chainer_was_imported = 'chainer' in sys.modules
     needed = [p for p in _PATCHES if p.needed()]
     for patch in needed:

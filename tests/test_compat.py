@@ -138,3 +138,12 @@ def test_cli_info_text():
                for line in lines)
     for patch in _compat.APPLIED:
         assert '  - ' + patch in lines
+
+
+def test_root_logger_level_survives_import():
+    # numpy.distutils, imported on Chainer's import, resets the root level.
+    proc = _run('import logging; logging.basicConfig(level=logging.DEBUG); '
+                'import chainer_finetune; '
+                'print(logging.getLogger().level)')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == str(10)
