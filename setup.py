@@ -44,6 +44,10 @@ setup(
         'cuda12': ['cupy-cuda12x>=13.5'],
         'cuda13': ['cupy-cuda13x>=14'],
         'test': [
+            'hypothesis>=6',
+            # The independent reference reader of Caffe models; 5.x dropped
+            # cv2.dnn.readNetFromCaffe.
+            'opencv-python-headless>=4.8,<5',
             'pytest>=7',
             'tox>=4.12',
         ],

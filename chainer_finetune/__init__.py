@@ -13,8 +13,9 @@ _compat.apply()
 from chainer_finetune.caffe import CaffeNet  # NOQA: E402
 from chainer_finetune.caffe import load_caffe  # NOQA: E402
 from chainer_finetune.caffe import load_mean  # NOQA: E402
+from chainer_finetune.caffe.export import save_weights  # NOQA: E402
 from chainer_finetune.errors import CaffeModelError  # NOQA: E402
 from chainer_finetune.errors import UnsupportedLayerError  # NOQA: E402
 
 __all__ = ['CaffeModelError', 'CaffeNet', 'UnsupportedLayerError',
-           '__version__', 'load_caffe', 'load_mean']
+           '__version__', 'load_caffe', 'load_mean', 'save_weights']

@@ -1,17 +1,135 @@
-"""The ``chainer-finetune`` command."""
+"""The ``chainer-finetune`` command (also ``python -m chainer_finetune``).
+
+Each subcommand is one function registered with :func:`command`, which
+names it, gives its help line and its arguments (``arg(...)`` specs, or a
+``configure(parser)`` callable), for example::
+
+    @command('verify', 'compare a converted net with OpenCV',
+             configure=verify.add_verify_arguments)
+    def _cmd_verify(args: argparse.Namespace) -> int:
+        return verify.run_verify(args)
+
+A subcommand returns the exit status. Errors about the user's input
+(:class:`~chainer_finetune.errors.ChainerFinetuneError`, such as
+``CaffeModelError``, and file-system errors) are printed as one line on
+stderr and exit with status 2, without a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
+import os
 import sys
-from typing import List, Optional
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import chainer_finetune
 from chainer_finetune import runtime
+from chainer_finetune.errors import ChainerFinetuneError
+
+Shape = Tuple[int, ...]
 
 
+class CommandError(Exception):
+    """A subcommand cannot do what it was asked: one line, exit status 2."""
+
+
+class _Command(NamedTuple):
+    name: str
+    help: str
+    arguments: Tuple[Tuple[tuple, dict], ...]
+    configure: Optional[Callable[[argparse.ArgumentParser], None]]
+    run: Callable[[argparse.Namespace], int]
+
+
+_COMMANDS: List[_Command] = []
+
+
+def arg(*flags: str, **kwargs: Any) -> Tuple[tuple, dict]:
+    """An argument of a subcommand, as for ``parser.add_argument``."""
+    return flags, kwargs
+
+
+def command(name: str, help: str, *arguments: Tuple[tuple, dict],
+            configure: Optional[Callable[[argparse.ArgumentParser],
+                                         None]] = None):
+    """Registers the decorated function as subcommand ``name``.
+
+    Args:
+        name: The subcommand.
+        help: Its one-line description.
+        *arguments: :func:`arg` specs, added in order.
+        configure: Alternatively (or as well), a function that adds
+            arguments to the subcommand's parser.
+
+    The decorated function receives the parsed arguments and returns the
+    exit status.
+    """
+    def register(run: Callable[[argparse.Namespace], int]):
+        if any(c.name == name for c in _COMMANDS):
+            raise ValueError('subcommand {!r} is registered twice'.format(
+                name))
+        _COMMANDS.append(_Command(name, help, arguments, configure, run))
+        return run
+    return register
+
+
+# --------------------------------------------------------------------------
+# Shared arguments
+# --------------------------------------------------------------------------
+
+def parse_input_shape(text: str) -> Tuple[Optional[str], Shape]:
+    """``[NAME=]N,C,H,W`` (``x`` also separates) -> ``(NAME or None, shape)``.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else.
+    """
+    name, _, dims = text.rpartition('=')
+    try:
+        shape = tuple(int(d) for d in dims.replace('x', ',').split(',')
+                      if d.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            'expected [NAME=]N,C,H,W with positive sizes, e.g. 1,3,224,224 '
+            'or data=1,3,224,224; got {!r}'.format(text))
+    return (name.strip() or None), shape
+
+
+MODEL_ARGS = (
+    arg('model', metavar='MODEL',
+        help='a .caffemodel, or an .h5/.npz file written by save_weights'),
+    arg('--prototxt', metavar='PROTOTXT',
+        help="the (deploy) prototxt; default: the model's own structure"),
+    arg('--stop-at', action='append', metavar='NAME',
+        help='load only the layers needed for this layer or blob '
+             '(repeatable)'),
+)
+
+
+def load_model(args: argparse.Namespace):
+    """The net named by :data:`MODEL_ARGS` (caffemodel or weights file)."""
+    from chainer_finetune.caffe import export
+    from chainer_finetune.caffe.loader import load_caffe
+    stop_at = getattr(args, 'stop_at', None)
+    if export.weights_format(args.model) is not None:
+        return load_caffe(prototxt=args.prototxt, weights=args.model,
+                          stop_at=stop_at)
+    return load_caffe(args.model, args.prototxt, stop_at=stop_at)
+
+
+# --------------------------------------------------------------------------
+# info
+# --------------------------------------------------------------------------
+
+@command('info', 'print versions, protobuf backend, GPU and the '
+                 'compatibility patches applied',
+         arg('--json', action='store_true',
+             help='print machine-readable JSON'))
 def _cmd_info(args: argparse.Namespace) -> int:
     info = runtime.runtime_info()
     if args.json:
@@ -20,6 +138,234 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(runtime.format_runtime_info(info))
     return 0
 
+
+# --------------------------------------------------------------------------
+# inspect
+# --------------------------------------------------------------------------
+
+def _dims(shape: Sequence[int]) -> str:
+    return 'x'.join(str(d) for d in shape) if len(shape) else 'scalar'
+
+
+def _input_shapes(net, given: Sequence[Tuple[Optional[str], Shape]]
+                  ) -> Dict[str, Optional[Shape]]:
+    shapes: Dict[str, Optional[Shape]] = {
+        name: None if shape is None else tuple(shape)
+        for name, shape in net.inputs.items()}
+    for name, shape in given:
+        if name is None:
+            if not shapes:
+                raise CommandError('the net declares no inputs; name the '
+                                   'blob as NAME=N,C,H,W')
+            name = next(iter(shapes))   # the first input, as in Caffe
+        elif name not in shapes:
+            raise CommandError('--input-shape names {!r}, but the net\'s '
+                               'inputs are {}'.format(name,
+                                                      ', '.join(shapes)))
+        shapes[name] = shape
+    return shapes
+
+
+def _output_shapes(net, shapes: Dict[str, Optional[Shape]]
+                   ) -> Dict[str, Shape]:
+    """Blob shapes from a forward pass on zeros (test mode, no graph)."""
+    import chainer
+    import numpy
+    feed = {name: numpy.zeros(shape, numpy.float32)
+            for name, shape in shapes.items() if shape is not None}
+    if not feed:
+        return {}
+    # Every blob computable from the fed inputs (loss heads without their
+    # label are not).
+    available = set(feed)
+    wanted = []
+    for name, bottoms, tops in net.layers:
+        if name in net.forwards and all(b in available for b in bottoms):
+            available.update(tops)
+            wanted += [t for t in tops if t not in wanted]
+    wanted = [b for b in wanted if b not in feed] or list(feed)
+    try:
+        with chainer.using_config('train', False), \
+                chainer.no_backprop_mode():
+            net.forward(feed, wanted)
+    except Exception as e:   # Chainer's type checks: many kinds, many lines
+        detail = ' '.join(str(e).split())
+        if len(detail) > 300:
+            detail = detail[:297] + '...'
+        raise CommandError('forward pass on inputs {} failed ({}): {}; give '
+                           'the input size with --input-shape'.format(
+                               ', '.join('{} {}'.format(n, _dims(a.shape))
+                                         for n, a in feed.items()),
+                               type(e).__name__, detail)) from None
+    result = {name: tuple(v.shape) for name, v in net.variables.items()}
+    net.variables = {}   # do not keep the activations alive
+    return result
+
+
+def _layer_rows(net, blob_shapes: Dict[str, Shape]) -> List[Dict[str, Any]]:
+    rows = []
+    types = {layer.name: layer.type for layer in net.caffe_layers}
+    for name, bottoms, tops in net.layers:
+        params: Dict[str, List[int]] = {}
+        persistents: Dict[str, List[int]] = {}
+        if name in net.link_names:
+            link = net[name]
+            for pname, p in link.namedparams():
+                params[pname.lstrip('/')] = list(p.shape)
+            for pname in sorted(link._persistent):
+                value = getattr(link, pname)
+                if hasattr(value, 'shape'):
+                    persistents[pname] = list(value.shape)
+        count = 0
+        for shape in params.values():
+            n = 1
+            for d in shape:
+                n *= d
+            count += n
+        outputs = [list(blob_shapes[t]) if t in blob_shapes else None
+                   for t in tops]
+        rows.append({'name': name, 'type': types.get(name, '?'),
+                     'bottoms': list(bottoms), 'tops': list(tops),
+                     'params': params, 'persistents': persistents,
+                     'output': outputs, 'param_count': count})
+    return rows
+
+
+def _format_table(rows: List[Dict[str, Any]]) -> List[str]:
+    header = ['layer', 'type', 'bottoms -> tops', 'parameters', 'output',
+              'params']
+    cells = [header]
+    for r in rows:
+        shapes = ['{} {}'.format(k, _dims(v)) for k, v in r['params'].items()]
+        if r['persistents']:
+            shapes.append('({})'.format(', '.join(
+                '{} {}'.format(k, _dims(v))
+                for k, v in r['persistents'].items())))
+        outputs = ', '.join('-' if o is None else _dims(o)
+                            for o in r['output'])
+        cells.append([r['name'], r['type'],
+                      '{} -> {}'.format(','.join(r['bottoms']) or '-',
+                                        ','.join(r['tops']) or '-'),
+                      ', '.join(shapes) or '-', outputs or '-',
+                      '{:,}'.format(r['param_count'])])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = []
+    for i, row in enumerate(cells):
+        padded = [c.rjust(w) if j == len(row) - 1 else c.ljust(w)
+                  for j, (c, w) in enumerate(zip(row, widths))]
+        lines.append('  '.join(padded).rstrip())
+        if i == 0:
+            lines.append('  '.join('-' * w for w in widths))
+    return lines
+
+
+@command('inspect', 'print the layers of a model: types, blobs, parameter '
+                    'shapes, output shapes, parameter counts',
+         *MODEL_ARGS,
+         arg('--input-shape', action='append', type=parse_input_shape,
+             default=[], metavar='[NAME=]N,C,H,W',
+             help='input size for the output shapes, e.g. 1,3,224,224 '
+                  '(first input) or data=1,3,224,224 (repeatable); '
+                  'default: as the net declares'),
+         arg('--json', action='store_true',
+             help='print machine-readable JSON'))
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    net = load_model(args)
+    shapes = _input_shapes(net, args.input_shape)
+    blob_shapes = _output_shapes(net, shapes)
+    rows = _layer_rows(net, blob_shapes)
+    total = sum(r['param_count'] for r in rows)
+    if args.json:
+        print(json.dumps({'name': net.name, 'inputs': shapes,
+                          'layers': rows, 'total_params': total}, indent=1))
+        return 0
+    print('{}: {}'.format(args.model, net.name or '(unnamed net)'))
+    print('inputs: {}'.format(', '.join(
+        '{} {}'.format(n, '?' if s is None else _dims(s))
+        for n, s in shapes.items()) or 'none'))
+    print()
+    for line in _format_table(rows):
+        print(line)
+    print()
+    print('{} layers, {} with parameters; {:,} parameters ({:.1f} MB as '
+          'float32)'.format(len(rows), sum(1 for r in rows if r['params']),
+                            total, total * 4 / 1e6))
+    if any(s is None for s in shapes.values()) and not blob_shapes:
+        print('output shapes need the input size: pass --input-shape',
+              file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------
+# convert
+# --------------------------------------------------------------------------
+
+_OUTPUT_KINDS = {'.h5': 'h5', '.hdf5': 'h5', '.npz': 'npz', '.pkl': 'pkl',
+                 '.pickle': 'pkl'}
+
+
+@command('convert', 'convert a model to HDF5/NPZ weights (no pickle) or a '
+                    'pickled net',
+         *MODEL_ARGS,
+         arg('-o', '--output', required=True, metavar='OUT',
+             help='out.h5 / out.npz (weights by Caffe layer name, load with '
+                  'load_caffe(prototxt, weights=OUT)) or out.pkl (the cache '
+                  'format; load with cache.load_pickle)'),
+         arg('-f', '--force', action='store_true',
+             help='replace OUT if it exists'))
+def _cmd_convert(args: argparse.Namespace) -> int:
+    kind = _OUTPUT_KINDS.get(os.path.splitext(args.output)[1].lower())
+    if kind is None:
+        raise CommandError('{}: unknown output type; use .h5, .npz or '
+                           '.pkl'.format(args.output))
+    if os.path.lexists(args.output) and not args.force:
+        raise CommandError('{}: already exists; pass --force to replace '
+                           'it'.format(args.output))
+    net = load_model(args)
+    if kind == 'pkl':
+        from chainer_finetune.caffe.cache import save_pickle
+        save_pickle(net, args.output, overwrite=args.force)
+    else:
+        from chainer_finetune.caffe.export import save_weights
+        save_weights(net, args.output, overwrite=args.force, format=kind)
+    print('wrote {} ({} layers, {:.1f} MB)'.format(
+        args.output, len(net.layers), os.path.getsize(args.output) / 1e6))
+    return 0
+
+
+# --------------------------------------------------------------------------
+# cache
+# --------------------------------------------------------------------------
+
+@command('cache', 'list (or --clear) the converted nets cached by '
+                  'load_caffe(..., cache=True)',
+         arg('--clear', action='store_true', help='delete every entry'))
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from chainer_finetune.caffe import cache
+    if args.clear:
+        removed, freed = cache.clear_cache()
+        print('removed {} entries ({:.1f} MB) from {}'.format(
+            removed, freed / 1e6, cache.cache_dir()))
+        return 0
+    entries = cache.cache_info()
+    print('{}: {} entries, {:.1f} MB'.format(
+        cache.cache_dir(), len(entries),
+        sum(e.size for e in entries) / 1e6))
+    for e in entries:
+        when = datetime.datetime.fromtimestamp(e.created).strftime(
+            '%Y-%m-%d %H:%M') if e.created else '?'
+        stop_at = e.options.get('stop_at')
+        print('  {}  {:8.1f} MB  {}  {}{}{}'.format(
+            e.path.name[:12], e.size / 1e6, when, e.source or '?',
+            '' if stop_at is None else ' (stop_at={})'.format(stop_at),
+            '' if e.problem is None else '  [unusable: {}]'.format(
+                e.problem)))
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser of ``chainer-finetune``."""
@@ -32,23 +378,43 @@ def build_parser() -> argparse.ArgumentParser:
                         help='log more (-v: INFO, -vv: DEBUG)')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
-    info = sub.add_parser(
-        'info', help='print versions, protobuf backend, GPU and the '
-                     'compatibility patches applied')
-    info.add_argument('--json', action='store_true',
-                      help='print machine-readable JSON')
-    info.set_defaults(func=_cmd_info)
+    for c in _COMMANDS:
+        p = sub.add_parser(c.name, help=c.help, description=c.help)
+        for flags, kwargs in c.arguments:
+            p.add_argument(*flags, **kwargs)
+        if c.configure is not None:
+            c.configure(p)
+        p.set_defaults(func=c.run)
     return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return ' '.join(str(error).split()) or type(error).__name__
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``chainer-finetune``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose,
                                                       logging.DEBUG)
     logging.basicConfig(level=level,
                         format='%(levelname)s %(name)s: %(message)s')
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (ChainerFinetuneError, CommandError, OSError) as e:
+        # The user's input, not a bug: one line, no traceback.
+        print('{}: error: {}'.format(parser.prog, _one_line(e)),
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('{}: interrupted'.format(parser.prog), file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':

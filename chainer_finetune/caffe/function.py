@@ -102,6 +102,15 @@ class CaffeNet(CaffeFunction):
         self._caffe_layers_bytes: List[bytes] = []
         for layer in description.layers:
             self._add(layer, description)
+        # Blobs used before any layer produces them are inputs too (e.g. a
+        # training net whose TRAIN-only data layer was filtered out).
+        produced = set(self.inputs)
+        for _, bottoms, tops in self.layers:
+            for blob in bottoms:
+                if blob not in produced:
+                    self.inputs[blob] = None
+                    produced.add(blob)
+            produced.update(tops)
 
     # The layer descriptions are kept serialized: small, and picklable
     # under every protobuf backend.

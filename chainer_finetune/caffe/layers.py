@@ -58,7 +58,8 @@ class BuildContext:
         if len(self.blobs) != len(names):
             raise self.error('expects {} blob(s) ({}) but the weights hold '
                              '{}'.format(len(names), ', '.join(names) or
-                                         'none', len(self.blobs)))
+                                         'none', len(self.blobs) or
+                                         'none for a layer of this name'))
 
     def blob(self, index: int, expected: Shape, what: str) -> numpy.ndarray:
         """Blob ``index`` as an array of shape ``expected``.
@@ -151,8 +152,10 @@ def _expect_bottoms(ctx: BuildContext, *counts: int) -> int:
 
 
 def _parameter(array: numpy.ndarray) -> chainer.Parameter:
-    return chainer.Parameter(numpy.ascontiguousarray(array,
-                                                     dtype=numpy.float32))
+    # Not ascontiguousarray: it turns a 0-axis array (a Scale/Bias scalar)
+    # into shape (1,).
+    return chainer.Parameter(numpy.asarray(array, dtype=numpy.float32,
+                                           order='C'))
 
 
 def _set_params(link: chainer.Link, **arrays: numpy.ndarray) -> None:
@@ -331,18 +334,27 @@ def _build_inner_product(ctx: BuildContext) -> Built:
 # --------------------------------------------------------------------------
 
 def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int,
-                      ceil: bool = True) -> int:
+                      ceil: bool = True, padded: Optional[bool] = None
+                      ) -> int:
     """Output length of Caffe's pooling along one axis.
 
     Caffe rounds up (``round_mode: CEIL``, the default) or down, then drops
     a last window that would start inside the bottom/right padding.
+
+    Args:
+        padded: Whether the layer has any padding (``pad_h || pad_w``):
+            Caffe applies the drop rule to both axes then, even to one
+            without padding (where a stride larger than the kernel can
+            leave a last window past the input). Default: ``pad != 0``.
     """
     span = size + 2 * pad - kernel
     if ceil:
         out = -(-span // stride) + 1
     else:
         out = span // stride + 1
-    if pad and (out - 1) * stride >= size + pad:
+    if padded is None:
+        padded = pad != 0
+    if padded and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -381,7 +393,7 @@ class _Pooling(LayerFunction):
             kernel, stride, pad = (H, W), (1, 1), (0, 0)
         else:
             kernel, stride, pad = self.kernel, self.stride, self.pad
-        out = tuple(caffe_pooled_size(n, k, s, p, self.ceil)
+        out = tuple(caffe_pooled_size(n, k, s, p, self.ceil, any(pad))
                     for n, k, s, p in zip((H, W), kernel, stride, pad))
         if min(out) < 1:
             raise CaffeModelError(
@@ -409,6 +421,21 @@ class _Pooling(LayerFunction):
                                   y.shape),
 
 
+def _pool_pair(ctx: BuildContext, square: str, h_field: str, w_field: str
+               ) -> Tuple[int, int]:
+    """(h, w) of a pooling kernel/stride/pad; Caffe's PoolingLayer checks."""
+    p = ctx.layer.pooling_param
+    has_h, has_w = p.HasField(h_field), p.HasField(w_field)
+    if has_h or has_w:
+        if not (has_h and has_w) or p.HasField(square):
+            raise ctx.error('give {} or both {} and {}'.format(
+                square, h_field, w_field))
+        return getattr(p, h_field), getattr(p, w_field)
+    if square == 'kernel_size' and not p.HasField(square):
+        raise ctx.error('kernel_size is not set')
+    return (getattr(p, square),) * 2
+
+
 @_builder('Pooling')
 def _build_pooling(ctx: BuildContext) -> Built:
     _expect_bottoms(ctx, 1)
@@ -423,18 +450,9 @@ def _build_pooling(ctx: BuildContext) -> Built:
             raise ctx.error('global_pooling with a kernel size')
         kernel = stride = pad = None
     else:
-        if p.HasField('kernel_h') or p.HasField('kernel_w'):
-            kernel = (p.kernel_h, p.kernel_w)
-        elif p.HasField('kernel_size'):
-            kernel = (p.kernel_size,) * 2
-        else:
-            raise ctx.error('kernel_size is not set')
-        stride = ((p.stride_h, p.stride_w)
-                  if p.HasField('stride_h') or p.HasField('stride_w')
-                  else (p.stride,) * 2)
-        pad = ((p.pad_h, p.pad_w)
-               if p.HasField('pad_h') or p.HasField('pad_w')
-               else (p.pad,) * 2)
+        kernel = _pool_pair(ctx, 'kernel_size', 'kernel_h', 'kernel_w')
+        stride = _pool_pair(ctx, 'stride', 'stride_h', 'stride_w')
+        pad = _pool_pair(ctx, 'pad', 'pad_h', 'pad_w')
         if min(kernel) < 1 or min(stride) < 1:
             raise ctx.error('kernel {} and stride {} must be positive'.format(
                 kernel, stride))
@@ -577,7 +595,12 @@ def _build_dropout(ctx: BuildContext) -> Built:
     if not 0 <= p.dropout_ratio < 1:
         raise ctx.error('dropout_ratio {} is not in [0, 1)'.format(
             p.dropout_ratio))
-    return Built(_Dropout(p.dropout_ratio, p.scale_train), None)
+    # BVLC's DropoutParameter has only dropout_ratio: Caffe scales kept
+    # values by 1/(1-r) in training and copies in testing. `scale_train`
+    # exists only in forks' schemas (not in ours), so reading it
+    # unconditionally raised AttributeError for every Dropout layer.
+    scale_train = getattr(p, 'scale_train', True)
+    return Built(_Dropout(p.dropout_ratio, scale_train), None)
 
 
 # --------------------------------------------------------------------------
@@ -706,6 +729,10 @@ def _broadcast_blob(ctx: BuildContext, index: int, num_axes: int, what: str,
         while len(dims) > 1 and dims[0] == 1:
             dims.pop(0)
         array = array.reshape(dims)
+    if num_axes == 0 and array.size == 1:
+        # A scalar (num_axes: 0) is a 0-axis blob, which Caffe writes
+        # without a shape: it reads back as (1,).
+        array = array.reshape(())
     if num_axes != -1 and array.ndim != num_axes:
         raise ctx.error('blob {} ({}) has shape {}, expected {} axes '
                         '(num_axes)'.format(index, what, array.shape,
@@ -728,7 +755,11 @@ def _build_scale(ctx: BuildContext) -> Built:
     if n == 1:
         params['W'] = _broadcast_blob(ctx, 0, p.num_axes, 'scale')
     if p.bias_term:
-        params['b'] = _broadcast_blob(ctx, len(params), p.num_axes, 'bias',
+        # With a second bottom the bias has that bottom's shape (Caffe sets
+        # the inner Bias layer's num_axes to bottom[1]'s), checked when
+        # called; num_axes applies only to the 1-bottom form.
+        params['b'] = _broadcast_blob(ctx, len(params),
+                                      p.num_axes if n == 1 else -1, 'bias',
                                       like=params.get('W'))
     if not params:
         return Built(_ScaleOrBias(None, True, p.axis, False), None)
@@ -947,12 +978,16 @@ def _move_axis_last(x, axis):
 
 
 class _SoftmaxWithLoss(LayerFunction):
+    """The loss blob as Caffe shows it: normalized, not multiplied by
+    ``loss_weight`` (kept as an attribute; Caffe applies it only to the
+    training objective)."""
+
     def __init__(self, axis: int, ignore_label: Optional[int],
-                 normalization: int, weight: float) -> None:
+                 normalization: int, loss_weight: float) -> None:
         self.axis = axis
         self.ignore_label = ignore_label
         self.normalization = normalization
-        self.weight = weight
+        self.loss_weight = loss_weight
 
     def __call__(self, net, x, t):
         scores = _move_axis_last(x, self.axis)
@@ -971,10 +1006,13 @@ class _SoftmaxWithLoss(LayerFunction):
         elif self.normalization == mode.FULL:
             denom = labels.size
         elif self.normalization == mode.BATCH_SIZE:
-            denom = x.shape[0]
+            # Caffe's outer_num_: the size of the axes before the softmax
+            # axis (not shape[0] when that axis is not 1).
+            axis = self.axis if self.axis >= 0 else self.axis + x.ndim
+            denom = int(numpy.prod(x.shape[:axis]))
         else:
             denom = 1
-        return total * (self.weight / max(denom, 1)),
+        return total * (1.0 / max(denom, 1)),
 
 
 @_builder('SoftmaxWithLoss')
@@ -1008,8 +1046,9 @@ class _Accuracy(LayerFunction):
             if self.ignore_label is None else labels != self.ignore_label
         safe = xp.where(keep, labels, 0)
         true_score = scores[xp.arange(labels.size), safe]
-        # Caffe counts a hit when fewer than top_k scores beat the label's.
-        better = (scores > true_score[:, None]).sum(axis=1)
+        # Caffe counts a hit when fewer than top_k other scores are >= the
+        # label's: ties count against the label (>= minus the label itself).
+        better = (scores >= true_score[:, None]).sum(axis=1) - 1
         hits = (better < self.top_k) & keep
         count = max(int(keep.sum()), 1)
         return chainer.Variable(xp.asarray(hits.sum() / count,

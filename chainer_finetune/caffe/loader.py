@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
-from typing import Optional, Sequence, Union
+from typing import (Callable, Optional, Sequence, TextIO, Tuple, Union)
 
 import numpy
 
+from chainer_finetune.caffe import export
 from chainer_finetune.caffe import reader
 from chainer_finetune.caffe import upgrade
 from chainer_finetune.caffe.function import CaffeNet
@@ -18,26 +20,141 @@ from chainer_finetune.errors import CaffeModelError
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, 'os.PathLike[str]']
+ProgressArg = Union[None, bool, Callable[[int, int], None]]
+
+#: With ``progress=None``, files this large show a progress line on a TTY.
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+def _progress_callback(progress: ProgressArg, path: PathLike, verb: str
+                       ) -> Tuple[Optional[Callable[[int, int], None]],
+                                  Callable[[], None]]:
+    """The reader's progress callback for ``progress`` and a closer."""
+    if callable(progress):
+        return progress, lambda: None
+    if progress is False:
+        return None, lambda: None
+    if progress is None:
+        try:
+            size = os.path.getsize(path)
+            tty = sys.stderr is not None and sys.stderr.isatty()
+        except (OSError, ValueError, AttributeError):
+            return None, lambda: None
+        if not tty or size < PROGRESS_MIN_BYTES:
+            return None, lambda: None
+    display = _progress_display('{} {}'.format(verb, os.path.basename(
+        os.fspath(path))))
+    return display, display.close
+
+
+def _progress_display(label: str):
+    try:
+        import tqdm   # optional: used when installed, never required
+    except ImportError:
+        return _ProgressLine(label, sys.stderr)
+    return _TqdmProgress(tqdm, label)
+
+
+class _ProgressLine:
+    """A one-line progress display on a terminal (``\\r``-rewritten)."""
+
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self.label = label
+        self.stream = stream
+        self.start = time.perf_counter()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < 0.1:
+            return
+        self.last = now
+        percent = 100 * done // total if total else 100
+        self.stream.write('\r{}: {:3d}% ({:.0f}/{:.0f} MB, {:.1f} s)'.format(
+            self.label, percent, done / 1e6, total / 1e6, now - self.start))
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write('\n')
+            self.stream.flush()
+
+
+class _TqdmProgress:
+    def __init__(self, tqdm, label: str) -> None:
+        self.bar = None
+        self.tqdm = tqdm
+        self.label = label
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = self.tqdm.tqdm(total=total, unit='B', unit_scale=True,
+                                      desc=self.label, leave=False,
+                                      file=sys.stderr)
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _describe(model: Optional[PathLike], prototxt: Optional[PathLike],
+              weights: Optional[PathLike], progress: ProgressArg
+              ) -> Tuple[upgrade.NetDescription,
+                         Optional[export.WeightsFile]]:
+    if model is not None and weights is not None:
+        raise ValueError('pass either model (a caffemodel) or weights (a '
+                         'file written by save_weights), not both')
+    if model is None and weights is None:
+        raise CaffeModelError('a caffemodel is needed for the weights (or, '
+                              'as weights=, a file written by '
+                              'save_weights)')
+    text = None
+    if prototxt is not None:
+        text = reader.read_prototxt(prototxt)
+    prototxt_path = None if prototxt is None else os.fspath(prototxt)
+    if weights is not None:
+        callback, close = _progress_callback(progress, weights, 'reading')
+        try:
+            stored = export.read_weights(weights, callback)
+        finally:
+            close()
+        binary = export.model_file(stored, with_structure=text is None)
+        return upgrade.describe(binary, text, prototxt_path), stored
+    fmt = export.weights_format(model)
+    if fmt is not None:
+        raise CaffeModelError(
+            '{}: is {} (a file written by save_weights?), not a caffemodel; '
+            'pass it as weights='.format(os.fspath(model),
+                                         {'h5': 'HDF5', 'npz': 'NPZ'}[fmt]))
+    callback, close = _progress_callback(progress, model, 'reading')
+    try:
+        binary = reader.read_caffemodel(model, progress=callback)
+    finally:
+        close()
+    return upgrade.describe(binary, text, prototxt_path), None
 
 
 def describe_model(model: Optional[PathLike] = None,
-                   prototxt: Optional[PathLike] = None
-                   ) -> upgrade.NetDescription:
+                   prototxt: Optional[PathLike] = None, *,
+                   weights: Optional[PathLike] = None,
+                   progress: ProgressArg = None) -> upgrade.NetDescription:
     """Reads files into a :class:`NetDescription` (structure + weights).
 
     Args:
         model: A binary caffemodel (V1 or V2).
         prototxt: A text net description; with it, the structure comes from
             here and weights are taken from ``model`` by layer name.
+        weights: Instead of ``model``, a file written by
+            :func:`~chainer_finetune.save_weights` (its stored structure is
+            used when no ``prototxt`` is given).
+        progress: See :func:`load_caffe`.
     """
-    if model is None:
-        raise CaffeModelError('a caffemodel is needed for the weights')
-    binary = reader.read_caffemodel(model)
-    text = None
-    if prototxt is not None:
-        text = reader.read_prototxt(prototxt)
-    return upgrade.describe(binary, text,
-                            None if prototxt is None else os.fspath(prototxt))
+    return _describe(model, prototxt, weights, progress)[0]
 
 
 def build_net(description: upgrade.NetDescription,
@@ -46,9 +163,27 @@ def build_net(description: upgrade.NetDescription,
     return CaffeNet(select_layers(description, stop_at))
 
 
+def _load(model: Optional[PathLike], prototxt: Optional[PathLike],
+          weights: Optional[PathLike], stop_at, progress: ProgressArg
+          ) -> CaffeNet:
+    start = time.perf_counter()
+    description, stored = _describe(model, prototxt, weights, progress)
+    net = build_net(description, stop_at)
+    if stored is not None:
+        export.apply_extras(net, stored)
+    logger.info('loaded %s: %d layers, %d parameters in %.2f s',
+                description.source, len(net.layers),
+                sum(p.size for p in net.params()),
+                time.perf_counter() - start)
+    return net
+
+
 def load_caffe(model: Optional[PathLike] = None,
                prototxt: Optional[PathLike] = None, *,
-               stop_at: Union[str, Sequence[str], None] = None) -> CaffeNet:
+               stop_at: Union[str, Sequence[str], None] = None,
+               weights: Optional[PathLike] = None,
+               cache: bool = False,
+               progress: ProgressArg = None) -> CaffeNet:
     """Loads a Caffe model as a Chainer ``CaffeFunction``.
 
     Args:
@@ -62,6 +197,18 @@ def load_caffe(model: Optional[PathLike] = None,
         stop_at: A layer name, or a list of layer/blob names: only the
             layers needed to compute them are built (so a backbone loads
             even when the head has unsupported layers).
+        weights: Instead of ``model``: an ``.h5`` or ``.npz`` file written
+            by :func:`~chainer_finetune.save_weights` (no pickle involved).
+            Its weights are matched to ``prototxt`` by layer name, or to
+            the structure stored in the file when no prototxt is given.
+        cache: Keep the converted net in the per-user cache and load it
+            from there next time (see :mod:`chainer_finetune.caffe.cache`:
+            entries are pickles, read only from the cache directory, and
+            any change to the input files makes a new entry).
+        progress: ``None`` (default) shows a progress line on stderr while
+            reading a large file (>= 64 MB) when stderr is a terminal;
+            ``True`` always, ``False`` never; a callable gets
+            ``(bytes_done, bytes_total)`` instead.
 
     Returns:
         CaffeNet: A :class:`chainer.links.caffe.CaffeFunction` subclass;
@@ -72,14 +219,19 @@ def load_caffe(model: Optional[PathLike] = None,
         UnsupportedLayerError: a layer type (or option) without a faithful
             conversion among the layers needed.
     """
-    start = time.perf_counter()
-    description = describe_model(model, prototxt)
-    net = build_net(description, stop_at)
-    logger.info('loaded %s: %d layers, %d parameters in %.2f s',
-                description.source, len(net.layers),
-                sum(p.size for p in net.params()),
-                time.perf_counter() - start)
-    return net
+    if not cache:
+        return _load(model, prototxt, weights, stop_at, progress)
+    from chainer_finetune.caffe import cache as net_cache
+    if model is not None and weights is not None:
+        raise ValueError('pass either model or weights, not both')
+    inputs = [('model', model), ('prototxt', prototxt), ('weights', weights)]
+    source = ' + '.join(os.fspath(p) for _, p in inputs if p is not None)
+    options = {'stop_at': stop_at if stop_at is None or
+               isinstance(stop_at, str) else list(stop_at)}
+    return net_cache.cached(
+        inputs, options,
+        lambda: _load(model, prototxt, weights, stop_at, progress),
+        source or '(no files)')
 
 
 def load_mean(path: PathLike) -> numpy.ndarray:
@@ -96,7 +248,8 @@ def load_mean(path: PathLike) -> numpy.ndarray:
     array = blob.array
     if array.ndim == 4:
         if array.shape[0] != 1:
-            raise CaffeModelError('{}: holds {} mean images, expected 1'.format(
-                os.fspath(path), array.shape[0]))
+            raise CaffeModelError(
+                '{}: holds {} mean images, expected 1'.format(
+                    os.fspath(path), array.shape[0]))
         array = array[0]
     return array

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from typing import BinaryIO, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import (BinaryIO, Callable, Dict, List, NamedTuple, Optional,
+                    Tuple, Union)
 
 import numpy
 from google.protobuf import message as pb_message
@@ -200,15 +201,22 @@ class _BlobReader:
         for field in self.scanner.fields(start, end, where):
             if field.number in _BLOB_LEGACY_DIMS and \
                     field.wire_type == _VARINT:
-                legacy[field.number] = field.value
+                # int32 fields: protobuf keeps the low 32 bits, signed.
+                value = field.value & 0xFFFFFFFF
+                legacy[field.number] = value - (value >> 31 << 32)
             elif field.number == _BLOB_SHAPE and field.wire_type == _LEN:
                 shape_msg = caffe_pb2.BlobShape()
-                shape_msg.ParseFromString(
-                    bytes(self.scanner.buf[field.value_start:field.end]))
+                _parse_message(
+                    shape_msg,
+                    bytes(self.scanner.buf[field.value_start:field.end]),
+                    self.scanner.path, where + ' shape')
                 shape = list(shape_msg.dim)
             elif field.number in runs:
                 if field.wire_type != _LEN:
-                    fallback = True   # unpacked values (very old writers)
+                    # Unpacked values (very old writers): one field per
+                    # value, far too many to walk here.
+                    fallback = True
+                    break
                 elif field.value:
                     runs[field.number].append(field)
         # Several packed runs of one field concatenate; rare enough to leave
@@ -311,9 +319,29 @@ def _parse_message(msg: pb_message.Message, data: bytes, path: str,
                    where: str) -> None:
     try:
         msg.ParseFromString(data)
-    except pb_message.DecodeError as e:
+    except (pb_message.DecodeError, UnicodeDecodeError) as e:
+        # The pure-Python backend raises UnicodeDecodeError for bad UTF-8.
         raise CaffeModelError('{}: not a valid Caffe binary: cannot parse {} '
                               '({})'.format(path, where, e)) from None
+    _check_text(msg, path, where)
+
+
+def _check_text(msg: pb_message.Message, path: str, where: str) -> None:
+    # upb does not validate UTF-8 in proto2 `string` fields: it hands the
+    # value back as bytes, which fails far away (in str.join, re.sub...).
+    for field, value in msg.ListFields():
+        if field.type == field.TYPE_STRING:
+            for v in [value] if isinstance(value, (str, bytes)) else value:
+                if not isinstance(v, str):
+                    raise CaffeModelError(
+                        '{}: not a valid Caffe binary: {} field {!r} is not '
+                        'UTF-8 text: {!r}'.format(
+                            path, where, field.name, v[:64]))
+        elif field.type == field.TYPE_MESSAGE:
+            if isinstance(value, pb_message.Message):
+                value = [value]
+            for v in value:
+                _check_text(v, path, where)
 
 
 def _layer_name(scanner: _Scanner, start: int, end: int, version: int) -> str:
@@ -326,11 +354,15 @@ def _layer_name(scanner: _Scanner, start: int, end: int, version: int) -> str:
     return '?'
 
 
-def read_caffemodel(path: PathLike) -> CaffeModelFile:
+def read_caffemodel(path: PathLike,
+                    progress: Optional[Callable[[int, int], None]] = None
+                    ) -> CaffeModelFile:
     """Reads a binary ``.caffemodel`` (V1 or V2 ``NetParameter``).
 
     Args:
         path: The file.
+        progress: Called as ``progress(bytes_done, bytes_total)`` after
+            each layer is read (for a progress display).
 
     Returns:
         CaffeModelFile: The net-level fields and every layer with its blobs
@@ -349,21 +381,45 @@ def read_caffemodel(path: PathLike) -> CaffeModelFile:
                 '{}: this is a text file (a prototxt?), expected a binary '
                 'caffemodel; pass a prototxt as prototxt='.format(path))
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _read_net(buf, f, path, size)
+            return _read_net(buf, f, path, size, progress)
 
 
-def _read_net(buf: mmap.mmap, f: BinaryIO, path: str,
-              size: int) -> CaffeModelFile:
+def _cut_layer(scanner: _Scanner, pos: int, size: int, index: int) -> str:
+    """Names the layer a bad top-level field at ``pos`` starts, if any."""
+    try:
+        tag, pos = scanner._varint(pos, size, '')
+    except CaffeModelError:
+        return ''
+    if tag >> 3 not in (_NET_LAYER, _NET_LAYERS) or tag & 7 != _LEN:
+        return ''
+    try:
+        _, pos = scanner._varint(pos, size, '')
+        name = _layer_name(scanner, pos, size,
+                           2 if tag >> 3 == _NET_LAYER else 1)
+    except CaffeModelError:
+        name = '?'
+    return '; in layer {} ({!r})'.format(index, name)
+
+
+def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
+              progress: Optional[Callable[[int, int], None]] = None
+              ) -> CaffeModelFile:
     scanner = _Scanner(buf, path)
     blob_reader = _BlobReader(scanner, f)
     header = bytearray()
     spans: List[Tuple[int, int, int]] = []   # field, start, end
-    for field in scanner.fields(0, size, 'NetParameter'):
-        if field.number in (_NET_LAYER, _NET_LAYERS) and \
-                field.wire_type == _LEN:
-            spans.append((field.number, field.value_start, field.end))
-        else:
-            header += buf[field.start:field.end]
+    last_end = 0
+    try:
+        for field in scanner.fields(0, size, 'NetParameter'):
+            if field.number in (_NET_LAYER, _NET_LAYERS) and \
+                    field.wire_type == _LEN:
+                spans.append((field.number, field.value_start, field.end))
+            else:
+                header += buf[field.start:field.end]
+            last_end = field.end
+    except CaffeModelError as e:
+        raise CaffeModelError('{}{}'.format(e, _cut_layer(
+            scanner, last_end, size, len(spans)))) from None
     versions = {number for number, _, _ in spans}
     if not spans:
         raise CaffeModelError('{}: not a Caffe model: no layers found in '
@@ -398,6 +454,8 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str,
         blobs = [blob_reader.read(s, e, '{}, blob {}'.format(where, i))
                  for i, (s, e) in enumerate(blob_spans)]
         layers.append(LayerRecord(param, blobs))
+        if progress is not None:
+            progress(end, size)
     logger.debug('%s: %d V%d layers, %d blobs', path, len(layers), version,
                  sum(len(r.blobs) for r in layers))
     return CaffeModelFile(path, net, layers, version)
@@ -454,5 +512,7 @@ def read_binaryproto(path: PathLike) -> Blob:
         raise CaffeModelError('{}: not a valid BlobProto: {}'.format(
             path, e)) from None
     if not len(blob.data) and not len(blob.double_data):
-        raise CaffeModelError('{}: BlobProto holds no values'.format(path))
+        raise CaffeModelError('{}: holds no BlobProto values; expected a '
+                              'binary BlobProto (a mean.binaryproto), not a '
+                              'caffemodel or other file'.format(path))
     return blob_from_proto(blob, path)

@@ -71,6 +71,10 @@ def _v1_type_name(layer: caffe_pb2.V1LayerParameter) -> str:
 def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter
                      ) -> caffe_pb2.LayerParameter:
     """Converts one V1 layer description (without its blobs) to V2."""
+    if v1.HasField('layer'):
+        raise CaffeModelError(
+            "layer {!r} is in the V0 format (2013); upgrade it with Caffe's "
+            'upgrade_net_proto_text/binary first'.format(v1.layer.name))
     v2 = caffe_pb2.LayerParameter()
     v2.name = v1.name
     v2.type = _v1_type_name(v1)
@@ -211,10 +215,14 @@ def describe(model: CaffeModelFile,
         layers = to_v2_layers(model.net, [r.param for r in model.layers],
                               model.version, model.path)
         return NetDescription(model.net.name, layers, weights, model.path)
+    where = prototxt_path or 'prototxt'
+    if prototxt.layer and prototxt.layers:
+        raise CaffeModelError('{}: mixes V1 (`layers`) and V2 (`layer`) '
+                              'layers; Caffe cannot load that either'
+                              .format(where))
     version = 2 if prototxt.layer else 1
     source_layers: Sequence = prototxt.layer if version == 2 \
         else prototxt.layers
-    where = prototxt_path or 'prototxt'
     layers = to_v2_layers(prototxt, source_layers, version, where)
     used = {layer.name for layer in layers}
     unused = sorted(name for name in weights if name not in used)

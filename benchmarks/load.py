@@ -1,0 +1,469 @@
+"""Benchmark: loading a VGG-16-sized caffemodel.
+
+Usage::
+
+    python benchmarks/load.py [--workdir .cache/bench] [--quick]
+                              [--repeat 3] [--rst FILE]
+
+Writes (once; reused while its size matches) a V2 caffemodel with the
+shapes of VGG_ILSVRC_16_layers and random float32 weights (528 MiB; 46 MiB
+with ``--quick``, a narrower VGG) into ``--workdir``, then measures, each
+``--repeat`` times in a fresh subprocess (the page cache is warm, the Python
+heap is not):
+
+* ``floor``: read the file, ``NetParameter.ParseFromString`` and
+  ``numpy.asarray(blob.data)`` for every blob (what any protobuf-based
+  loader must at least do);
+* ``CaffeFunction``: Chainer's own ``chainer.links.caffe.CaffeFunction`` on
+  the same file (importable because chainer_finetune's compat layer serves
+  its schema under Chainer's module name; a reference only);
+* ``load_caffe``: ``chainer_finetune.load_caffe(path)``;
+* ``load_caffe cache=True``: from the converted-net cache (kept under
+  ``--workdir``), "n/a" if ``load_caffe`` takes no ``cache`` argument.
+
+Seconds are the median time of the operation alone (imports excluded);
+peak RSS is the subprocess's ``ru_maxrss``, shown raw and net of a
+subprocess that only imports chainer_finetune. Ratios compare with the
+floor and with CaffeFunction in the same run, and the targets are checked
+at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# The parent stays small (no NumPy, no chainer_finetune: those are imported
+# only in subprocesses) so that nothing of it shows in their peak RSS.
+
+# The operation each subprocess times; prints one JSON line.
+_CHILD = r'''
+import json, resource, sys, time
+mode, path = sys.argv[1], sys.argv[2]
+import chainer_finetune            # before chainer (compat layer)
+import numpy
+extra = {}
+if mode == 'floor':
+    from chainer_finetune.caffe import caffe_pb2
+elif mode == 'caffefunction':
+    import chainer
+    from chainer.links.caffe import CaffeFunction
+    import warnings
+    warnings.simplefilter('ignore')   # "Skip the layer" for Input layers
+elif mode in ('load_caffe', 'load_caffe_cached'):
+    from chainer_finetune.caffe.loader import load_caffe
+start = time.perf_counter()
+if mode == 'baseline':
+    pass
+elif mode == 'floor':
+    with open(path, 'rb') as f:
+        data = f.read()
+    net = caffe_pb2.NetParameter()
+    net.ParseFromString(data)
+    arrays = [numpy.asarray(blob.data, dtype=numpy.float32)
+              for layer in (net.layer or net.layers) for blob in layer.blobs]
+    extra['values'] = sum(a.size for a in arrays)
+elif mode == 'caffefunction':
+    model = CaffeFunction(path)
+    extra['values'] = sum(p.size for p in model.params())
+elif mode == 'load_caffe':
+    model = load_caffe(path)
+    extra['values'] = sum(p.size for p in model.params())
+elif mode == 'load_caffe_cached':
+    model = load_caffe(path, cache=True)
+    extra['values'] = sum(p.size for p in model.params())
+else:
+    raise SystemExit('unknown mode ' + mode)
+seconds = time.perf_counter() - start
+# Linux: VmHWM, the peak RSS of this process image. ru_maxrss would do
+# too, but after fork+exec it starts at the parent's RSS.
+peak = None
+try:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                peak = int(line.split()[1]) * 1024
+except OSError:
+    pass
+if peak is None:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform != 'darwin':
+        peak *= 1024
+print(json.dumps(dict(seconds=seconds, peak=peak, **extra)))
+'''
+
+MODES = [
+    # (mode, label)
+    ('floor', 'floor (read + ParseFromString + asarray)'),
+    ('caffefunction', 'Chainer CaffeFunction'),
+    ('load_caffe', 'load_caffe (no cache)'),
+    ('load_caffe_cached', 'load_caffe (cache=True)'),
+]
+
+MB = 1e6
+
+
+# --------------------------------------------------------------------------
+# The model file
+# --------------------------------------------------------------------------
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _len_field(number: int, body: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
+
+
+def vgg_layers(width: float = 1.0, fc: int = 4096, n_class: int = 1000):
+    """VGG-16's layers as (name, type, bottom, params dict, blob shapes)."""
+    layers = []
+    bottom, channels = 'data', 3
+    for stage, (n_conv, out) in enumerate(
+            [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
+        out = max(1, int(out * width))
+        for i in range(1, n_conv + 1):
+            name = 'conv{}_{}'.format(stage, i)
+            layers.append((name, 'Convolution', bottom,
+                           {'num_output': out, 'pad': 1, 'kernel_size': 3},
+                           [(out, channels, 3, 3), (out,)]))
+            layers.append(('relu{}_{}'.format(stage, i), 'ReLU', name, None,
+                           []))
+            bottom, channels = name, out
+        pool = 'pool{}'.format(stage)
+        layers.append((pool, 'Pooling', bottom, {'kernel_size': 2,
+                                                 'stride': 2}, []))
+        bottom = pool
+    n_in = channels * 7 * 7
+    for name, n_out in (('fc6', fc), ('fc7', fc), ('fc8', n_class)):
+        layers.append((name, 'InnerProduct', bottom, {'num_output': n_out},
+                       [(n_out, n_in), (n_out,)]))
+        if name != 'fc8':
+            layers.append(('relu' + name[2:], 'ReLU', name, None, []))
+            layers.append(('drop' + name[2:], 'Dropout', name, None, []))
+        bottom, n_in = name, n_out
+    layers.append(('prob', 'Softmax', bottom, None, []))
+    return layers
+
+
+def write_vgg(path: str, width: float, fc: int, seed: int = 0) -> None:
+    """Streams a V2 caffemodel of :func:`vgg_layers` to ``path``.
+
+    Our own writer (used for ``--quick``, and when
+    ``chainer_finetune.caffe.testing`` is unavailable): the layer messages
+    come from protobuf, the blob data is written in 4 MiB chunks, so memory
+    stays small whatever the size.
+    """
+    import chainer_finetune  # noqa: F401
+    from chainer_finetune.caffe import caffe_pb2
+    import numpy
+
+    rng = numpy.random.default_rng(seed)
+    header = caffe_pb2.NetParameter(name='VGG_ILSVRC_16_layers')
+    net_input = caffe_pb2.LayerParameter(name='data', type='Input')
+    net_input.top.append('data')
+    net_input.input_param.shape.add().dim.extend([10, 3, 224, 224])
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(header.SerializeToString())
+        f.write(_len_field(100, net_input.SerializeToString()))
+        for name, type_, bottom, params, shapes in vgg_layers(width, fc):
+            layer = caffe_pb2.LayerParameter(name=name, type=type_)
+            layer.bottom.append(bottom)
+            layer.top.append(name if type_ not in ('ReLU', 'Dropout')
+                             else bottom)
+            if type_ == 'Convolution':
+                p = layer.convolution_param
+                p.num_output = params['num_output']
+                p.pad.append(params['pad'])
+                p.kernel_size.append(params['kernel_size'])
+            elif type_ == 'InnerProduct':
+                layer.inner_product_param.num_output = params['num_output']
+            elif type_ == 'Pooling':
+                layer.pooling_param.kernel_size = params['kernel_size']
+                layer.pooling_param.stride = params['stride']
+            head = layer.SerializeToString()
+            blobs = []
+            for shape in shapes:
+                size = math.prod(shape)
+                shape_msg = caffe_pb2.BlobShape(dim=shape).SerializeToString()
+                blob_head = _len_field(7, shape_msg) + _varint(5 << 3 | 2) + \
+                    _varint(4 * size)
+                blobs.append((blob_head, size))
+            body_length = len(head) + sum(
+                len(_varint(7 << 3 | 2)) + len(_varint(len(h) + 4 * n)) +
+                len(h) + 4 * n for h, n in blobs)
+            f.write(_varint(100 << 3 | 2) + _varint(body_length) + head)
+            for blob_head, size in blobs:
+                f.write(_varint(7 << 3 | 2) +
+                        _varint(len(blob_head) + 4 * size) + blob_head)
+                std = numpy.float32(0.01)
+                for start in range(0, size, 1 << 20):
+                    n = min(1 << 20, size - start)
+                    chunk = rng.standard_normal(n, dtype=numpy.float32)
+                    chunk *= std
+                    f.write(chunk.astype('<f4', copy=False).tobytes())
+    os.replace(tmp, path)
+
+
+def expected_size(width: float, fc: int) -> int:
+    """Number of float32 values of :func:`vgg_layers`."""
+    return sum(math.prod(s) for *_, shapes in vgg_layers(width, fc)
+               for s in shapes)
+
+
+def ensure_model(workdir: str, quick: bool) -> str:
+    os.makedirs(workdir, exist_ok=True)
+    if quick:
+        path = os.path.join(workdir, 'vgg16_quick.caffemodel')
+        width, fc = 0.5, 512
+    else:
+        path = os.path.join(workdir, 'vgg16.caffemodel')
+        width, fc = 1.0, 4096
+    n_values = expected_size(width, fc)
+    # The values dominate: a file of about 4 bytes per value is reused.
+    if os.path.exists(path) and \
+            0 <= os.path.getsize(path) - 4 * n_values < 64 * 1024:
+        return path
+    start = time.perf_counter()
+    print('writing {} ({:.0f} MB)...'.format(path, 4 * n_values / MB),
+          flush=True)
+    # In a subprocess, to keep this process small.
+    subprocess.run([sys.executable, os.path.abspath(__file__), '--write',
+                    path, str(width), str(fc)], check=True)
+    print('  written in {:.1f} s'.format(time.perf_counter() - start),
+          flush=True)
+    return path
+
+
+# --------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------
+
+def run_child(mode: str, path: str, env: dict) -> dict:
+    out = subprocess.run([sys.executable, '-c', _CHILD, mode, path],
+                         capture_output=True, text=True, env=env,
+                         timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError('{} failed:\n{}'.format(mode, out.stderr[-3000:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def warm_page_cache(path: str) -> None:
+    with open(path, 'rb') as f:
+        while f.read(16 << 20):
+            pass
+
+
+def accepts_cache() -> bool:
+    code = ('import inspect, chainer_finetune\n'
+            'from chainer_finetune.caffe.loader import load_caffe\n'
+            "print('cache' in inspect.signature(load_caffe).parameters)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, check=True)
+    return out.stdout.strip() == 'True'
+
+
+def write_model(path: str, width: float, fc: int) -> None:
+    """VGG-16 itself through chainer_finetune.caffe.testing when it is
+    there, else (and for other widths) :func:`write_vgg`."""
+    tmp = path + '.tmp'
+    if (width, fc) == (1.0, 4096):
+        try:
+            import chainer_finetune  # noqa: F401
+            from chainer_finetune.caffe.testing import make_vgg16
+        except ImportError:
+            pass
+        else:
+            make_vgg16(tmp)
+            os.replace(tmp, path)
+            return
+    write_vgg(path, width, fc)
+
+
+def measure(path: str, workdir: str, repeat: int, modes=None) -> dict:
+    env = dict(os.environ)
+    env['CHAINER_FINETUNE_CACHE'] = os.path.abspath(
+        os.path.join(workdir, 'cache'))
+    env.setdefault('OMP_NUM_THREADS', '1')
+    warm_page_cache(path)
+    results = {}
+    baseline = [run_child('baseline', path, env)['peak']
+                for _ in range(repeat)]
+    results['baseline'] = {'peak': statistics.median(baseline)}
+    for mode, label in MODES:
+        if modes and mode not in modes:
+            continue
+        if mode == 'load_caffe_cached':
+            if not accepts_cache():
+                results[mode] = None
+                continue
+            run_child(mode, path, env)    # fills the cache (not timed)
+        runs = []
+        for i in range(repeat):
+            runs.append(run_child(mode, path, env))
+            print('  {:<42} run {}: {:6.2f} s, peak RSS {:6.0f} MB'.format(
+                label, i + 1, runs[-1]['seconds'], runs[-1]['peak'] / MB),
+                flush=True)
+        results[mode] = {
+            'seconds': statistics.median(r['seconds'] for r in runs),
+            'all_seconds': [r['seconds'] for r in runs],
+            'peak': statistics.median(r['peak'] for r in runs),
+            'values': runs[0].get('values'),
+        }
+    return results
+
+
+# --------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------
+
+def _ratio(a, b):
+    return '{:.2f}x'.format(a / b) if a and b else 'n/a'
+
+
+def table(results: dict, size: int) -> list:
+    """Rows (label, seconds, x floor, CaffeFunction / this, peak, net peak,
+    net / file size)."""
+    base = results['baseline']['peak']
+    floor = results.get('floor')
+    cf = results.get('caffefunction')
+    rows = []
+    for mode, label in MODES:
+        if mode not in results:
+            continue
+        r = results[mode]
+        if r is None:
+            rows.append((label, 'n/a', 'n/a', 'n/a', 'n/a', 'n/a', 'n/a'))
+            continue
+        net = r['peak'] - base
+        rows.append((
+            label,
+            '{:.2f}'.format(r['seconds']),
+            _ratio(r['seconds'], floor and floor['seconds']),
+            _ratio(cf and cf['seconds'], r['seconds']),
+            '{:.0f}'.format(r['peak'] / MB),
+            '{:.0f}'.format(net / MB),
+            '{:.2f}x'.format(net / size),
+        ))
+    return rows
+
+
+HEADERS = ('loader', 'seconds (median)', 'vs floor', 'speed-up vs '
+           'CaffeFunction', 'peak RSS MB', 'net peak RSS MB',
+           'net RSS / file size')
+
+
+def rst_table(rows: list) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(HEADERS, *rows)]
+    line = '  '.join('=' * w for w in widths)
+
+    def fmt(row):
+        return '  '.join(str(c).ljust(w) for c, w in zip(row, widths)) \
+            .rstrip()
+    return '\n'.join([line, fmt(HEADERS), line] + [fmt(r) for r in rows] +
+                     [line])
+
+
+def targets(results: dict, size: int) -> list:
+    """(target, measured, met) for each target of the loader."""
+    out = []
+    base = results['baseline']['peak']
+    floor = results.get('floor')
+    cf = results.get('caffefunction')
+    ours = results.get('load_caffe')
+    cached = results.get('load_caffe_cached')
+    if ours and floor:
+        ratio = ours['seconds'] / floor['seconds']
+        out.append(('load_caffe <= 2x the floor', '{:.2f}x'.format(ratio),
+                    ratio <= 2))
+    if ours and cf:
+        speedup = cf['seconds'] / ours['seconds']
+        out.append(('load_caffe >= 15x faster than CaffeFunction',
+                    '{:.1f}x'.format(speedup), speedup >= 15))
+    if ours and cached:
+        out.append(('cached <= no cache', '{:.2f} s vs {:.2f} s'.format(
+            cached['seconds'], ours['seconds']),
+            cached['seconds'] <= ours['seconds']))
+    elif ours:
+        out.append(('cached <= no cache', 'n/a (no cache= argument)', None))
+    if ours:
+        ratio = (ours['peak'] - base) / size
+        out.append(('load_caffe net peak RSS <= 1.5x file size',
+                    '{:.2f}x'.format(ratio), ratio <= 1.5))
+    if cached:
+        ratio = (cached['peak'] - base) / size
+        out.append(('cached net peak RSS <= 1.5x file size',
+                    '{:.2f}x'.format(ratio), ratio <= 1.5))
+    return out
+
+
+def _load_average() -> str:
+    try:
+        return '{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())
+    except (AttributeError, OSError):
+        return 'n/a'
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--workdir', default=os.path.join('.cache', 'bench'))
+    parser.add_argument('--quick', action='store_true',
+                        help='a 46 MB narrower VGG instead of VGG-16')
+    parser.add_argument('--repeat', type=int, default=3)
+    parser.add_argument('--only', nargs='*', choices=[m for m, _ in MODES],
+                        help='measure only these (the baseline always)')
+    parser.add_argument('--rst', help='also write the table (reST) here')
+    parser.add_argument('--write', nargs=3, metavar=('PATH', 'WIDTH', 'FC'),
+                        help=argparse.SUPPRESS)   # internal: the generator
+    args = parser.parse_args(argv)
+    if args.write:
+        write_model(args.write[0], float(args.write[1]), int(args.write[2]))
+        return 0
+    start = time.perf_counter()
+    path = ensure_model(args.workdir, args.quick)
+    size = os.path.getsize(path)
+    print('model: {} ({:.1f} MB), Python {}, {} CPUs, load average {}'
+          .format(path, size / MB, sys.version.split()[0], os.cpu_count(),
+                  _load_average()), flush=True)
+    results = measure(path, args.workdir, args.repeat, args.only)
+    counts = {m: r['values'] for m, r in results.items()
+              if r and r.get('values') is not None}
+    if len(set(counts.values())) > 1:
+        print('WARNING: the loaders disagree on the number of weights: '
+              '{}'.format(counts))
+    rows = table(results, size)
+    text = rst_table(rows)
+    print()
+    print('file: {:.1f} MB; baseline RSS (import chainer_finetune): {:.0f} '
+          'MB; median of {} fresh subprocesses'.format(
+              size / MB, results['baseline']['peak'] / MB, args.repeat))
+    print(text)
+    print()
+    for target, measured, met in targets(results, size):
+        verdict = 'n/a' if met is None else ('met' if met else 'MISSED')
+        print('  {:<46} {:<24} {}'.format(target, measured, verdict))
+    print('\ntotal {:.0f} s; load average now {}'.format(
+        time.perf_counter() - start, _load_average()))
+    if args.rst:
+        with open(args.rst, 'w') as f:
+            f.write(text + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

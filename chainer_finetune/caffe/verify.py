@@ -1,0 +1,618 @@
+"""Layer-by-layer comparison of a loaded Caffe net with OpenCV's DNN module.
+
+OpenCV's ``cv2.dnn.readNetFromCaffe`` is an independent implementation of
+Caffe's layers (its own importer, V1 upgrade and kernels). Running the same
+input through it and through :func:`~chainer_finetune.caffe.load_caffe`
+checks the whole conversion: file parsing, weight layout, every layer's
+numerics.
+
+How blobs are matched: a Caffe layer that computes in place (``bottom`` ==
+``top``, as BatchNorm, Scale and ReLU do in most ResNets) overwrites its
+blob, so the value of a blob depends on when it is looked at. Every row
+compares one top of one layer *right after that layer ran*: OpenCV's
+output of layer L (``forwardAndRetrieve``, which also gives every top of a
+multi-top layer such as Slice) against the value our net computed for L's
+top at that step. Our net is therefore stepped one layer at a time here
+(``net.layers`` / ``net.forwards``); ``CaffeNet.forward`` only keeps each
+blob's final value.
+
+OpenCV runs on its plain CPU backend with layer fusion (BatchNorm, Scale
+and ReLU folded into the convolution) and Winograd convolution turned off,
+so every layer's own output exists and is computed directly. OpenCV
+protects only the first output of each requested layer from memory reuse,
+so the other tops of a multi-top layer (Split, Slice) are read from a
+second run that stops at that layer. Layers OpenCV does not expose and
+layers skipped because an input such as ``label`` is not fed (loss heads)
+are listed as rows without numbers and logged.
+
+Needs OpenCV (``pip install 'opencv-python-headless<5'``: OpenCV 5
+dropped ``readNetFromCaffe``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import (Dict, Iterable, List, Mapping, NamedTuple, Optional,
+                    Sequence, TextIO, Tuple, Union)
+
+import chainer
+import numpy
+
+from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe.function import CaffeNet
+from chainer_finetune.caffe.loader import load_caffe
+from chainer_finetune.errors import ChainerFinetuneError
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, 'os.PathLike[str]']
+Shape = Tuple[int, ...]
+
+#: The default tolerance of ``chainer-finetune verify`` (relative L2).
+DEFAULT_TOLERANCE = 1e-4
+
+#: Layer types whose tops are supplied by the caller.
+DATA_LAYER_TYPES = frozenset([
+    'Input', 'Data', 'MemoryData', 'ImageData', 'DummyData', 'HDF5Data',
+    'WindowData'])
+
+
+class OpenCVUnavailableError(ChainerFinetuneError, ImportError):
+    """OpenCV (``cv2`` with ``dnn.readNetFromCaffe``) is not installed."""
+
+
+class OpenCVComparisonError(ChainerFinetuneError):
+    """OpenCV could not read or run the net, or the inputs are unknown."""
+
+
+class ComparisonRow(NamedTuple):
+    """One top of one layer, ours against OpenCV's.
+
+    Attributes:
+        layer: The Caffe layer name.
+        blob: The top (blob) name.
+        shape: The shape of our output.
+        max_abs: ``max |ours - opencv|``; None when not compared.
+        rel_l2: ``||ours - opencv||_2 / ||opencv||_2`` (float64; ``inf``
+            for a shape or NaN mismatch); None when not compared.
+    """
+
+    layer: str
+    blob: str
+    shape: Shape
+    max_abs: Optional[float]
+    rel_l2: Optional[float]
+
+    @property
+    def compared(self) -> bool:
+        """Whether OpenCV gave a value for this blob."""
+        return self.rel_l2 is not None
+
+
+def import_cv2():
+    """Imports OpenCV, raising :class:`OpenCVUnavailableError` if unusable."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise OpenCVUnavailableError(
+            'comparing with OpenCV needs the cv2 module: pip install '
+            "'opencv-python-headless<5' ({})".format(e)) from e
+    if not hasattr(getattr(cv2, 'dnn', None), 'readNetFromCaffe'):
+        raise OpenCVUnavailableError(
+            'OpenCV {} has no cv2.dnn.readNetFromCaffe (removed in OpenCV '
+            "5): pip install 'opencv-python-headless<5'".format(
+                getattr(cv2, '__version__', '?')))
+    return cv2
+
+
+def compare_arrays(ours: numpy.ndarray, reference: numpy.ndarray
+                   ) -> Tuple[float, float]:
+    """``(max_abs, rel_l2)`` of two arrays, in float64.
+
+    Equal infinities and NaNs in the same places count as equal; any other
+    NaN or infinity makes both numbers ``inf``. ``rel_l2`` divides by the
+    reference's norm (ours where the reference is all zeros; 0 when both
+    are).
+    """
+    a = numpy.asarray(ours, dtype=numpy.float64)
+    b = numpy.asarray(reference, dtype=numpy.float64)
+    if a.shape != b.shape:
+        if a.size != b.size:
+            return math.inf, math.inf
+        b = b.reshape(a.shape)
+    if a.size == 0:
+        return 0.0, 0.0
+    same = (a == b) | (numpy.isnan(a) & numpy.isnan(b))
+    with numpy.errstate(invalid='ignore'):   # inf - inf
+        diff = numpy.where(same, 0.0, a - b)
+    if not numpy.isfinite(diff).all():
+        return math.inf, math.inf
+    max_abs = float(numpy.abs(diff).max())
+    err = float(numpy.linalg.norm(diff.ravel()))
+    if err == 0:
+        return max_abs, 0.0
+    # Matching infinities/NaNs are left out of the norms.
+    norm = float(numpy.linalg.norm(numpy.where(numpy.isfinite(b), b,
+                                               0.0).ravel()))
+    if norm == 0:
+        norm = float(numpy.linalg.norm(numpy.where(numpy.isfinite(a), a,
+                                                   0.0).ravel()))
+    return max_abs, (err / norm if norm > 0 else math.inf)
+
+
+# --------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------
+
+def _external_inputs(net: CaffeNet) -> List[str]:
+    """Blobs the net consumes but no earlier layer produces.
+
+    Declared inputs (``net.inputs``) come first, in their order; a declared
+    input no layer uses is left out (OpenCV rejects a net fed one).
+    """
+    produced = set()
+    consumed: List[str] = []
+    for name, bottoms, tops in net.layers:
+        if name not in net.forwards:   # a data layer
+            continue
+        for b in bottoms:
+            if b not in produced and b not in consumed:
+                consumed.append(b)
+        produced.update(tops)
+    declared = [name for name in net.inputs if name in consumed]
+    return declared + [name for name in consumed if name not in declared]
+
+
+def _data_layer_shape(layer: caffe_pb2.LayerParameter, top_index: int
+                      ) -> Optional[Shape]:
+    """The shape a data layer's parameters imply for its first top."""
+    if top_index != 0:
+        return None
+    if layer.type == 'MemoryData':
+        p = layer.memory_data_param
+        dims = (p.channels, p.height, p.width)
+        if all(dims):
+            return (1,) + dims
+    if layer.type == 'DummyData' and layer.dummy_data_param.shape:
+        return tuple(layer.dummy_data_param.shape[0].dim)
+    return None
+
+
+def resolve_input_shapes(net: CaffeNet,
+                         input_shape: Union[Sequence[int],
+                                            Mapping[str, Sequence[int]],
+                                            None] = None
+                         ) -> Dict[str, Shape]:
+    """The shape to feed each input blob that can be fed.
+
+    In order of precedence: ``input_shape`` (a mapping by blob name, or one
+    shape for the net's first input), the shape the net declares
+    (``net.inputs``), what a data layer's parameters imply (MemoryData's
+    channels/height/width, batch 1). Inputs with no known shape (``label``)
+    are left out; the layers that need them are skipped.
+
+    Raises:
+        OpenCVComparisonError: if no input can be fed, or a name in
+            ``input_shape`` is not an input of the net.
+    """
+    inputs = _external_inputs(net)
+    if isinstance(input_shape, Mapping):
+        given = {k: tuple(int(d) for d in v) for k, v in input_shape.items()}
+    elif input_shape is not None:
+        if not inputs:
+            raise OpenCVComparisonError('the net has no inputs')
+        given = {inputs[0]: tuple(int(d) for d in input_shape)}
+    else:
+        given = {}
+    unknown = sorted(set(given) - set(inputs))
+    if unknown:
+        raise OpenCVComparisonError(
+            'input_shape names {} but the net\'s inputs are {}'.format(
+                unknown, inputs))
+    implied: Dict[str, Shape] = {}
+    for layer in net.caffe_layers:
+        if layer.type in DATA_LAYER_TYPES:
+            for i, top in enumerate(layer.top):
+                shape = _data_layer_shape(layer, i)
+                if shape is not None:
+                    implied.setdefault(top, shape)
+    shapes: Dict[str, Shape] = {}
+    for name in inputs:
+        shape = given.get(name) or net.inputs.get(name) or implied.get(name)
+        if shape:
+            shapes[name] = tuple(int(d) for d in shape)
+        else:
+            logger.info('input %r has no known shape; layers that need it '
+                        'are skipped', name)
+    if not shapes:
+        raise OpenCVComparisonError(
+            'the shape of the net\'s input{} {} is unknown: give '
+            'input_shape (--input-shape)'.format(
+                's' if len(inputs) > 1 else '', inputs))
+    return shapes
+
+
+def random_inputs(shapes: Mapping[str, Shape], seed: int = 0,
+                  scale: float = 1.0) -> Dict[str, numpy.ndarray]:
+    """float32 inputs, uniform in ``[-scale, scale)``, from ``seed``.
+
+    Inputs are drawn in the order of ``shapes`` from one
+    ``numpy.random.RandomState(seed)``.
+    """
+    rs = numpy.random.RandomState(seed)
+    return {name: (rs.uniform(-1.0, 1.0, shape) * scale).astype(
+        numpy.float32) for name, shape in shapes.items()}
+
+
+# --------------------------------------------------------------------------
+# Running both nets
+# --------------------------------------------------------------------------
+
+def step_outputs(net: CaffeNet, inputs: Mapping[str, numpy.ndarray]
+                 ) -> Tuple[Dict[Tuple[str, str], numpy.ndarray], List[str]]:
+    """Runs ``net`` one layer at a time, recording every layer's tops.
+
+    Runs under the current Chainer configuration (``compare_with_opencv``
+    sets ``train=False`` and no backprop). Layers whose bottoms are not
+    available (a loss head without ``label``) are skipped, as
+    ``CaffeNet.forward`` skips them.
+
+    Returns:
+        ``({(layer, top): array}, skipped layer names)``; an in-place
+        layer's entry is the blob's value right after that layer.
+    """
+    variables: Dict[str, chainer.Variable] = {
+        name: chainer.Variable(net.device.send(numpy.asarray(value)),
+                               requires_grad=False)
+        for name, value in inputs.items()}
+    recorded: Dict[Tuple[str, str], numpy.ndarray] = {}
+    skipped: List[str] = []
+    for name, bottoms, tops in net.layers:
+        if name not in net.forwards:   # a data layer
+            continue
+        if any(b not in variables for b in bottoms):
+            skipped.append(name)
+            continue
+        ys = net.forwards[name](*(variables[b] for b in bottoms))
+        for top, y in zip(tops, ys):
+            variables[top] = y
+            recorded[(name, top)] = numpy.asarray(
+                chainer.backend.CpuDevice().send(y.array))
+    return recorded, skipped
+
+
+def deploy_prototxt(net: CaffeNet, shapes: Mapping[str, Shape],
+                    skipped: Iterable[str] = ()) -> str:
+    """A V2 deploy prototxt (text) of ``net``'s structure for OpenCV.
+
+    Used when no prototxt is given: the net's data layers become one
+    ``Input`` layer declaring ``shapes``; layers in ``skipped`` (and any
+    that need their tops) are dropped; phase fields and rules are cleared;
+    and BatchNorm's ``use_global_stats`` is cleared so that the TEST phase
+    default (stored statistics) applies, as in our net under
+    ``train=False``.
+    """
+    from google.protobuf import text_format
+    out = caffe_pb2.NetParameter(name=net.name or 'net')
+    data = out.layer.add(name='input', type='Input')
+    for name, shape in shapes.items():
+        data.top.append(name)
+        data.input_param.shape.add().dim.extend(shape)
+    available = set(shapes)
+    skipped = set(skipped)
+    for layer in net.caffe_layers:
+        if layer.type in DATA_LAYER_TYPES or layer.name in skipped or \
+                any(b not in available for b in layer.bottom):
+            continue
+        copy = out.layer.add()
+        copy.CopyFrom(layer)
+        copy.ClearField('phase')
+        copy.ClearField('include')
+        copy.ClearField('exclude')
+        if copy.type == 'BatchNorm':
+            copy.batch_norm_param.ClearField('use_global_stats')
+        available.update(copy.top)
+    return text_format.MessageToString(out)
+
+
+def _opencv_net(cv2, prototxt: str, model: str):
+    try:
+        cvnet = cv2.dnn.readNetFromCaffe(prototxt, model)
+    except cv2.error as e:
+        raise OpenCVComparisonError('OpenCV cannot read {} with {}: {}'.format(
+            prototxt, model, str(e).strip())) from e
+    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    cvnet.enableFusion(False)
+    if hasattr(cvnet, 'enableWinograd'):   # OpenCV >= 4.7
+        cvnet.enableWinograd(False)
+    return cvnet
+
+
+def opencv_outputs(model: PathLike, prototxt: PathLike,
+                   inputs: Mapping[str, numpy.ndarray],
+                   layers: Optional[Iterable[str]] = None
+                   ) -> Dict[str, List[numpy.ndarray]]:
+    """Every output of the named layers (default all) as OpenCV computes.
+
+    Raises:
+        OpenCVUnavailableError: without OpenCV.
+        OpenCVComparisonError: if OpenCV cannot read or run the net.
+    """
+    cv2 = import_cv2()
+    cvnet = _opencv_net(cv2, os.fspath(prototxt), os.fspath(model))
+    exposed = list(cvnet.getLayerNames())
+    if layers is not None:
+        wanted = set(layers)
+        exposed = [n for n in exposed if n in wanted]
+    if not exposed:
+        return {}
+    try:
+        for name, value in inputs.items():
+            cvnet.setInput(numpy.ascontiguousarray(value, numpy.float32),
+                           name)
+        outs = {name: [numpy.asarray(o) for o in out]
+                for name, out in zip(exposed, cvnet.forwardAndRetrieve(
+                    exposed))}
+        # OpenCV keeps only output 0 of each requested layer from being
+        # reused by later layers; the other outputs of a multi-top layer
+        # (Split, Slice) are read from a run that stops at that layer.
+        for name in exposed:
+            if len(outs[name]) > 1:
+                outs[name] = [numpy.asarray(o) for o in
+                              cvnet.forwardAndRetrieve([name])[0]]
+    except cv2.error as e:
+        raise OpenCVComparisonError('OpenCV cannot run {}: {}'.format(
+            prototxt, str(e).strip())) from e
+    return outs
+
+
+def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
+                        input_shape: Union[Sequence[int],
+                                           Mapping[str, Sequence[int]],
+                                           None] = None,
+                        seed: int = 0,
+                        layers: Optional[Iterable[str]] = None, *,
+                        scale: float = 1.0,
+                        inputs: Optional[Mapping[str, numpy.ndarray]] = None,
+                        net: Optional[CaffeNet] = None
+                        ) -> List[ComparisonRow]:
+    """Compares every layer's output of our net with OpenCV's.
+
+    Loads ``model`` (+ ``prototxt``) with :func:`load_caffe` and with
+    ``cv2.dnn.readNetFromCaffe``, feeds both the same random input and
+    compares each top of each layer right after that layer (see the module
+    docstring), with ``chainer.using_config('train', False)`` and
+    ``no_backprop_mode``.
+
+    Args:
+        model: The ``.caffemodel``.
+        prototxt: The deploy prototxt. Without it, OpenCV reads a prototxt
+            written from the caffemodel's own structure
+            (:func:`deploy_prototxt`).
+        input_shape: The input's shape (for the net's first input) or a
+            mapping of input blob to shape; default: what the net declares.
+        seed: Seed of the random input (:func:`random_inputs`).
+        layers: Only compare these layers (Caffe names); default all.
+        scale: Inputs are uniform in ``[-scale, scale)``.
+        inputs: Use these arrays (blob name to array) instead of random
+            ones.
+        net: An already loaded net of ``model`` + ``prototxt`` (or of an
+            equivalent net with the same layer names), to avoid loading it
+            again.
+
+    Returns:
+        One :class:`ComparisonRow` ``(layer, blob, shape, max_abs,
+        rel_l2)`` per top of each layer, in execution order. Layers OpenCV
+        does not expose and layers skipped for lack of an input get
+        ``max_abs`` and ``rel_l2`` None (and are logged).
+
+    Raises:
+        OpenCVUnavailableError: without OpenCV.
+        OpenCVComparisonError: OpenCV cannot read or run the net; unknown
+            input shape.
+        CaffeModelError: our loader cannot load the net.
+    """
+    import_cv2()   # fail before the (slower) loading
+    start = time.perf_counter()
+    if net is None:
+        net = load_caffe(model, prototxt)
+    if inputs is None:
+        inputs = random_inputs(resolve_input_shapes(net, input_shape), seed,
+                               scale)
+    else:
+        used = set(_external_inputs(net))
+        inputs = {k: numpy.asarray(v, numpy.float32)
+                  for k, v in inputs.items() if k in used}
+    wanted = None if layers is None else set(layers)
+    if wanted is not None:
+        unknown = wanted - {name for name, _, _ in net.layers}
+        if unknown:
+            raise OpenCVComparisonError('no layers named {} in the net'.format(
+                sorted(unknown)))
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        ours, skipped = step_outputs(net, inputs)
+    loaded = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix='chainer_finetune-verify-') \
+            as tmp:
+        if prototxt is None:
+            prototxt = os.path.join(tmp, 'deploy.prototxt')
+            with open(prototxt, 'w', encoding='utf-8') as f:
+                f.write(deploy_prototxt(
+                    net, {k: v.shape for k, v in inputs.items()}, skipped))
+        theirs = opencv_outputs(model, prototxt, inputs, wanted)
+    rows: List[ComparisonRow] = []
+    not_exposed: List[str] = []
+    for name, bottoms, tops in net.layers:
+        if name not in net.forwards or (wanted is not None and
+                                        name not in wanted):
+            continue
+        outs = theirs.get(name)
+        if outs is None and name not in skipped:
+            not_exposed.append(name)
+        for i, top in enumerate(tops):
+            value = ours.get((name, top))
+            shape = tuple(value.shape) if value is not None else ()
+            if value is None or outs is None or i >= len(outs):
+                rows.append(ComparisonRow(name, top, shape, None, None))
+                continue
+            if outs[i].size != value.size:
+                logger.warning('%s/%s: our shape %s, OpenCV\'s %s', name,
+                               top, value.shape, outs[i].shape)
+            elif outs[i].shape != value.shape:
+                logger.debug('%s/%s: our shape %s, OpenCV\'s %s (same '
+                             'values compared)', name, top, value.shape,
+                             outs[i].shape)
+            max_abs, rel = compare_arrays(value, outs[i])
+            rows.append(ComparisonRow(name, top, shape, max_abs, rel))
+    if skipped:
+        logger.info('not run for lack of an input: %s', ', '.join(skipped))
+    if not_exposed:
+        logger.info('OpenCV does not expose (not compared): %s',
+                    ', '.join(not_exposed))
+    logger.info('compared %d blobs with OpenCV in %.2f s (ours %.2f s)',
+                sum(r.compared for r in rows), time.perf_counter() - start,
+                loaded - start)
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Reporting and the CLI
+# --------------------------------------------------------------------------
+
+def worst(rows: Iterable[ComparisonRow]) -> Optional[ComparisonRow]:
+    """The compared row with the largest ``rel_l2`` (None if none)."""
+    compared = [r for r in rows if r.compared]
+    return max(compared, key=lambda r: r.rel_l2) if compared else None
+
+
+def format_comparison(rows: Sequence[ComparisonRow],
+                      tolerance: Optional[float] = None) -> str:
+    """A text table of the rows, with a summary line.
+
+    Rows beyond ``tolerance`` (when given) are marked ``FAIL``; rows not
+    compared say so.
+    """
+    header = ('layer', 'blob', 'shape', 'max_abs', 'rel_l2', '')
+    table = [header]
+    for r in rows:
+        shape = 'x'.join(map(str, r.shape)) or '-'
+        if not r.compared:
+            table.append((r.layer, r.blob, shape, '-', '-', 'not compared'))
+            continue
+        mark = ''
+        if tolerance is not None and not r.rel_l2 <= tolerance:
+            mark = 'FAIL'
+        table.append((r.layer, r.blob, shape, '{:.3g}'.format(r.max_abs),
+                      '{:.3g}'.format(r.rel_l2), mark))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ['  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+             for row in table]
+    compared = [r for r in rows if r.compared]
+    summary = '{} blobs compared, {} not compared'.format(
+        len(compared), len(rows) - len(compared))
+    w = worst(rows)
+    if w is not None:
+        summary += '; worst rel_l2 {:.3g} at {} ({})'.format(
+            w.rel_l2, w.layer, w.blob)
+    if tolerance is not None:
+        failed = sum(1 for r in compared if not r.rel_l2 <= tolerance)
+        summary += '; {} beyond tolerance {:g}'.format(failed, tolerance)
+    lines.append(summary)
+    return '\n'.join(lines)
+
+
+def parse_shape(text: str) -> Shape:
+    """``'1,3,224,224'`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``."""
+    try:
+        shape = tuple(int(d) for d in text.replace('x', ',').split(',')
+                      if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            'a shape is integers separated by commas, e.g. 1,3,224,224; got '
+            '{!r}'.format(text)) from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            'a shape needs positive sizes, got {!r}'.format(text))
+    return shape
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the arguments :func:`run_verify` reads to ``parser``.
+
+    ``MODEL`` (positional), ``--prototxt``, ``--tolerance`` (default
+    1e-4, relative L2 per blob), ``--input-shape`` (e.g. 1,3,224,224),
+    ``--seed`` (0), ``--input-scale`` (1.0), ``--layer`` (repeatable;
+    default all layers) and ``--all`` (list every blob, not only those
+    beyond the tolerance).
+    """
+    parser.add_argument('model', metavar='MODEL',
+                        help='the .caffemodel to check')
+    parser.add_argument('--prototxt', metavar='PROTOTXT',
+                        help='the deploy prototxt (default: the '
+                             "caffemodel's own structure)")
+    parser.add_argument('--tolerance', type=float, default=DEFAULT_TOLERANCE,
+                        help='largest relative L2 error allowed per blob '
+                             '(default %(default)g)')
+    parser.add_argument('--input-shape', type=parse_shape, metavar='SHAPE',
+                        help='shape of the first input, e.g. 1,3,224,224 '
+                             '(default: as the net declares)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the random input (default 0)')
+    parser.add_argument('--input-scale', type=float, default=1.0,
+                        help='inputs are uniform in [-SCALE, SCALE) '
+                             '(default 1)')
+    parser.add_argument('--layer', action='append', dest='layers',
+                        metavar='NAME',
+                        help='compare only this layer (repeatable)')
+    parser.add_argument('--all', action='store_true', dest='show_all',
+                        help='print every blob, not only failing ones')
+
+
+def run_verify(args: argparse.Namespace, out: Optional[TextIO] = None
+               ) -> int:
+    """The ``chainer-finetune verify`` command.
+
+    Args:
+        args: Parsed arguments (see :func:`add_verify_arguments`):
+            ``model`` (MODEL), ``prototxt`` (None or a path),
+            ``tolerance`` (float, relative L2, default 1e-4),
+            ``input_shape`` (None or a tuple of ints); optionally ``seed``,
+            ``input_scale``, ``layers`` and ``show_all``.
+        out: Where the table goes (default ``sys.stdout``).
+
+    Returns:
+        0 when every compared blob is within the tolerance, 1 when one is
+        beyond it, 2 when the comparison cannot run (no OpenCV, unreadable
+        model, unknown input shape).
+    """
+    out = sys.stdout if out is None else out
+    tolerance = getattr(args, 'tolerance', DEFAULT_TOLERANCE)
+    try:
+        rows = compare_with_opencv(
+            args.model, getattr(args, 'prototxt', None),
+            getattr(args, 'input_shape', None), getattr(args, 'seed', 0),
+            getattr(args, 'layers', None),
+            scale=getattr(args, 'input_scale', 1.0))
+    except ChainerFinetuneError as e:
+        logger.error('cannot compare: %s', e)
+        return 2
+    failed = [r for r in rows if r.compared and not r.rel_l2 <= tolerance]
+    shown = rows if getattr(args, 'show_all', False) else failed
+    table = format_comparison(shown, tolerance)
+    if shown is not rows:
+        # The summary line must describe every row, not just those shown.
+        summary = format_comparison(rows, tolerance).splitlines()[-1]
+        table = '\n'.join(table.splitlines()[:-1] + [summary]) if failed \
+            else summary
+    out.write(table + '\n')
+    out.write('{} ({} blob{} beyond tolerance {:g})\n'.format(
+        'FAIL' if failed else 'OK', len(failed),
+        '' if len(failed) == 1 else 's', tolerance))
+    return 1 if failed else 0
