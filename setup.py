@@ -42,7 +42,7 @@ setup(
         # driver (see docs/gpu.rst). Chainer runs CuPy's own kernels when
         # cuDNN is unavailable (CuPy 14 dropped cuDNN).
         'cuda12': ['cupy-cuda12x>=13.5'],
-        'cuda13': ['cupy-cuda13x>=14'],
+        'cuda13': ['cupy-cuda13x[ctk]>=14'],
         'test': [
             'hypothesis>=6',
             # The independent reference reader of Caffe models; 5.x dropped

@@ -10,12 +10,14 @@ parameters to ``@cupy:0`` with ``to_device``, and compares. Tolerances:
 
 * float64: tight (1e-5 relative to the largest value); only
   ``local_response_normalization``'s CUDA kernel accumulates in float32.
-* float32 with cuDNN convolutions (CuPy 13 + cuDNN, ``use_cudnn='auto'``):
-  1e-2, because cuDNN's default math mode may use TF32 on Ampere and newer.
+* float32 with cuDNN convolutions (CuPy 13 + cuDNN, ``use_cudnn='auto'``),
+  or with ``CUPY_TF32=1``: 1e-2, because cuDNN's default math mode (and
+  CuPy's cuBLAS calls with ``CUPY_TF32=1``) may use TF32 on Ampere and newer.
 * float32 otherwise (CuPy's own kernels, cuBLAS without TF32): 1e-4.
 """
 
 import copy
+import os
 
 import chainer_finetune  # noqa: F401  (patches Chainer; must precede chainer)
 
@@ -175,8 +177,9 @@ def test_network_forward_backward_matches_cpu(dtype, use_cudnn):
     assert isinstance(y_g.array, device.xp.ndarray)
     if dtype == numpy.float64:
         rtol = 1e-5
-    elif use_cudnn == 'auto' and _cudnn_enabled():
-        rtol = 1e-2  # cuDNN may use TF32 for float32 convolutions
+    elif ((use_cudnn == 'auto' and _cudnn_enabled())
+          or os.environ.get('CUPY_TF32', '0') != '0'):
+        rtol = 1e-2  # TF32 in cuDNN convolutions or cuBLAS
     else:
         rtol = 1e-4
     _assert_close(y_g, y_c, rtol, 'logits')
