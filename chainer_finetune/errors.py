@@ -15,3 +15,19 @@ class CaffeModelError(ChainerFinetuneError, ValueError):
 
 class UnsupportedLayerError(CaffeModelError):
     """A Caffe layer type that the loader cannot convert faithfully."""
+
+
+class ModelFetchError(ChainerFinetuneError, OSError):
+    """A pretrained model could not be downloaded, extracted or verified."""
+
+
+class OpenCVUnavailableError(ChainerFinetuneError, ImportError):
+    """OpenCV (``cv2`` with ``dnn.readNetFromCaffe``) is not installed."""
+
+
+class OpenCVComparisonError(ChainerFinetuneError):
+    """OpenCV could not read or run the net, or the inputs are unknown."""
+
+
+class PreprocessingError(ChainerFinetuneError, ValueError):
+    """An image or mean that cannot be brought to the network's input."""

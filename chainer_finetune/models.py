@@ -33,7 +33,7 @@ import time
 import zipfile
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
-from chainer_finetune.errors import ChainerFinetuneError
+from chainer_finetune.errors import ModelFetchError
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ PathLike = Union[str, 'os.PathLike[str]']
 
 #: The name of the file that records where a cache entry came from.
 MANIFEST = 'SOURCE.json'
-
-
-class ModelFetchError(ChainerFinetuneError, OSError):
-    """A pretrained model could not be downloaded, extracted or verified."""
 
 
 class ModelMember(NamedTuple):

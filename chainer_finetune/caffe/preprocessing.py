@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Tuple, Union
 import chainer.functions as F
 import numpy
 
-from chainer_finetune.errors import ChainerFinetuneError
+from chainer_finetune.errors import PreprocessingError
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ def _pair(value: Size) -> Tuple[int, int]:
         return int(value), int(value)
     h, w = value
     return int(h), int(w)
-
-
-class PreprocessingError(ChainerFinetuneError, ValueError):
-    """An image or mean that cannot be brought to the network's input."""
 
 
 class CaffePreprocessor:

@@ -48,6 +48,8 @@ from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.function import CaffeNet
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import ChainerFinetuneError
+from chainer_finetune.errors import OpenCVComparisonError
+from chainer_finetune.errors import OpenCVUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +63,6 @@ DEFAULT_TOLERANCE = 1e-4
 DATA_LAYER_TYPES = frozenset([
     'Input', 'Data', 'MemoryData', 'ImageData', 'DummyData', 'HDF5Data',
     'WindowData'])
-
-
-class OpenCVUnavailableError(ChainerFinetuneError, ImportError):
-    """OpenCV (``cv2`` with ``dnn.readNetFromCaffe``) is not installed."""
-
-
-class OpenCVComparisonError(ChainerFinetuneError):
-    """OpenCV could not read or run the net, or the inputs are unknown."""
 
 
 class ComparisonRow(NamedTuple):
