@@ -31,3 +31,7 @@ class OpenCVComparisonError(ChainerFinetuneError):
 
 class PreprocessingError(ChainerFinetuneError, ValueError):
     """An image or mean that cannot be brought to the network's input."""
+
+
+class LinkNotFoundError(ChainerFinetuneError, LookupError):
+    """A link path or pattern matches no link of the model."""
