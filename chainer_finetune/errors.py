@@ -35,3 +35,34 @@ class PreprocessingError(ChainerFinetuneError, ValueError):
 
 class LinkNotFoundError(ChainerFinetuneError, LookupError):
     """A link path or pattern matches no link of the model."""
+
+
+class CopyMismatchError(ChainerFinetuneError, ValueError):
+    """``copy_model(..., strict=True)`` found values it could not copy.
+
+    Raised before anything is copied; the message lists every mismatch.
+
+    Attributes:
+        mismatches (list of CopyEntry): The entries that are mismatches.
+        unused_mapping_keys (list of str): Mapping keys that named no
+            source link.
+        report (CopyReport): What a non-strict copy would have done.
+    """
+
+    def __init__(self, message: str, report) -> None:
+        super().__init__(message)
+        self.report = report
+        self.mismatches = report.mismatches
+        self.unused_mapping_keys = report.unused_mapping_keys
+
+
+class OptimizerNotSetUpError(ChainerFinetuneError, RuntimeError):
+    """A parameter has no update rule: ``optimizer.setup(model)`` not run."""
+
+
+class UnsupportedOptimizerError(ChainerFinetuneError, TypeError):
+    """The optimizer has no learning rate that a multiplier could scale."""
+
+
+class HeadError(ChainerFinetuneError, ValueError):
+    """A link that cannot be replaced by a fresh classifier."""

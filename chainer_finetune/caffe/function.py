@@ -119,6 +119,25 @@ class CaffeNet(CaffeFunction):
         return [caffe_pb2.LayerParameter.FromString(b)
                 for b in self._caffe_layers_bytes]
 
+    def update_caffe_layer(self, layer: caffe_pb2.LayerParameter) -> None:
+        """Replaces the stored description of the layer named ``layer.name``.
+
+        For code that changes a layer's link (e.g.
+        :func:`chainer_finetune.head.replace_head`), so that the description
+        (used by ``save_weights`` and ``inspect``) keeps matching it.
+
+        Raises:
+            KeyError: if the net has no layer of that name.
+        """
+        stored = caffe_pb2.LayerParameter()
+        stored.CopyFrom(layer)
+        del stored.blobs[:]
+        for i, raw in enumerate(self._caffe_layers_bytes):
+            if caffe_pb2.LayerParameter.FromString(raw).name == layer.name:
+                self._caffe_layers_bytes[i] = stored.SerializeToString()
+                return
+        raise KeyError('no layer named {!r}'.format(layer.name))
+
     def _unique_link_name(self, caffe_name: str) -> str:
         base = link_name_for(caffe_name)
         name, i = base, 1

@@ -1,0 +1,8 @@
+"""Training utilities for fine-tuning, laid out like ``chainer.training``.
+
+:mod:`chainer_finetune.training.extensions` holds the Trainer extensions
+(:class:`~chainer_finetune.training.extensions.GradualUnfreeze`).
+"""
+
+from chainer_finetune.training import extensions  # NOQA
+from chainer_finetune.training.extensions import GradualUnfreeze  # NOQA
