@@ -364,6 +364,24 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# verify
+# --------------------------------------------------------------------------
+
+def _configure_verify(parser: argparse.ArgumentParser) -> None:
+    from chainer_finetune.caffe import verify
+    verify.add_verify_arguments(parser)
+
+
+@command('verify', 'run the same random input through our net and '
+                   "OpenCV's Caffe reader; print per-blob differences "
+                   '(exit 1 beyond the tolerance)',
+         configure=_configure_verify)
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from chainer_finetune.caffe import verify
+    return verify.run_verify(args)
+
+
+# --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
 

@@ -422,10 +422,15 @@ def test_run_verify_exit_status(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     verify.add_verify_arguments(parser)
     assert verify.run_verify(parser.parse_args(
-        [model, '--prototxt', prototxt, '--all'])) == 0
+        [model, '--prototxt', prototxt])) == 0
     out = capsys.readouterr().out
     assert out.count('\n') == 1 + 7 + 2 and out.startswith('layer')
     assert out.rstrip().endswith('OK (0 blobs beyond tolerance 0.0001)')
+    # --failed-only: nothing failed, so only the summary lines.
+    assert verify.run_verify(parser.parse_args(
+        [model, '--prototxt', prototxt, '--failed-only'])) == 0
+    out = capsys.readouterr().out
+    assert out.count('\n') == 2 and 'OK' in out
     # A tolerance no float32 computation meets.
     assert verify.run_verify(parser.parse_args(
         [model, '--prototxt', prototxt, '--tolerance', '0',

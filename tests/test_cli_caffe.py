@@ -342,3 +342,35 @@ def test_progress_shown_on_a_terminal(net_files, tmp_path):
         os.close(master)
     assert proc.returncode == 0
     assert b'reading net.caffemodel' in shown and b'100%' in shown
+
+
+# --------------------------------------------------------------------------
+# verify (the comparison itself is tested in test_caffe_opencv.py)
+# --------------------------------------------------------------------------
+
+def test_verify_subcommand_compares_with_opencv(capsys, tmp_path):
+    pytest.importorskip('cv2')
+    rng = numpy.random.RandomState(0)
+    w = testing.NetWriter('verifynet')
+    w.input('data', (1, 3, 9, 9))
+    w.layer('conv1', 'Convolution', 'data', 'conv1',
+            params={'convolution_param': {'num_output': 4,
+                                          'kernel_size': 3}},
+            blobs=[rng.randn(4, 3, 3, 3), rng.randn(4)])
+    w.layer('relu1', 'ReLU', 'conv1', 'conv1')
+    w.layer('pool1', 'Pooling', 'conv1', 'pool1',
+            params={'pooling_param': {'pool': 'AVE', 'kernel_size': 3,
+                                      'stride': 2}})
+    w.layer('fc8', 'InnerProduct', 'pool1', 'fc8',
+            params={'inner_product_param': {'num_output': 5}},
+            blobs=[rng.randn(5, 36), rng.randn(5)])
+    w.layer('prob', 'Softmax', 'fc8', 'prob')
+    model = str(tmp_path / 'v.caffemodel')
+    prototxt = str(tmp_path / 'v.prototxt')
+    w.write_caffemodel(model)
+    w.write_prototxt(prototxt)
+    code, out, err = run_cli(capsys, 'verify', model, '--prototxt',
+                             prototxt)
+    assert code == 0, out + err
+    for layer in ('conv1', 'relu1', 'pool1', 'fc8', 'prob'):
+        assert layer in out

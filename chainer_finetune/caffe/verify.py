@@ -543,8 +543,8 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     ``MODEL`` (positional), ``--prototxt``, ``--tolerance`` (default
     1e-4, relative L2 per blob), ``--input-shape`` (e.g. 1,3,224,224),
     ``--seed`` (0), ``--input-scale`` (1.0), ``--layer`` (repeatable;
-    default all layers) and ``--all`` (list every blob, not only those
-    beyond the tolerance).
+    default all layers) and ``--failed-only`` (list only the blobs beyond
+    the tolerance; by default every blob is listed).
     """
     parser.add_argument('model', metavar='MODEL',
                         help='the .caffemodel to check')
@@ -565,8 +565,10 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--layer', action='append', dest='layers',
                         metavar='NAME',
                         help='compare only this layer (repeatable)')
-    parser.add_argument('--all', action='store_true', dest='show_all',
-                        help='print every blob, not only failing ones')
+    parser.add_argument('--failed-only', action='store_true',
+                        dest='failed_only',
+                        help='print only the blobs beyond the tolerance '
+                             '(default: every blob)')
 
 
 def run_verify(args: argparse.Namespace, out: Optional[TextIO] = None
@@ -578,7 +580,7 @@ def run_verify(args: argparse.Namespace, out: Optional[TextIO] = None
             ``model`` (MODEL), ``prototxt`` (None or a path),
             ``tolerance`` (float, relative L2, default 1e-4),
             ``input_shape`` (None or a tuple of ints); optionally ``seed``,
-            ``input_scale``, ``layers`` and ``show_all``.
+            ``input_scale``, ``layers`` and ``failed_only``.
         out: Where the table goes (default ``sys.stdout``).
 
     Returns:
@@ -598,7 +600,7 @@ def run_verify(args: argparse.Namespace, out: Optional[TextIO] = None
         logger.error('cannot compare: %s', e)
         return 2
     failed = [r for r in rows if r.compared and not r.rel_l2 <= tolerance]
-    shown = rows if getattr(args, 'show_all', False) else failed
+    shown = failed if getattr(args, 'failed_only', False) else rows
     table = format_comparison(shown, tolerance)
     if shown is not rows:
         # The summary line must describe every row, not just those shown.
