@@ -206,9 +206,13 @@ class _Patch:
     def __init__(self, name: str, needed: Callable[[], bool],
                  before_import: Optional[Callable[[], None]] = None,
                  after_import: Optional[Callable[[], None]] = None,
-                 must_precede_chainer: bool = True) -> None:
+                 must_precede_chainer: bool = True,
+                 tested_after_import: bool = False) -> None:
         self.name = name
         self.needed = needed
+        # A bug in Chainer's own code is tested by running that code, so the
+        # test runs once Chainer is imported (and before_import is unused).
+        self.tested_after_import = tested_after_import
         # Run before `import chainer`; may leave temporary state that
         # after_import cleans up whether or not the import succeeded.
         self.before_import = before_import
@@ -228,6 +232,38 @@ def _move_sctypes_into_as_strided() -> None:
     # as_strided.py also reads numpy.sctypes['float'] in its backward pass.
     _with_numpy_view('chainer.functions.array.as_strided',
                      'AsStridedGrad.forward', {'sctypes': _numpy1_sctypes()})
+
+
+def _deconvolution_backward_fails() -> bool:
+    # Chainer 7.8.1: Deconvolution2DFunction.backward calls
+    # self._set_cover_all(x, W) with the variables instead of their shapes
+    # when only W (not x) needs a gradient: a trained deconvolution after a
+    # frozen prefix. Unpacking a variable then raises, or, when its first
+    # axis happens to have 4 entries, decides cover_all from garbage.
+    import chainer
+    import chainer.functions as F
+    x = numpy.zeros((1, 1, 2, 2), numpy.float32)
+    W = chainer.Variable(numpy.zeros((1, 1, 2, 2), numpy.float32))
+    try:
+        F.sum(F.deconvolution_2d(x, W)).backward()
+    except (ValueError, TypeError):
+        return True
+    return False
+
+
+def _set_cover_all_from_shapes(original: Callable[..., None]
+                               ) -> Callable[..., None]:
+    def _set_cover_all(self: Any, x_shape: Any, w_shape: Any) -> None:
+        original(self, getattr(x_shape, 'shape', x_shape),
+                 getattr(w_shape, 'shape', w_shape))
+    _set_cover_all.__wrapped__ = original  # type: ignore[attr-defined]
+    return _set_cover_all
+
+
+def _patch_deconvolution_cover_all() -> None:
+    from chainer.functions.connection import deconvolution_2d
+    cls = deconvolution_2d.Deconvolution2DFunction
+    cls._set_cover_all = _set_cover_all_from_shapes(cls._set_cover_all)
 
 
 def _install_environment_check() -> None:
@@ -267,6 +303,12 @@ _PATCHES = [
            needed=lambda: _CHAINER_CAFFE_PB2 not in sys.modules,
            before_import=_install_caffe_schema_finder,
            must_precede_chainer=False),
+    # chainer/functions/connection/deconvolution_2d.py: backward passes
+    # variables where shapes are expected when x needs no gradient.
+    _Patch('shapes for Deconvolution2DFunction._set_cover_all',
+           needed=_deconvolution_backward_fails,
+           after_import=_patch_deconvolution_cover_all,
+           tested_after_import=True),
 ]
 
 
@@ -295,7 +337,8 @@ def apply() -> List[str]:
 
 def _apply() -> List[str]:
     chainer_was_imported = 'chainer' in sys.modules
-    needed = [p for p in _PATCHES if p.needed()]
+    needed = [p for p in _PATCHES
+              if not p.tested_after_import and p.needed()]
     for patch in needed:
         if patch.before_import is not None:
             if chainer_was_imported and patch.must_precede_chainer:
@@ -310,6 +353,11 @@ def _apply() -> List[str]:
         for patch in needed:
             if patch.after_import is not None:
                 patch.after_import()
+    for patch in _PATCHES:
+        if patch.tested_after_import and patch.needed():
+            if patch.after_import is not None:
+                patch.after_import()
+            needed.append(patch)
     for patch in needed:
         APPLIED.append(patch.name)
         logger.debug('compat patch applied: %s', patch.name)

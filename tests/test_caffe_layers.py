@@ -935,22 +935,26 @@ def test_parameter_gradients_match_finite_differences(tmp_path, spec):
                 (name, index, numeric, analytic)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    'Chainer 7.8.1 bug: on CPU, Deconvolution2DFunction.backward computes '
-    'gW with self._set_cover_all(x, W) (variables, not shapes) when x needs '
-    'no gradient; needs a patch in chainer_finetune._compat (then remove '
-    'this marker)'))
 def test_deconvolution_weight_gradient_with_constant_input(tmp_path):
     # A Deconvolution applied to the net's input: only W and b need
-    # gradients.
+    # gradients. Chainer 7.8.1 fails on this path without the compat patch
+    # ('shapes for Deconvolution2DFunction._set_cover_all').
     spec = [p for p in CONVOLUTION if p.id == 'deconv-k4s2p1'][0].values[0]
     writer, inputs, tops = build_case(spec)
     path = str(tmp_path / 'd.caffemodel')
     writer.write_caffemodel(path)
     net = load_caffe(path)
-    y, = net(inputs=inputs, outputs=tops)
-    F.sum(y).backward()
-    assert net['layer'].W.grad is not None
+    grads = []
+    for as_variable in (False, True):
+        net.cleargrads()
+        feed = {k: chainer.Variable(v) if as_variable else v
+                for k, v in inputs.items()}
+        y, = net(inputs=feed, outputs=tops)
+        F.sum(y * y).backward()
+        grads.append(net['layer'].W.grad.copy())
+    # Same weight gradient as when the input needs a gradient too.
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)
+    assert np.abs(grads[0]).max() > 0
 
 
 # ---------------------------------------------------------------------------
