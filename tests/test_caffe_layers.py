@@ -1174,3 +1174,39 @@ def test_fill_message_rejects_unknown_fields():
     with pytest.raises(ValueError, match='no field'):
         T.NetWriter().layer('x', 'ReLU', 'a', 'b',
                             {'convolution_param': {'kernel': 3}})
+
+
+@pytest.mark.parametrize('factor', [0.0, 2.5, 999.0])
+def test_batchnorm_running_statistics_follow_caffe(tmp_path, factor):
+    """Training steps update the stored statistics by Caffe's rule.
+
+    Caffe (batch_norm_layer.cpp) keeps sums and a factor: f = maf * f + 1,
+    s_mean = maf * s_mean + batch_mean, s_var = maf * s_var + m / (m - 1) *
+    batch_var, and tests with s / f.
+    """
+    maf = 0.9
+    rng = np.random.RandomState(3)
+    s_mean = rng.randn(3).astype(np.float32) * factor
+    s_var = (rng.rand(3).astype(np.float32) + 0.5) * factor
+    w = T.NetWriter('bn')
+    w.input('data', (4, 3, 2, 2))
+    w.layer('bn', 'BatchNorm', 'data', 'bn',
+            params={'batch_norm_param': {'moving_average_fraction': maf}},
+            blobs=[s_mean, s_var, np.array([factor], np.float32)])
+    path = str(tmp_path / 'bn.caffemodel')
+    w.write_caffemodel(path)
+    net = load_caffe(path)
+    f, sm, sv = factor, s_mean.astype(np.float64), s_var.astype(np.float64)
+    for _ in range(3):
+        x = rng.randn(4, 3, 2, 2).astype(np.float32) * 3 + 1
+        with chainer.using_config('train', True):
+            net(inputs={'data': x}, outputs=['bn'])
+        m = x.size // 3
+        f = maf * f + 1
+        sm = maf * sm + x.mean(axis=(0, 2, 3))
+        sv = maf * sv + x.var(axis=(0, 2, 3)) * m / (m - 1)
+        link = net['bn']
+        np.testing.assert_allclose(link.avg_mean, sm / f, rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(link.avg_var, sv / f, rtol=1e-5)
+        assert link.caffe_factor == pytest.approx(f)

@@ -644,11 +644,24 @@ class _BatchNorm(LayerFunction):
     ``use_global_stats: true`` always normalizes with the stored statistics,
     as Caffe does; otherwise ``chainer.config.train`` decides (batch
     statistics and a running-average update when training).
+
+    The running averages follow Caffe's rule, not Chainer's fixed decay:
+    Caffe keeps sums ``s = maf * s + batch_value`` and a factor
+    ``f = maf * f + 1`` (``maf`` = ``moving_average_fraction``) and
+    normalizes with ``s / f``, an exponential average corrected for its
+    start. The link keeps the average ``s / f`` (``avg_mean``,
+    ``avg_var``) and the factor as the persistent value ``caffe_factor``;
+    each training step sets the link's decay to ``maf * f_old / f_new``,
+    which updates the average exactly as Caffe does. From a factor of 0 (no
+    statistics yet, e.g. a net trained from scratch) the first batch's
+    statistics replace the stored ones.
     """
 
-    def __init__(self, link_name: str, global_stats: bool) -> None:
+    def __init__(self, link_name: str, global_stats: bool,
+                 moving_average_fraction: float = 0.999) -> None:
         self.link_name = link_name
         self.global_stats = global_stats
+        self.moving_average_fraction = moving_average_fraction
 
     def __call__(self, net, x):
         link = self.link(net)
@@ -658,7 +671,15 @@ class _BatchNorm(LayerFunction):
             zeros = xp.zeros(link.avg_mean.shape, dtype=x.dtype)
             return F.fixed_batch_normalization(
                 x, ones, zeros, link.avg_mean, link.avg_var, link.eps),
-        return link(x),
+        maf = self.moving_average_fraction
+        factor = float(getattr(link, 'caffe_factor', 1.0 / (1.0 - maf)
+                               if maf < 1 else 1.0))
+        new_factor = maf * factor + 1.0
+        link.decay = maf * factor / new_factor
+        y = link(x)
+        if 'caffe_factor' in link._persistent:
+            link.caffe_factor = new_factor
+        return y,
 
 
 @_builder('BatchNorm')
@@ -677,8 +698,11 @@ def _build_batch_norm(ctx: BuildContext) -> Built:
                                 use_gamma=False, use_beta=False)
     link.avg_mean = numpy.ascontiguousarray(mean * scale, numpy.float32)
     link.avg_var = numpy.ascontiguousarray(var * scale, numpy.float32)
+    # Caffe's normalizing factor, for training-time updates (see _BatchNorm).
+    link.add_persistent('caffe_factor', factor)
     global_stats = p.HasField('use_global_stats') and p.use_global_stats
-    return Built(_BatchNorm('', global_stats), link)
+    return Built(_BatchNorm('', global_stats, p.moving_average_fraction),
+                 link)
 
 
 # --------------------------------------------------------------------------
