@@ -66,3 +66,11 @@ class UnsupportedOptimizerError(ChainerFinetuneError, TypeError):
 
 class HeadError(ChainerFinetuneError, ValueError):
     """A link that cannot be replaced by a fresh classifier."""
+
+
+class DataError(ChainerFinetuneError, ValueError):
+    """Labelled image data that cannot be found, read or split as asked.
+
+    The message names the file (and line, for a list file) or the class
+    involved, and what was expected.
+    """
