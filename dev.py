@@ -2,7 +2,8 @@
 """Set up the project's virtual environment and run things in it.
 
     python3 dev.py run CMD [ARGS...]   run CMD inside .venv (e.g. chainer-finetune info)
-    python3 dev.py test [PYTEST ARGS]  the whole test suite, NumPy 1.26 and 2.x (tox)
+    python3 dev.py test [PYTEST ARGS]  the tests (NumPy 1.26 and 2.x) and the
+                                       docs, warnings as errors (tox)
     python3 dev.py setup               only create/update .venv
 
 Every command first makes sure ``.venv/`` exists and holds this package
@@ -25,8 +26,10 @@ STAMP = os.path.join(VENV, '.chainer_finetune-installed')
 # What decides the venv's content; a change to any of these reinstalls.
 PACKAGING_FILES = ('setup.py', 'pyproject.toml', 'constraints/build.txt',
                    'dev.py')
-# The tox environments of a full test run, in order (see tox.ini).
-TEST_ENVS = 'np2,np1,parity'
+# The tox environments of a full test run, in order (see tox.ini): the
+# suite under NumPy 2.x and 1.26, their comparison, then the Sphinx docs
+# built with warnings as errors.
+TEST_ENVS = 'np2,np1,parity,docs'
 
 
 def _say(message):
@@ -102,7 +105,7 @@ def run(argv):
 
 
 def test(pytest_args):
-    """Runs the test suite under NumPy 2.x and 1.26, then compares them."""
+    """Runs the suite under NumPy 2.x and 1.26, compares them, builds docs."""
     python = setup()
     cmd = [python, '-m', 'tox', 'run', '-e', TEST_ENVS]
     if pytest_args and pytest_args[0] == '--':

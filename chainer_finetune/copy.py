@@ -141,7 +141,7 @@ class CopyEntry(NamedTuple):
 
     @property
     def link(self) -> str:
-        """How messages name the link: ``src``, ``src -> dst`` or ``dst``."""
+        """The link as messages name it (``src``, ``src -> dst``, ``dst``)."""
         return _pair_label(self.src, self.dst)
 
 

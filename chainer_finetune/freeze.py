@@ -111,11 +111,11 @@ class DelGradient(object):
             to one optimizer.
 
     Attributes:
-        ~DelGradient.targets (list of str): The target patterns.
-        ~DelGradient.name (str): Name of the hook.
-        ~DelGradient.timing (string): ``'pre'``: called before any update.
-        ~DelGradient.call_for_each_param (bool): ``False``: called once per
-            update with the optimizer.
+        targets (list of str): The target patterns.
+        name (str): Name of the hook.
+        timing (str): ``'pre'``: called before any update.
+        call_for_each_param (bool): ``False``: called once per update
+            with the optimizer.
     """
 
     name = 'DelGradient'

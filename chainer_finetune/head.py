@@ -32,7 +32,7 @@ from chainer_finetune.lr_mult import MultipliedHyperparameter
 
 logger = logging.getLogger(__name__)
 
-#: Standard deviation of the default initial weights: Caffe's fine-tuning
+#: Standard deviation of the default initial weights. Caffe's fine-tuning
 #: recipes (flickr_style's ``fc8_flickr``, SqueezeNet's ``conv10``) use
 #: ``weight_filler { type: "gaussian" std: 0.01 }``.
 DEFAULT_STD = 0.01

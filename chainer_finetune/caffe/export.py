@@ -396,7 +396,7 @@ def save_weights(net: CaffeNet, path: PathLike, *, overwrite: bool = False,
 
     Every parameter and persistent value is stored (see the module doc for
     the layout and the name encoding); load the file with
-    ``load_caffe(prototxt, weights=path)`` or ``load_caffe(weights=path)``
+    ``load_caffe(prototxt=..., weights=path)`` or ``load_caffe(weights=path)``
     (the file also holds the net's structure).
 
     Args:

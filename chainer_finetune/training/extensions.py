@@ -67,11 +67,11 @@ class GradualUnfreeze(extension.Extension):
         unit (str): ``'epoch'`` or ``'iteration'``.
 
     Attributes:
-        ~GradualUnfreeze.trigger: ``(1, 'iteration')``: the schedule is
-            checked after every update.
-        ~GradualUnfreeze.priority: ``PRIORITY_EDITOR``: runs before the
-            readers (``LogReport``) and snapshots of the same iteration.
-        ~GradualUnfreeze.done (list): The steps unfrozen so far.
+        trigger: ``(1, 'iteration')``: the schedule is checked after
+            every update.
+        priority: ``PRIORITY_EDITOR``: runs before the readers
+            (``LogReport``) and snapshots of the same iteration.
+        done (list): The steps unfrozen so far.
     """
 
     trigger = 1, 'iteration'
