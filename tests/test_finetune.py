@@ -187,6 +187,12 @@ def test_scratch_network_is_reinitialized(material, tmp_path):
         h, = scratch.backbone(inputs={'data': x}, outputs=['conv1'])
     assert bn.caffe_factor == 1.0
     assert bn.avg_mean.any()
+    # A short run from scratch averages its statistics over ~10 steps.
+    with chainer.using_config('train', True):
+        scratch.backbone(inputs={'data': x}, outputs=['conv1'])
+    assert bn.caffe_factor == pytest.approx(0.9 + 1)
+    pretrained_bn = pretrained.backbone._functions['bn1']
+    assert pretrained_bn.moving_average_fraction == pytest.approx(0.999)
     # The pretrained copy is untouched by the scratch build.
     numpy.testing.assert_array_equal(pretrained.backbone['conv1'].W.array,
                                      net['conv1'].W.array)
@@ -295,3 +301,27 @@ def test_demo_on_open_nsfw_and_digits_reduced(tmp_path, monkeypatch):
     # Every open_nsfw layer up to the feature blob came from the caffemodel.
     assert len(run.copy_report.copied_links) > 50
     assert run.accuracy > 0.2   # 10 classes: chance is 0.1
+
+
+def test_copy_of_a_caffenet_has_its_own_layer_settings(material):
+    model, prototxt, _ = material
+    net = load_caffe(model, prototxt)
+    twin = net.copy(mode='copy')
+    twin.set_global_stats(False)
+    twin.set_moving_average_fraction(0.5)
+    assert net._functions['bn1'].global_stats is True
+    assert net._functions['bn1'].moving_average_fraction == \
+        pytest.approx(0.999)
+    assert twin._functions['bn1'].moving_average_fraction == 0.5
+    # forwards of the copy compute with the copy's parameters.
+    twin['conv1'].W.array[...] = 0
+    twin['conv1'].b.array[...] = 0
+    x = numpy.ones((1, 3, 16, 16), numpy.float32)
+    assert not twin.forwards['conv1'](x)[0].array.any()
+    assert net.forwards['conv1'](x)[0].array.any()
+    # Replacing the head of the copy leaves the original's description.
+    chainer_finetune.replace_head(twin, 'fc', 3)
+    fc = [layer for layer in net.caffe_layers if layer.name == 'fc'][0]
+    assert fc.inner_product_param.num_output == 5
+    fc = [layer for layer in twin.caffe_layers if layer.name == 'fc'][0]
+    assert fc.inner_product_param.num_output == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copy_module
 import keyword
 import logging
 import re
@@ -138,6 +139,37 @@ class CaffeNet(CaffeFunction):
                 return
         raise KeyError('no layer named {!r}'.format(layer.name))
 
+    def copy(self, mode: str = 'share') -> 'CaffeNet':
+        """Copies the net as :meth:`chainer.Link.copy` does.
+
+        The layer functions are copied too: they hold per-layer settings
+        (BatchNorm's ``global_stats``, ``moving_average_fraction``) that a
+        change on the copy must not make on the original, and
+        ``forwards`` is bound to the copy. So are the name maps and layer
+        descriptions (:func:`~chainer_finetune.replace_head` on a copy
+        updates the copy's).
+        """
+        ret = super().copy(mode)
+        ret.layers = list(self.layers)
+        ret.inputs = dict(self.inputs)
+        ret.link_names = dict(self.link_names)
+        ret.caffe_names = dict(self.caffe_names)
+        ret.split_map = dict(self.split_map)
+        ret._caffe_layers_bytes = list(self._caffe_layers_bytes)
+        ret._functions = {name: copy_module.deepcopy(function)
+                          for name, function in self._functions.items()}
+        ret.forwards = {name: _BoundLayer(ret, function)
+                        for name, function in ret._functions.items()}
+        return ret
+
+    def _batchnorm_functions(self):
+        """(description, forward function) of every BatchNorm layer."""
+        for layer in self.caffe_layers:
+            if layer.type == 'BatchNorm':
+                function = self._functions[layer.name]
+                # freeze() wraps layer functions; the wrapped one decides.
+                yield layer, getattr(function, 'function', function)
+
     def set_global_stats(self, value: Optional[bool]) -> None:
         """Sets how every BatchNorm layer normalizes in training mode.
 
@@ -147,15 +179,30 @@ class CaffeNet(CaffeFunction):
                 training (and the stored ones otherwise); None: as the
                 model file says.
         """
-        for layer in self.caffe_layers:
-            if layer.type != 'BatchNorm':
-                continue
-            function = self._functions[layer.name]
-            function = getattr(function, 'function', function)
+        for layer, function in self._batchnorm_functions():
             p = layer.batch_norm_param
             function.global_stats = (
                 p.HasField('use_global_stats') and p.use_global_stats
                 if value is None else bool(value))
+
+    def set_moving_average_fraction(self, value: Optional[float]) -> None:
+        """Sets Caffe's ``moving_average_fraction`` of every BatchNorm layer.
+
+        The stored statistics average the batches' with weights decaying by
+        this fraction per step (0.999 by default in Caffe: over about the
+        last thousand steps). A short run from scratch needs a smaller one
+        (0.9), or its statistics remember the first, meaningless steps.
+
+        Args:
+            value: The fraction, in [0, 1]; None: as the model file says.
+        """
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError('moving_average_fraction must be in [0, 1], got '
+                             '{!r}'.format(value))
+        for layer, function in self._batchnorm_functions():
+            function.moving_average_fraction = (
+                layer.batch_norm_param.moving_average_fraction
+                if value is None else float(value))
 
     def _unique_link_name(self, caffe_name: str) -> str:
         base = link_name_for(caffe_name)
