@@ -325,3 +325,16 @@ def test_copy_of_a_caffenet_has_its_own_layer_settings(material):
     assert fc.inner_product_param.num_output == 5
     fc = [layer for layer in twin.caffe_layers if layer.name == 'fc'][0]
     assert fc.inner_product_param.num_output == 3
+
+
+def test_output_named_by_layer_gets_a_hint(material):
+    model, prototxt, _ = material
+    net = load_caffe(model, prototxt)
+    x = numpy.zeros((1, 3, 16, 16), numpy.float32)
+    with pytest.raises(chainer_finetune.CaffeModelError,
+                       match="'relu2' is a layer; its output blob is "
+                             "'conv2'"):
+        net(inputs={'data': x}, outputs=['relu2'])
+    with pytest.raises(chainer_finetune.CaffeModelError,
+                       match="no blob named 'nothing'"):
+        net(inputs={'data': x}, outputs=['nothing'])

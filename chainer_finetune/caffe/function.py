@@ -297,6 +297,23 @@ class CaffeNet(CaffeFunction):
         self.variables = variables
         missing = [o for o in outputs if o not in variables]
         if missing:
+            blobs = set(self.inputs)
+            tops_of = {}
+            for name, _, tops in self.layers:
+                blobs.update(tops)
+                tops_of[name] = tops
+            unknown = [o for o in missing if o not in blobs]
+            if unknown:
+                # Outputs are blobs, as in CaffeFunction; a layer name is a
+                # common slip (in-place layers such as ReLU have no blob of
+                # their own).
+                hints = ['{!r} is a layer; its output blob is {}'.format(
+                    o, ', '.join(repr(t) for t in tops_of[o]))
+                    for o in unknown if o in tops_of]
+                raise CaffeModelError(
+                    'the net has no blob named {}{}'.format(
+                        ', '.join(repr(o) for o in unknown),
+                        ' ({})'.format('; '.join(hints)) if hints else ''))
             raise CaffeModelError(
                 'cannot compute {} from the given inputs {}; the net needs '
                 '{}'.format(missing, sorted(inputs), sorted(self.inputs)))
