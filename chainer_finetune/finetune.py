@@ -304,8 +304,12 @@ def _datasets(config: FinetuneConfig):
         images, config.train_per_class, config.test_per_class,
         seed=config.seed)
     prep_train, prep_test = _preprocessors(config)
+    # Worker processes would each repeat one seeded sequence of crops: with
+    # loaderjob > 0 every worker draws its own (the run is then not
+    # repeatable to the bit).
     train = data.make_dataset(train_set, data.CaffeTransform(
-        prep_train, train=True, seed=config.seed))
+        prep_train, train=True,
+        seed=config.seed if config.loaderjob == 0 else None))
     test = data.make_dataset(test_set, data.CaffeTransform(
         prep_test, train=False))
     return images, train_set, test_set, train, test
@@ -313,14 +317,18 @@ def _datasets(config: FinetuneConfig):
 
 def _iterator(dataset, batchsize: int, train: bool, loaderjob: int,
               seed: int):
+    # A seeded order of its own, so that every run (pretrained, scratch)
+    # sees the same batches whatever else uses NumPy's global state.
+    kwargs: Dict[str, Any] = dict(repeat=train, shuffle=None)
+    if train:
+        kwargs['order_sampler'] = chainer.iterators.ShuffleOrderSampler(
+            numpy.random.RandomState(seed))
+    else:
+        kwargs['shuffle'] = False
     if loaderjob > 0:
         return chainer.iterators.MultiprocessIterator(
-            dataset, batchsize, repeat=train, shuffle=train,
-            n_processes=loaderjob, seed=seed)
-    # SerialIterator shuffles with NumPy's global state, seeded per run
-    # (train_one), so both runs see the same batches.
-    return chainer.iterators.SerialIterator(dataset, batchsize, repeat=train,
-                                            shuffle=train)
+            dataset, batchsize, n_processes=loaderjob, **kwargs)
+    return chainer.iterators.SerialIterator(dataset, batchsize, **kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -419,7 +427,6 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
     os.makedirs(out, exist_ok=True)
     device = chainer.get_device(config.device)
     device.use()
-    numpy.random.seed(config.seed)   # SerialIterator's shuffling
     classifier = L.Classifier(model)
     # The lazily sized head is initialized on a first batch, so that the
     # optimizer sees every parameter.

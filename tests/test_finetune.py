@@ -338,3 +338,13 @@ def test_output_named_by_layer_gets_a_hint(material):
     with pytest.raises(chainer_finetune.CaffeModelError,
                        match="no blob named 'nothing'"):
         net(inputs={'data': x}, outputs=['nothing'])
+
+
+def test_multiprocess_loading(material, tmp_path):
+    config = _config(material, tmp_path, feature_layer='conv2', epochs=1,
+                     loaderjob=2)
+    _, _, _, train, _ = finetune._datasets(config)
+    # Each worker draws its own crops (a shared seed would repeat them).
+    assert train._transform.seed is None
+    result = finetune.run_finetune(config)
+    assert len(result.runs[0].log) == 1
