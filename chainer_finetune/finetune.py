@@ -297,12 +297,20 @@ def _preprocessors(config: FinetuneConfig
     return train, test
 
 
-def _datasets(config: FinetuneConfig):
+def _load_sets(config: FinetuneConfig):
+    """The image set and its training and held-out parts."""
     from chainer_finetune import data
     images = data.load_images(config.data, data_dir=config.data_dir)
     train_set, test_set = data.split_per_class(
         images, config.train_per_class, config.test_per_class,
         seed=config.seed)
+    return images, train_set, test_set
+
+
+def _transformed(config: FinetuneConfig, train_set, test_set):
+    """Chainer datasets of the preprocessed parts, made anew for each run
+    so that every run draws the same sequence of random crops."""
+    from chainer_finetune import data
     prep_train, prep_test = _preprocessors(config)
     # Worker processes would each repeat one seeded sequence of crops: with
     # loaderjob > 0 every worker draws its own (the run is then not
@@ -312,7 +320,13 @@ def _datasets(config: FinetuneConfig):
         seed=config.seed if config.loaderjob == 0 else None))
     test = data.make_dataset(test_set, data.CaffeTransform(
         prep_test, train=False))
-    return images, train_set, test_set, train, test
+    return train, test
+
+
+def _datasets(config: FinetuneConfig):
+    images, train_set, test_set = _load_sets(config)
+    return (images, train_set, test_set) + _transformed(config, train_set,
+                                                         test_set)
 
 
 def _iterator(dataset, batchsize: int, train: bool, loaderjob: int,
@@ -548,13 +562,13 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     """
     total_start = time.perf_counter()
     os.makedirs(config.out, exist_ok=True)
-    images, train_set, test_set, train, test = _datasets(config)
+    images, train_set, test_set = _load_sets(config)
     n_class = config.n_class or len(images.class_names)
     if int(images.labels.max()) >= n_class:
         raise FinetuneError('the data has labels up to {} but n_class is {}'
                             .format(int(images.labels.max()), n_class))
     logger.info('data %s: %d classes, %d training and %d held-out images',
-                config.data, n_class, len(train), len(test))
+                config.data, n_class, len(train_set), len(test_set))
     runs = []
     for name in ['pretrained'] + (['scratch'] if config.compare_scratch
                                   else []):
@@ -564,6 +578,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             logger.info('copied %d values into %d links; skipped %d',
                         len(report.copied), len(report.copied_links),
                         len(report.skipped))
+        train, test = _transformed(config, train_set, test_set)
         runs.append(train_one(config, name, model, report, train, test))
     summary = ' '.join('{}: {:.3f}'.format(r.name, r.accuracy)
                        for r in runs)

@@ -348,3 +348,16 @@ def test_multiprocess_loading(material, tmp_path):
     assert train._transform.seed is None
     result = finetune.run_finetune(config)
     assert len(result.runs[0].log) == 1
+
+
+def test_each_run_draws_the_same_crops(material, tmp_path):
+    config = _config(material, tmp_path, feature_layer='conv2')
+    _, train_set, test_set = finetune._load_sets(config)
+    first, _ = finetune._transformed(config, train_set, test_set)
+    second, _ = finetune._transformed(config, train_set, test_set)
+    crops = [first[i][0] for i in range(6)]
+    for i in range(6):
+        numpy.testing.assert_array_equal(second[i][0], crops[i])
+    # The crops are random: one image drawn again and again varies.
+    draws = {first[0][0].tobytes() for _ in range(10)}
+    assert len(draws) > 1
