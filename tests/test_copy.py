@@ -27,6 +27,8 @@ from chainer_finetune.copy import CopyReport
 from chainer_finetune.copy import copy_model
 from chainer_finetune.errors import ChainerFinetuneError
 
+from gpu_check import gpu_unusable_reason  # noqa: E402
+
 
 def _randomize(model, seed):
     """Distinct values in every initialized parameter and persistent array."""
@@ -860,28 +862,10 @@ def test_alexnet_one_layer_with_fewer_channels(caffe_alexnet):
 # GPU
 # ---------------------------------------------------------------------------
 
-def _gpu_unusable_reason():
-    """Why the GPU test cannot run here, or None (as in test_gpu.py)."""
-    try:
-        from chainer.backends import cuda
-    except Exception as e:  # pragma: no cover - chainer itself is broken
-        return 'chainer.backends.cuda failed to import: {!r}'.format(e)
-    if not cuda.available:
-        return 'CuPy is not usable by Chainer: {!r}'.format(
-            getattr(cuda, '_resolution_error', 'unknown reason'))
-    try:
-        import cupy
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:  # no driver, insufficient driver, no device, ...
-        return 'no usable CUDA GPU: {}: {}'.format(type(e).__name__, e)
-    if count < 1:
-        return 'no CUDA GPU found'
-    return None
-
 
 @pytest.mark.gpu
 def test_numpy_src_into_cupy_dst_and_back():
-    reason = _gpu_unusable_reason()
+    reason = gpu_unusable_reason()
     if reason is not None:
         pytest.skip(reason)
     import cupy

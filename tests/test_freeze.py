@@ -37,27 +37,10 @@ from chainer_finetune.freeze import freeze
 from chainer_finetune.freeze import frozen_paths
 from chainer_finetune.freeze import unfreeze
 
-
-def _gpu_unusable_reason():
-    """Why the GPU variants cannot run here, or None (as in test_gpu.py)."""
-    try:
-        from chainer.backends import cuda
-    except Exception as e:  # pragma: no cover - chainer itself is broken
-        return 'chainer.backends.cuda failed to import: {!r}'.format(e)
-    if not cuda.available:
-        return 'CuPy is not usable by Chainer: {!r}'.format(
-            getattr(cuda, '_resolution_error', 'unknown reason'))
-    try:
-        import cupy
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:  # no driver, insufficient driver, no device, ...
-        return 'no usable CUDA GPU: {}: {}'.format(type(e).__name__, e)
-    if count < 1:
-        return 'no CUDA GPU found'
-    return None
+from gpu_check import gpu_unusable_reason  # noqa: E402
 
 
-_GPU_REASON = _gpu_unusable_reason()
+_GPU_REASON = gpu_unusable_reason()
 DEVICES = [
     '@numpy',
     pytest.param('@cupy:0', marks=[

@@ -2,8 +2,8 @@
 
 Every test here is marked ``gpu`` and is skipped, with the reason, when CuPy
 cannot be imported by Chainer or no CUDA GPU is usable (see
-``_gpu_unusable_reason``). Run them with ``pytest -m gpu -rs``; docs/gpu.rst
-says which CuPy versions they are meant for.
+``gpu_check.gpu_unusable_reason``). Run them with ``pytest -m gpu -rs``;
+docs/gpu.rst says which CuPy versions they are meant for.
 
 Each test builds the computation on the CPU first, copies the very same
 parameters to ``@cupy:0`` with ``to_device``, and compares. Tolerances:
@@ -33,27 +33,10 @@ from chainer import optimizers
 from chainer import serializers
 from chainer import training
 
-
-def _gpu_unusable_reason():
-    """Why the GPU tests cannot run here, or None when they can."""
-    try:
-        from chainer.backends import cuda
-    except Exception as e:  # pragma: no cover - chainer itself is broken
-        return 'chainer.backends.cuda failed to import: {!r}'.format(e)
-    if not cuda.available:
-        return 'CuPy is not usable by Chainer: {!r}'.format(
-            getattr(cuda, '_resolution_error', 'unknown reason'))
-    try:
-        import cupy
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:  # no driver, insufficient driver, no device, ...
-        return 'no usable CUDA GPU: {}: {}'.format(type(e).__name__, e)
-    if count < 1:
-        return 'no CUDA GPU found'
-    return None
+from gpu_check import gpu_unusable_reason  # noqa: E402
 
 
-_REASON = _gpu_unusable_reason()
+_REASON = gpu_unusable_reason()
 
 pytestmark = [
     pytest.mark.gpu,
