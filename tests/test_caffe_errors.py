@@ -27,31 +27,14 @@ from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe import reader
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.caffe.loader import load_mean
+from chainer_finetune.caffe.testing import field_key as tag
+from chainer_finetune.caffe.testing import len_field
+from chainer_finetune.caffe.testing import varint
 
 
 # --------------------------------------------------------------------------
 # Building test files
 # --------------------------------------------------------------------------
-
-def varint(value):
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def tag(number, wire_type):
-    return varint(number << 3 | wire_type)
-
-
-def len_field(number, body):
-    return tag(number, 2) + varint(len(body)) + body
-
 
 def small_net(seed=0):
     """Input -> Convolution -> ReLU -> Pooling -> LRN -> InnerProduct ->

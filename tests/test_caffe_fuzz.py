@@ -34,6 +34,7 @@ from chainer_finetune.caffe import caffe_pb2  # noqa: E402
 from chainer_finetune.caffe.function import CaffeNet  # noqa: E402
 from chainer_finetune.caffe.loader import load_caffe  # noqa: E402
 from chainer_finetune.caffe.loader import load_mean  # noqa: E402
+from chainer_finetune.caffe.testing import varint  # noqa: E402
 
 # Mutated weights may hold inf/NaN: NumPy's casts and BatchNorm's scaling
 # then warn, which is not what these tests look at.
@@ -265,18 +266,6 @@ def test_limits_work():
 # --------------------------------------------------------------------------
 # Binary mutations
 # --------------------------------------------------------------------------
-
-def varint(value):
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
 
 _HOSTILE_VARINTS = [varint(v) for v in (0, 1, 127, 128, 2 ** 31 - 1,
                                         2 ** 31, 2 ** 32, 2 ** 60,

@@ -53,7 +53,9 @@ PathLike = Union[str, 'os.PathLike[str]']
 # V2 type strings -> V1LayerParameter.LayerType names: the inverse of
 # Caffe's UpgradeV1LayerType (upgrade_proto.cpp). Types added after the V1
 # format (BatchNorm, Scale, Bias, ELU, PReLU, Input, Reshape, ...) have no
-# V1 code, so a net using them cannot be written as V1.
+# V1 code, so a net using them cannot be written as V1. Written out here,
+# not derived from upgrade.V1_TYPE_NAMES: V1 files this writer makes test
+# the upgrade, so a mistake in its table must not be mirrored here.
 V1_TYPE_CODES: Dict[str, str] = {
     'AbsVal': 'ABSVAL', 'Accuracy': 'ACCURACY', 'ArgMax': 'ARGMAX',
     'BNLL': 'BNLL', 'Concat': 'CONCAT', 'ContrastiveLoss': 'CONTRASTIVE_LOSS',
@@ -236,7 +238,9 @@ def _scalar(field: pb_descriptor.FieldDescriptor, value):
 # Wire format
 # --------------------------------------------------------------------------
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of ``value`` (negative: 64-bit two's
+    complement, as protobuf encodes int32/int64)."""
     if value < 0:
         value += 1 << 64
     out = bytearray()
@@ -250,12 +254,19 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _key(number: int, wire_type: int) -> bytes:
-    return _varint((number << 3) | wire_type)
+def field_key(number: int, wire_type: int) -> bytes:
+    """The key of field ``number`` with ``wire_type`` (0 varint, 2 length-
+    delimited, 5 32-bit...)."""
+    return varint((number << 3) | wire_type)
 
 
 def _len_prefix(number: int, length: int) -> bytes:
-    return _key(number, _LEN) + _varint(length)
+    return field_key(number, _LEN) + varint(length)
+
+
+def len_field(number: int, body: bytes) -> bytes:
+    """A whole length-delimited field: key, length, ``body``."""
+    return _len_prefix(number, len(body)) + body
 
 
 def _split_serialize(msg: pb_message.Message, number: int
@@ -292,7 +303,7 @@ class _EncodedBlob:
         shape = tuple(blob.shape)
         if legacy:
             self.prefix = b''.join(
-                _key(i + 1, _VARINT) + _varint(d)
+                field_key(i + 1, _VARINT) + varint(d)
                 for i, d in enumerate(legacy_dims(shape, where)))
             self.suffix = b''
         else:
