@@ -325,8 +325,8 @@ def _transformed(config: FinetuneConfig, train_set, test_set):
 
 def _datasets(config: FinetuneConfig):
     images, train_set, test_set = _load_sets(config)
-    return (images, train_set, test_set) + _transformed(config, train_set,
-                                                         test_set)
+    train, test = _transformed(config, train_set, test_set)
+    return images, train_set, test_set, train, test
 
 
 def _iterator(dataset, batchsize: int, train: bool, loaderjob: int,
@@ -426,7 +426,7 @@ def build_classifier(config: FinetuneConfig, n_class: int,
 def _freeze(model: CaffeClassifier, config: FinetuneConfig) -> List[str]:
     if not config.freeze:
         return []
-    frozen = freeze(model.backbone, config.freeze)
+    freeze(model.backbone, config.freeze)
     if not model.has_head:
         # The replaced classifier is new: never frozen by a catch-all.
         layer, _ = _last_inner_product(model.backbone)
@@ -442,9 +442,9 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
     device = chainer.get_device(config.device)
     device.use()
     classifier = L.Classifier(model)
+    frozen = _freeze(model, config) if name == 'pretrained' else []
     # The lazily sized head is initialized on a first batch, so that the
     # optimizer sees every parameter.
-    frozen = _freeze(model, config) if name == 'pretrained' else []
     x0, _ = chainer.dataset.concat_examples([train[0]])
     with chainer.using_config('train', False), \
             chainer.no_backprop_mode():
@@ -569,6 +569,11 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
                             .format(int(images.labels.max()), n_class))
     logger.info('data %s: %d classes, %d training and %d held-out images',
                 config.data, n_class, len(train_set), len(test_set))
+    # A model fetched by name is located (and its digests checked) once.
+    caffemodel, prototxt = _load_source(config)
+    named = config
+    config = dataclasses.replace(config, caffemodel=caffemodel,
+                                 prototxt=prototxt)
     runs = []
     for name in ['pretrained'] + (['scratch'] if config.compare_scratch
                                   else []):
@@ -585,7 +590,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     plot_path = _plot(runs, os.path.join(config.out, 'accuracy.png'))
     report_path = os.path.join(config.out, 'report.md')
     with open(report_path, 'w', encoding='utf-8') as f:
-        f.write(_report(config, images, train_set, test_set, n_class, runs,
+        f.write(_report(named, prototxt, train_set, test_set, n_class, runs,
                         plot_path, summary,
                         time.perf_counter() - total_start))
     return FinetuneResult(runs=runs, report_path=report_path,
@@ -621,11 +626,10 @@ def _plot(runs: Sequence[RunResult], path: str) -> Optional[str]:
     return path
 
 
-def _report(config: FinetuneConfig, images, train_set, test_set,
-            n_class: int, runs: Sequence[RunResult],
+def _report(config: FinetuneConfig, prototxt: Optional[str], train_set,
+            test_set, n_class: int, runs: Sequence[RunResult],
             plot_path: Optional[str], summary: str, seconds: float) -> str:
     lines = ['# Fine-tuning report', '']
-    caffemodel, prototxt = _load_source(config)
     lines += [
         '- model: `{}`{}'.format(config.caffemodel, ' (prototxt `{}`)'.format(
             os.path.basename(prototxt)) if prototxt else ''),
