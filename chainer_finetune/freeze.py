@@ -1,7 +1,7 @@
 """Freezing parts of a model while fine-tuning.
 
 Two tools, both naming links by path or glob (see
-:mod:`chainer_finetune._paths`: ``conv1`` never names ``conv10`` or
+:mod:`chainer_finetune.paths`: ``conv1`` never names ``conv10`` or
 ``conv1_1``; ``conv*`` names them all):
 
 * :class:`DelGradient`, an optimizer hook: the classic recipe, made
@@ -34,11 +34,11 @@ from typing import Any, List, Optional, Tuple
 import chainer
 import chainer.links as L
 
-from chainer_finetune._paths import Patterns
-from chainer_finetune._paths import _as_list
-from chainer_finetune._paths import link_paths
-from chainer_finetune._paths import match_links
-from chainer_finetune._paths import params_under
+from chainer_finetune.paths import Patterns
+from chainer_finetune.paths import as_list
+from chainer_finetune.paths import link_paths
+from chainer_finetune.paths import match_links
+from chainer_finetune.paths import params_under
 from chainer_finetune.caffe.function import CaffeNet
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class DelGradient(object):
 
     Args:
         targets (str or list of str): Link paths or glob patterns (see
-            :func:`chainer_finetune._paths.match_links`): every parameter
+            :func:`chainer_finetune.paths.match_links`): every parameter
             of the matched links and their descendants is held.
         model (~chainer.Link): Optional; resolve the targets against it
             now, so that a typo raises here rather than at the first
@@ -125,7 +125,7 @@ class DelGradient(object):
     def __init__(self, targets: Patterns,
                  model: Optional[chainer.Link] = None,
                  name: Optional[str] = None) -> None:
-        self.targets = _as_list(targets)
+        self.targets = as_list(targets)
         if name is not None:
             self.name = name
         self._target: Optional[chainer.Link] = None
@@ -392,7 +392,7 @@ def freeze(model: chainer.Link, patterns: Patterns) -> List[str]:
     Args:
         model (~chainer.Link): The model.
         patterns (str or list of str): Link paths or glob patterns (see
-            :func:`chainer_finetune._paths.match_links`).
+            :func:`chainer_finetune.paths.match_links`).
 
     Returns:
         list of str: The paths of the matched links.
