@@ -25,10 +25,10 @@ import chainer
 import chainer.links as L
 import numpy
 
-from chainer_finetune.paths import match_links
 from chainer_finetune.caffe.function import CaffeNet
 from chainer_finetune.errors import HeadError
 from chainer_finetune.lr_mult import MultipliedHyperparameter
+from chainer_finetune.paths import match_links
 
 logger = logging.getLogger(__name__)
 

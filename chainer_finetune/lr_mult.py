@@ -54,9 +54,6 @@ from chainer import optimizer as optimizer_module
 from chainer.backends import cuda
 import numpy
 
-from chainer_finetune.paths import match_links
-from chainer_finetune.paths import params_under
-from chainer_finetune.paths import path_matches
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.function import CaffeNet
 from chainer_finetune.caffe.reader import read_prototxt
@@ -65,6 +62,9 @@ from chainer_finetune.errors import CaffeModelError
 from chainer_finetune.errors import OptimizerNotSetUpError
 from chainer_finetune.errors import UnsupportedOptimizerError
 from chainer_finetune.errors import LinkNotFoundError
+from chainer_finetune.paths import match_links
+from chainer_finetune.paths import params_under
+from chainer_finetune.paths import path_matches
 
 logger = logging.getLogger(__name__)
 

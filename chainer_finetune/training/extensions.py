@@ -11,10 +11,10 @@ from chainer import serializer as serializer_module
 from chainer.training import extension
 import numpy
 
-from chainer_finetune.paths import as_list
-from chainer_finetune.paths import match_links
 from chainer_finetune.freeze import freeze
 from chainer_finetune.freeze import unfreeze
+from chainer_finetune.paths import as_list
+from chainer_finetune.paths import match_links
 
 logger = logging.getLogger(__name__)
 
