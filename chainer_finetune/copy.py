@@ -25,8 +25,9 @@ Matching rules (see :func:`copy_model` for the details):
 
 * A link's path is its name relative to the root, components joined by
   ``/`` (``features/conv1``; ChainList and Sequential children by their
-  index among the child links, ``layers/0``). Links are paired by path,
-  after ``mapping`` (if given) has renamed the source paths.
+  index among the child links, ``layers/0``; see
+  :mod:`chainer_finetune.paths`). Links are paired by path, after
+  ``mapping`` (if given) has renamed the source paths.
 * Within a pair, values are matched by name and shape. A pair is copied
   whole or not at all: when a value both links have cannot be copied
   (shapes or types differ), the other values of the pair are held back,
@@ -49,6 +50,9 @@ import chainer.links as L
 import numpy
 
 from chainer_finetune.errors import CopyMismatchError
+from chainer_finetune.paths import caffe_link_names
+from chainer_finetune.paths import join_path
+from chainer_finetune.paths import link_paths
 
 logger = logging.getLogger(__name__)
 
@@ -132,12 +136,16 @@ class CopyEntry(NamedTuple):
     @property
     def src_path(self) -> Optional[str]:
         """The value's path in the source (``conv1/W``)."""
-        return _join(self.src, self.name) if self.src is not None else None
+        if self.src is None:
+            return None
+        return join_path(self.src, self.name)
 
     @property
     def dst_path(self) -> Optional[str]:
         """The value's path in the destination."""
-        return _join(self.dst, self.name) if self.dst is not None else None
+        if self.dst is None:
+            return None
+        return join_path(self.dst, self.name)
 
     @property
     def link(self) -> str:
@@ -269,10 +277,6 @@ class CopyReport:
 # Helpers
 # --------------------------------------------------------------------------
 
-def _join(*parts: str) -> str:
-    return '/'.join(p.strip('/') for p in parts if p.strip('/'))
-
-
 def _unique(items) -> List[Any]:
     seen: Set[Any] = set()
     out = []
@@ -331,7 +335,7 @@ def _own_values(link: chainer.Link) -> Dict[str, Tuple[str, Any]]:
 def _links_with_values(model: chainer.Link
                        ) -> List[Tuple[str, chainer.Link]]:
     """(path, link) of every link that owns parameters or persistents."""
-    return [(path.strip('/'), link) for path, link in model.namedlinks()
+    return [(path, link) for path, link in link_paths(model, True)
             if link._params or link._persistent]
 
 
@@ -440,11 +444,11 @@ class _Mapper:
         self._dict: Dict[str, Optional[str]] = {}
         self._spelling: Dict[str, str] = {}
         self._used: Set[str] = set()
-        self._dst_names = _caffe_link_names(dst)
+        self._dst_names = caffe_link_names(dst)
         if mapping is None:
             return
         if isinstance(mapping, Mapping):
-            src_names = _caffe_link_names(src)
+            src_names = caffe_link_names(src)
             for key, value in mapping.items():
                 if not isinstance(key, str):
                     raise TypeError('mapping keys must be link paths (str), '
@@ -481,17 +485,11 @@ class _Mapper:
                 target = self._dict[key]
                 if target is None:
                     return None, True
-                return _join(target, *parts[n:]), True
+                return join_path(target, *parts[n:]), True
         return path, False
 
     def unused_keys(self) -> List[str]:
         return [self._spelling[k] for k in self._dict if k not in self._used]
-
-
-def _caffe_link_names(model: chainer.Link) -> Dict[str, str]:
-    # A CaffeNet maps Caffe layer names ('conv1/7x7_s2') to link names.
-    names = getattr(model, 'link_names', None)
-    return dict(names) if isinstance(names, dict) else {}
 
 
 # --------------------------------------------------------------------------

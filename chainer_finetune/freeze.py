@@ -1,7 +1,7 @@
 """Freezing parts of a model while fine-tuning.
 
 Two tools, both naming links by path or glob (see
-:mod:`chainer_finetune._paths`: ``conv1`` never names ``conv10`` or
+:mod:`chainer_finetune.paths`: ``conv1`` never names ``conv10`` or
 ``conv1_1``; ``conv*`` names them all):
 
 * :class:`DelGradient`, an optimizer hook: the classic recipe, made
@@ -34,17 +34,20 @@ from typing import Any, List, Optional, Tuple
 import chainer
 import chainer.links as L
 
-from chainer_finetune._paths import Patterns
-from chainer_finetune._paths import _as_list
-from chainer_finetune._paths import link_paths
-from chainer_finetune._paths import match_links
-from chainer_finetune._paths import params_under
 from chainer_finetune.caffe.function import CaffeNet
+from chainer_finetune.paths import Patterns
+from chainer_finetune.paths import as_list
+from chainer_finetune.paths import link_paths
+from chainer_finetune.paths import match_links
+from chainer_finetune.paths import params_under
 
 logger = logging.getLogger(__name__)
 
 # Links whose forward in training mode updates running statistics.
 _STATISTICS_LINKS = (L.BatchNormalization, L.DecorrelatedBatchNormalization)
+
+# The name freeze() wraps CaffeNet layer functions under.
+_LAYER_WRAPPER = 'freeze'
 
 
 def _disable_rules(params) -> List[chainer.Parameter]:
@@ -101,7 +104,7 @@ class DelGradient(object):
 
     Args:
         targets (str or list of str): Link paths or glob patterns (see
-            :func:`chainer_finetune._paths.match_links`): every parameter
+            :func:`chainer_finetune.paths.match_links`): every parameter
             of the matched links and their descendants is held.
         model (~chainer.Link): Optional; resolve the targets against it
             now, so that a typo raises here rather than at the first
@@ -125,7 +128,7 @@ class DelGradient(object):
     def __init__(self, targets: Patterns,
                  model: Optional[chainer.Link] = None,
                  name: Optional[str] = None) -> None:
-        self.targets = _as_list(targets)
+        self.targets = as_list(targets)
         if name is not None:
             self.name = name
         self._target: Optional[chainer.Link] = None
@@ -204,7 +207,8 @@ class DelGradient(object):
 # freeze / unfreeze
 # --------------------------------------------------------------------------
 
-def _own_params(link: chainer.Link) -> List[chainer.Parameter]:
+def _direct_params(link: chainer.Link) -> List[chainer.Parameter]:
+    """The link's own parameters, not its descendants'."""
     # namedparams() gives '/W' for the link's own, '/child/W' for others.
     return [param for path, param in link.namedparams()
             if path.count('/') == 1]
@@ -256,7 +260,7 @@ class _FrozenForward(object):
     def __call__(self, *args, **kwargs):
         link = self.link
         # Rules created by an optimizer.setup after freeze() start enabled.
-        _disable_rules(_own_params(link))
+        _disable_rules(_direct_params(link))
         cut = (not _needs_grad(args) and not _needs_grad(kwargs) and
                all(_is_frozen(child) for child in link.links(skipself=True)))
         with contextlib.ExitStack() as stack:
@@ -286,28 +290,22 @@ class _FrozenCopy(object):
 
 
 class _FrozenLayer(object):
-    """A CaffeNet layer function whose link is frozen (picklable).
+    """Wraps a CaffeNet layer whose link is frozen (picklable).
 
     Scale, Bias and PReLU layers read their link's parameters without
     calling the link, so the link's frozen forward alone would not cut the
     graph there (their ``W`` requires a gradient). This applies the same
-    rules around the whole layer.
+    rules around the whole layer; see
+    :meth:`~chainer_finetune.CaffeNet.wrap_layer_function`.
     """
 
-    def __init__(self, function) -> None:
-        self.function = function
+    def __init__(self, layer_name: str) -> None:
+        self.layer_name = layer_name
 
-    @property
-    def link_name(self) -> Optional[str]:
-        return self.function.link_name
-
-    def link(self, net: chainer.Chain) -> chainer.Link:
-        return self.function.link(net)
-
-    def __call__(self, net: chainer.Chain, *xs):
-        link = self.function.link(net)
+    def __call__(self, function, net: CaffeNet, *xs):
+        link = net[self.layer_name]
         if not _is_frozen(link):     # a stale wrapper: behave as unwrapped
-            return self.function(net, *xs)
+            return function(net, *xs)
         # The link itself may never be called (Scale): disable here too.
         _disable_rules(link.params())
         cut = not _needs_grad(xs)
@@ -316,29 +314,23 @@ class _FrozenLayer(object):
                 stack.enter_context(chainer.using_config('train', False))
             if cut:
                 stack.enter_context(chainer.no_backprop_mode())
-            ys = self.function(net, *xs)
+            ys = function(net, *xs)
         return _without_graph(ys) if cut else ys
 
 
 def _sync_caffe_layers(model: chainer.Link) -> None:
-    """Wraps the layer functions of frozen links of every CaffeNet."""
+    """Wraps the layers of frozen links of every CaffeNet, unwraps others."""
     for net in model.links():
         if not isinstance(net, CaffeNet):
             continue
-        functions = {}
-        for name, function in net._functions.items():
-            inner = function.function if isinstance(function, _FrozenLayer) \
-                else function
-            link_name = getattr(inner, 'link_name', None)
-            link = net.__dict__.get(link_name) if link_name else None
-            if link is not None and _is_frozen(link):
-                functions[name] = function if function is not inner \
-                    else _FrozenLayer(inner)
-            else:
-                functions[name] = inner
-        if any(functions[k] is not v for k, v in net._functions.items()):
-            # A new dict: a Link.copy() of the net shares the old one.
-            net._functions = functions
+        for layer_name in net.link_names:
+            wrapped = _LAYER_WRAPPER in net.layer_wrappers(layer_name)
+            frozen = _is_frozen(net[layer_name])
+            if frozen and not wrapped:
+                net.wrap_layer_function(layer_name, _LAYER_WRAPPER,
+                                        _FrozenLayer(layer_name))
+            elif wrapped and not frozen:
+                net.unwrap_layer_function(layer_name, _LAYER_WRAPPER)
 
 
 def _calls_forward(link: chainer.Link) -> bool:
@@ -359,6 +351,60 @@ def _unwrap(link: chainer.Link) -> None:
         del link.__dict__['forward']
     if isinstance(link.__dict__.get('copy'), _FrozenCopy):
         del link.__dict__['copy']
+
+
+def _freeze_link(link: chainer.Link) -> Tuple[bool, int]:
+    """Freezes one link (not its children).
+
+    Returns:
+        Whether its forward was newly replaced, and how many of its own
+        parameters have no update rule yet.
+    """
+    newly_wrapped = False
+    if not _calls_forward(link):
+        logger.warning('%s defines __call__ instead of forward: its update '
+                       'rules are disabled, but its batch normalization and '
+                       'graph are not frozen', type(link).__name__)
+    elif not _is_frozen(link):
+        _wrap(link)
+        newly_wrapped = True
+    without_rule = sum(1 for param in _direct_params(link)
+                       if param.update_rule is None)
+    link.disable_update()
+    return newly_wrapped, without_rule
+
+
+def _unfreeze_link(link: chainer.Link) -> None:
+    """Undoes :func:`_freeze_link` for one link (not its children)."""
+    _unwrap(link)
+    link.enable_update()
+
+
+def _set_frozen(model: chainer.Link, patterns: Patterns,
+                frozen: bool) -> List[str]:
+    """The body of :func:`freeze` (``frozen=True``) and :func:`unfreeze`."""
+    matched = match_links(model, patterns)
+    n_links = 0
+    unset = 0
+    for _, top in matched:
+        for link in top.links():
+            if frozen:
+                newly_wrapped, without_rule = _freeze_link(link)
+                n_links += newly_wrapped
+                unset += without_rule
+            else:
+                _unfreeze_link(link)
+    if unset:
+        logger.debug('%d frozen parameters have no update rule yet; those '
+                     'created by optimizer.setup are disabled at their '
+                     'first forward', unset)
+    _sync_caffe_layers(model)
+    paths = [path for path, _ in matched]
+    if frozen:
+        logger.debug('froze %s (%d links newly wrapped)', paths, n_links)
+    else:
+        logger.debug('unfroze %s', paths)
+    return paths
 
 
 def freeze(model: chainer.Link, patterns: Patterns) -> List[str]:
@@ -392,7 +438,7 @@ def freeze(model: chainer.Link, patterns: Patterns) -> List[str]:
     Args:
         model (~chainer.Link): The model.
         patterns (str or list of str): Link paths or glob patterns (see
-            :func:`chainer_finetune._paths.match_links`).
+            :func:`chainer_finetune.paths.match_links`).
 
     Returns:
         list of str: The paths of the matched links.
@@ -400,31 +446,7 @@ def freeze(model: chainer.Link, patterns: Patterns) -> List[str]:
     Raises:
         LinkNotFoundError: if a pattern names no link.
     """
-    matched = match_links(model, patterns)
-    n_links = 0
-    unset = 0
-    for _, top in matched:
-        for link in top.links():
-            if not _calls_forward(link):
-                logger.warning(
-                    '%s defines __call__ instead of forward: its update '
-                    'rules are disabled, but its batch normalization and '
-                    'graph are not frozen', type(link).__name__)
-            elif not _is_frozen(link):
-                _wrap(link)
-                n_links += 1
-            for param in _own_params(link):
-                if param.update_rule is None:
-                    unset += 1
-            link.disable_update()
-    if unset:
-        logger.debug('%d frozen parameters have no update rule yet; those '
-                     'created by optimizer.setup are disabled at their '
-                     'first forward', unset)
-    _sync_caffe_layers(model)
-    paths = [path for path, _ in matched]
-    logger.debug('froze %s (%d links newly wrapped)', paths, n_links)
-    return paths
+    return _set_frozen(model, patterns, True)
 
 
 def unfreeze(model: chainer.Link, patterns: Patterns) -> List[str]:
@@ -448,15 +470,7 @@ def unfreeze(model: chainer.Link, patterns: Patterns) -> List[str]:
     Raises:
         LinkNotFoundError: if a pattern names no link.
     """
-    matched = match_links(model, patterns)
-    for _, top in matched:
-        for link in top.links():
-            _unwrap(link)
-            link.enable_update()
-    _sync_caffe_layers(model)
-    paths = [path for path, _ in matched]
-    logger.debug('unfroze %s', paths)
-    return paths
+    return _set_frozen(model, patterns, False)
 
 
 def frozen_paths(model: chainer.Link) -> List[str]:

@@ -25,10 +25,10 @@ import chainer
 import chainer.links as L
 import numpy
 
-from chainer_finetune._paths import match_links
 from chainer_finetune.caffe.function import CaffeNet
 from chainer_finetune.errors import HeadError
 from chainer_finetune.lr_mult import MultipliedHyperparameter
+from chainer_finetune.paths import match_links
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _give_update_rules(old: chainer.Link, new: chainer.Link,
         if isinstance(old_hp, MultipliedHyperparameter):
             # The layer keeps its multipliers (lr_mult 10 for a new fc8).
             rule.hyperparam = MultipliedHyperparameter(
-                rule.hyperparam, old_hp._lr_name, old_hp.lr_mult,
+                rule.hyperparam, old_hp.lr_name, old_hp.lr_mult,
                 old_hp.decay_mult)
         param.update_rule = rule
 

@@ -54,9 +54,6 @@ from chainer import optimizer as optimizer_module
 from chainer.backends import cuda
 import numpy
 
-from chainer_finetune._paths import match_links
-from chainer_finetune._paths import params_under
-from chainer_finetune._paths import path_matches
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.function import CaffeNet
 from chainer_finetune.caffe.reader import read_prototxt
@@ -65,6 +62,9 @@ from chainer_finetune.errors import CaffeModelError
 from chainer_finetune.errors import OptimizerNotSetUpError
 from chainer_finetune.errors import UnsupportedOptimizerError
 from chainer_finetune.errors import LinkNotFoundError
+from chainer_finetune.paths import match_links
+from chainer_finetune.paths import params_under
+from chainer_finetune.paths import path_matches
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,11 @@ class MultipliedHyperparameter(optimizer_module.Hyperparameter):
         self._lr_name = lr_name
         self._lr_mult = float(lr_mult)
         self._decay_mult = float(decay_mult)
+
+    @property
+    def lr_name(self) -> str:
+        """The entry that :attr:`lr_mult` scales (``'lr'`` or ``'alpha'``)."""
+        return self._lr_name
 
     @property
     def lr_mult(self) -> float:
@@ -232,7 +237,7 @@ def _params_of_key(model: chainer.Link, key: str
                 from None
         found = [(path, link, path + '/' + name, param)
                  for path, link in links
-                 for name, param in _own_params(link)
+                 for name, param in _params_relative_to(link)
                  if path_matches(tail, name)]
         if not found:
             raise LinkNotFoundError(
@@ -246,8 +251,10 @@ def _params_of_key(model: chainer.Link, key: str
     return found
 
 
-def _own_params(link: chainer.Link) -> Iterable[Tuple[str, chainer.Parameter]]:
-    # Parameter paths relative to the link: 'W', 'conv/b'.
+def _params_relative_to(link: chainer.Link
+                        ) -> Iterable[Tuple[str, chainer.Parameter]]:
+    # The parameters of the link and its descendants, by their paths
+    # relative to it: 'W', 'conv/b'.
     return ((name.lstrip('/'), param) for name, param in link.namedparams())
 
 
@@ -291,7 +298,7 @@ def _expand(model: chainer.Link, mults: Mapping[str, Any], kind: str
 def _lr_name(rule: optimizer_module.UpdateRule, path: str) -> str:
     hyperparam = rule.hyperparam
     if isinstance(hyperparam, MultipliedHyperparameter):
-        return hyperparam._lr_name
+        return hyperparam.lr_name
     # Adam's learning rate is `alpha`; RMSprop's `alpha` is the decay of
     # its moving average, so a name alone does not say which is which.
     if isinstance(rule, chainer.optimizers.adam.AdamRule):
@@ -315,7 +322,7 @@ def set_lr_mult(model: chainer.Link, lr_mults: Mapping[str, MultValue],
     Args:
         model (~chainer.Link): The model the optimizer was set up with.
         lr_mults (dict): Link pattern (as for
-            :func:`~chainer_finetune._paths.match_links`: ``conv1``,
+            :func:`~chainer_finetune.paths.match_links`: ``conv1``,
             ``conv*``, ``features/0``; Caffe layer names on a
             :class:`~chainer_finetune.CaffeNet`) to the learning-rate
             multiplier of all parameters under the links, or to a dict of

@@ -729,6 +729,124 @@ def test_caffe_net_freeze_before_setup(caffe_net):
         assert same == key.startswith(('/conv1/', '/scale1/')), key
 
 
+# ---------------------------------------------------------------------------
+# CaffeNet's seam for wrapping one layer's function (which freeze uses):
+# wrap_layer_function runs a layer through a named wrapper,
+# unwrap_layer_function takes it away, layer_function is the function as
+# built and layer_wrappers lists the wrappers. Copies and pickles of a
+# wrapped net keep its wrappers.
+# ---------------------------------------------------------------------------
+
+def _doubled(function, net, *xs):
+    return tuple(2 * y for y in function(net, *xs))
+
+
+def _plus_one(function, net, *xs):
+    return tuple(y + 1 for y in function(net, *xs))
+
+
+@pytest.fixture
+def caffe_x():
+    return numpy.random.RandomState(1).standard_normal(
+        (2, 3, 12, 12)).astype(numpy.float32)
+
+
+def _fc3(net, x):
+    with chainer.using_config('train', False):
+        y, = net(inputs={'data': x}, outputs=['fc3'])
+    return y.array
+
+
+def test_caffe_net_wrap_call_and_unwrap(caffe_net, caffe_x):
+    net, x = caffe_net, caffe_x
+    expected = _fc3(net, x)
+    function = net.layer_function('fc3')
+    assert net.layer_wrappers('fc3') == {}
+
+    assert net.wrap_layer_function('fc3', 'double', _doubled) is None
+    assert net.layer_wrappers('fc3') == {'double': _doubled}
+    assert net.layer_function('fc3') is function
+    numpy.testing.assert_allclose(_fc3(net, x), 2 * expected, rtol=1e-6)
+
+    assert net.unwrap_layer_function('fc3', 'double') is _doubled
+    assert net.layer_wrappers('fc3') == {}
+    assert net.layer_function('fc3') is function
+    numpy.testing.assert_array_equal(_fc3(net, x), expected)
+
+
+def test_caffe_net_wrappers_nest_innermost_first(caffe_net, caffe_x):
+    net, x = caffe_net, caffe_x
+    expected = _fc3(net, x)
+    net.wrap_layer_function('fc3', 'plus_one', _plus_one)
+    net.wrap_layer_function('fc3', 'double', _doubled)
+    assert list(net.layer_wrappers('fc3')) == ['plus_one', 'double']
+    numpy.testing.assert_allclose(_fc3(net, x), 2 * (expected + 1),
+                                  rtol=1e-6)
+    # Removing the inner one keeps the outer one.
+    net.unwrap_layer_function('fc3', 'plus_one')
+    numpy.testing.assert_allclose(_fc3(net, x), 2 * expected, rtol=1e-6)
+
+
+def test_caffe_net_wrap_errors(caffe_net):
+    net = caffe_net
+    net.wrap_layer_function('fc3', 'double', _doubled)
+    with pytest.raises(KeyError, match='already has a wrapper'):
+        net.wrap_layer_function('fc3', 'double', _plus_one)
+    with pytest.raises(KeyError, match='no wrapper named'):
+        net.unwrap_layer_function('fc3', 'plus_one')
+    with pytest.raises(KeyError, match='no wrapper named'):
+        net.unwrap_layer_function('conv1', 'double')
+    for layer in ('nonexistent', 'data'):   # no layer; an input layer
+        with pytest.raises(KeyError):
+            net.wrap_layer_function(layer, 'double', _doubled)
+        with pytest.raises(KeyError):
+            net.layer_function(layer)
+    assert net.layer_wrappers('fc3') == {'double': _doubled}
+
+
+def test_caffe_net_copy_and_pickle_keep_wrappers(caffe_net, caffe_x):
+    net, x = caffe_net, caffe_x
+    expected = _fc3(net, x)
+    net.wrap_layer_function('fc3', 'double', _doubled)
+    for other in (net.copy(), net.copy(mode='copy'),
+                  pickle.loads(pickle.dumps(net))):
+        assert list(other.layer_wrappers('fc3')) == ['double']
+        numpy.testing.assert_allclose(_fc3(other, x), 2 * expected,
+                                      rtol=1e-6)
+    # Unwrapping a copy leaves the original wrapped, and back.
+    copied = net.copy()
+    copied.unwrap_layer_function('fc3', 'double')
+    numpy.testing.assert_array_equal(_fc3(copied, x), expected)
+    numpy.testing.assert_allclose(_fc3(net, x), 2 * expected, rtol=1e-6)
+    copied.wrap_layer_function('fc3', 'plus_one', _plus_one)
+    assert list(net.layer_wrappers('fc3')) == ['double']
+
+
+def test_caffe_net_batchnorm_settings_reach_a_wrapped_layer(caffe_net):
+    net = caffe_net
+    net.wrap_layer_function('bn1', 'double', _doubled)
+    net.set_global_stats(True)
+    assert net.layer_function('bn1').global_stats is True
+    net.set_moving_average_fraction(0.5)
+    assert net.layer_function('bn1').moving_average_fraction == 0.5
+
+
+def test_caffe_net_freeze_wraps_through_the_seam(caffe_net, caffe_x):
+    net, x = caffe_net, caffe_x
+    expected = _fc3(net, x)
+    net.wrap_layer_function('scale1', 'double', _doubled)
+    freeze(net, ['scale1', 'fc3'])
+    assert list(net.layer_wrappers('scale1')) == ['double', 'freeze']
+    assert list(net.layer_wrappers('fc3')) == ['freeze']
+    assert net.layer_wrappers('conv1') == {}
+    unfreeze(net, ['scale1', 'fc3'])
+    # The caller's own wrapper outlives freeze and unfreeze.
+    assert list(net.layer_wrappers('scale1')) == ['double']
+    assert net.layer_wrappers('fc3') == {}
+    net.unwrap_layer_function('scale1', 'double')
+    numpy.testing.assert_array_equal(_fc3(net, x), expected)
+
+
 def test_trained_deconvolution_after_frozen_prefix():
     class Upsample(chainer.Chain):
         def __init__(self):

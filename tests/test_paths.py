@@ -4,11 +4,11 @@ import chainer
 import chainer.links as L
 import pytest
 
-from chainer_finetune._paths import link_paths
-from chainer_finetune._paths import match_links
-from chainer_finetune._paths import params_under
-from chainer_finetune._paths import path_matches
 from chainer_finetune.errors import LinkNotFoundError
+from chainer_finetune.paths import link_paths
+from chainer_finetune.paths import match_links
+from chainer_finetune.paths import params_under
+from chainer_finetune.paths import path_matches
 
 
 class _Net(chainer.Chain):

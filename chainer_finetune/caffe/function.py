@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy as copy_module
+import functools
 import keyword
 import logging
 import re
-from typing import (Dict, Iterable, List, Mapping, Optional, Sequence, Set,
-                    Tuple, Union)
+from typing import (Callable, Dict, Iterable, List, Mapping, Optional,
+                    Sequence, Set, Tuple, Union)
 
 import chainer
 from chainer.links.caffe import CaffeFunction
@@ -35,6 +36,27 @@ def link_name_for(caffe_name: str) -> str:
     if keyword.iskeyword(name):
         name += '_'
     return name
+
+
+#: A layer wrapper, called as ``wrapper(function, net, *bottoms)`` in place
+#: of ``function(net, *bottoms)``; see :meth:`CaffeNet.wrap_layer_function`.
+LayerWrapper = Callable[..., Tuple[chainer.Variable, ...]]
+
+
+class _WrappedLayer:
+    """A layer function run through named wrappers, innermost first."""
+
+    def __init__(self, function: layer_builders.LayerFunction,
+                 wrappers: Tuple[Tuple[str, LayerWrapper], ...]) -> None:
+        self.function = function
+        self.wrappers = wrappers
+
+    def __call__(self, net: 'CaffeNet', *xs: chainer.Variable
+                 ) -> Tuple[chainer.Variable, ...]:
+        call = self.function
+        for _, wrapper in self.wrappers:
+            call = functools.partial(wrapper, call)
+        return call(net, *xs)
 
 
 class _BoundLayer:
@@ -82,7 +104,8 @@ class CaffeNet(CaffeFunction):
         layers: ``(name, bottoms, tops)`` per layer in execution order, as
             in CaffeFunction (Caffe names).
         forwards: Layer name to a callable of the bottoms, as in
-            CaffeFunction.
+            CaffeFunction (the layer functions as they were when the net
+            was built or copied).
         inputs: Blob names the caller must supply, with the shape the net
             declares for each (``None`` where a data layer declares none).
         caffe_layers: The V2 description of each layer (without blobs).
@@ -162,13 +185,121 @@ class CaffeNet(CaffeFunction):
                         for name, function in ret._functions.items()}
         return ret
 
+    # ------------------------------------------------------------------
+    # Layer functions and their wrappers
+    # ------------------------------------------------------------------
+
+    def layer_function(self, layer: str) -> layer_builders.LayerFunction:
+        """The function that computes a layer, as built (without wrappers).
+
+        A layer function is called as ``function(net, *bottoms)`` and
+        returns a tuple of tops; one with parameters finds its link on the
+        net (``net[layer]``).
+
+        Args:
+            layer (str): The Caffe layer name.
+
+        Raises:
+            KeyError: if the net has no such layer, or it is an input
+                layer (which has no function).
+        """
+        function = self._functions[layer]
+        if isinstance(function, _WrappedLayer):
+            return function.function
+        return function
+
+    def layer_wrappers(self, layer: str) -> Dict[str, LayerWrapper]:
+        """The wrappers of a layer by name, innermost first (a new dict).
+
+        Raises:
+            KeyError: if the net has no such layer, or it is an input
+                layer.
+        """
+        function = self._functions[layer]
+        if isinstance(function, _WrappedLayer):
+            return dict(function.wrappers)
+        return {}
+
+    def wrap_layer_function(self, layer: str, name: str,
+                            wrapper: LayerWrapper) -> None:
+        """Runs a layer through ``wrapper``, outside its other wrappers.
+
+        :meth:`forward` then calls ``wrapper(function, net, *bottoms)``
+        instead of ``function(net, *bottoms)``, where ``function`` is the
+        layer's function with the wrappers added before (call it to run
+        the layer). A wrapper can change the configuration the layer runs
+        under, its inputs or its outputs; :func:`chainer_finetune.freeze`
+        wraps the layers of frozen links so that they build no graph.
+
+        Wrappers are kept by the net: :meth:`copy` deep-copies them along
+        with the layer functions, and pickling the net pickles them, so a
+        wrapper should be picklable (a module-level function or an instance
+        of a module-level class) and find what it needs through ``net``
+        rather than hold the net itself. :attr:`forwards` keeps the
+        functions as they were when the net was built or copied.
+
+        .. admonition:: Example
+
+            >>> def doubled(function, net, *xs):
+            ...     return tuple(2 * y for y in function(net, *xs))
+            >>> net.wrap_layer_function('fc8', 'double', doubled)
+            >>> y, = net(inputs={'data': x}, outputs=['fc8'])  # doubled
+            >>> net.unwrap_layer_function('fc8', 'double') is doubled
+            True
+
+        Args:
+            layer (str): The Caffe layer name.
+            name (str): The wrapper's name, to find or remove it by.
+            wrapper: A callable ``wrapper(function, net, *bottoms)`` that
+                returns the tops as a tuple.
+
+        Raises:
+            KeyError: if the net has no such layer, it is an input layer,
+                or the layer already has a wrapper of that name.
+        """
+        wrappers = self.layer_wrappers(layer)
+        if name in wrappers:
+            raise KeyError('layer {!r} already has a wrapper named '
+                           '{!r}'.format(layer, name))
+        wrappers[name] = wrapper
+        self._set_wrappers(layer, wrappers)
+
+    def unwrap_layer_function(self, layer: str, name: str) -> LayerWrapper:
+        """Removes a wrapper that :meth:`wrap_layer_function` added.
+
+        Args:
+            layer (str): The Caffe layer name.
+            name (str): The wrapper's name.
+
+        Returns:
+            The wrapper removed.
+
+        Raises:
+            KeyError: if the layer has no wrapper of that name.
+        """
+        wrappers = self.layer_wrappers(layer)
+        if name not in wrappers:
+            raise KeyError('layer {!r} has no wrapper named {!r}'.format(
+                layer, name))
+        wrapper = wrappers.pop(name)
+        self._set_wrappers(layer, wrappers)
+        return wrapper
+
+    def _set_wrappers(self, layer: str,
+                      wrappers: Dict[str, LayerWrapper]) -> None:
+        function = self.layer_function(layer)
+        functions = dict(self._functions)
+        # Without wrappers the bare function is stored, as at build time.
+        functions[layer] = _WrappedLayer(function, tuple(wrappers.items())) \
+            if wrappers else function
+        # A new dict: a shallow copy of the net keeps the old one.
+        self._functions = functions
+
     def _batchnorm_functions(self):
         """(description, forward function) of every BatchNorm layer."""
         for layer in self.caffe_layers:
             if layer.type == 'BatchNorm':
-                function = self._functions[layer.name]
-                # freeze() wraps layer functions; the wrapped one decides.
-                yield layer, getattr(function, 'function', function)
+                yield layer, self.layer_function(layer.name)
 
     def set_global_stats(self, value: Optional[bool]) -> None:
         """Sets how every BatchNorm layer normalizes in training mode.

@@ -11,10 +11,10 @@ from chainer import serializer as serializer_module
 from chainer.training import extension
 import numpy
 
-from chainer_finetune._paths import _as_list
-from chainer_finetune._paths import match_links
 from chainer_finetune.freeze import freeze
 from chainer_finetune.freeze import unfreeze
+from chainer_finetune.paths import as_list
+from chainer_finetune.paths import match_links
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class GradualUnfreeze(extension.Extension):
         model (~chainer.Link): The model the optimizer updates.
         schedule (dict): Step (epoch or iteration count, >= 0) to the link
             paths or patterns to unfreeze then (a string or a list; see
-            :func:`chainer_finetune._paths.match_links`).
+            :func:`chainer_finetune.paths.match_links`).
         unit (str): ``'epoch'`` or ``'iteration'``.
 
     Attributes:
@@ -96,7 +96,7 @@ class GradualUnfreeze(extension.Extension):
             if unit == 'iteration' and step != int(step):
                 raise ValueError('iteration steps must be whole numbers, got '
                                  '{!r}'.format(step))
-            patterns = _as_list(patterns)
+            patterns = as_list(patterns)
             match_links(model, patterns)   # a typo fails here, not later
             groups[float(step)] = patterns
         self._model = model
