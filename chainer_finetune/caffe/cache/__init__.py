@@ -7,43 +7,26 @@ converted net once and loads it back from the cache afterwards.
 
 Where: ``$CHAINER_FINETUNE_CACHE/nets`` when ``CHAINER_FINETUNE_CACHE`` is
 set, else ``$XDG_CACHE_HOME/chainer_finetune/nets`` (``XDG_CACHE_HOME``
-defaulting to ``~/.cache``); see :func:`cache_dir` and
-:func:`chainer_finetune.files.cache_root`. Fetched model files live next to
-it, in ``models/`` (:mod:`chainer_finetune.models`).
+defaulting to ``~/.cache``): :func:`cache_dir`, inside
+:func:`chainer_finetune.files.cache_root` next to the fetched models.
 
 Security: a cache entry is a pickle, and loading a pickle runs whatever code
-it names. Entries are therefore only ever read from :func:`cache_dir`, which
-is created private (mode 0700); on POSIX the directory and each entry must
-belong to the current user and must not be writable by others, and a
-symbolic link in place of an entry is refused (:mod:`.location`). Nothing
-else is read as a pickle: not a file next to the model, not a path given by
-an argument. :func:`load_pickle` reads a pickle you name, for files you made
-yourself.
+it names, so entries are only read from :func:`cache_dir`, private to the
+current user (:mod:`.location`). Nothing else is read as a pickle;
+:func:`load_pickle` reads a pickle you name, for files you made yourself.
 
-The entry key (:func:`cache_key`, :mod:`.keys`) is the SHA-256 of the input
-files' contents (remembered by file identity, :mod:`.index`), the options
-and the versions the pickle depends on.
-
-Entries are written to a temporary file in the cache directory, fsync'ed and
-moved into place with :func:`os.replace`, under a per-entry lock file
-(:func:`chainer_finetune.files.atomic_output` and
+An entry is keyed by the SHA-256 of its input files (remembered by file
+identity, :mod:`.index`), the options and the versions the pickle depends on
+(:mod:`.keys`). It is written to a temporary file, fsync'ed and moved into
+place under a per-entry lock (:func:`chainer_finetune.files.atomic_output`,
 :func:`~chainer_finetune.files.file_lock`), so processes loading the same
-model at once convert it once and never see a partial entry, and a crash
-cannot leave a renamed but unwritten entry.
-
-Entry layout (:mod:`.container`): a header, JSON metadata with the length
-and CRC-32 of the pickle stream and of every 16 MiB chunk of the weights,
-the protocol 5 pickle, then its arrays out of band. A truncated or corrupt
-entry (bad header or metadata, wrong length, pickle stream checksum, failed
-unpickling; the weights' checksums too with :data:`VERIFY_WEIGHTS` or
-:func:`verify_cache`) is logged at WARNING and rebuilt, never fatal. Cache
-trouble (unwritable directory, full disk) is logged and the net is
-converted as without cache.
-
-The package, one module per job: :mod:`.location` (where, and whether to
-trust it), :mod:`.index` (the SHA-256 index), :mod:`.keys` (the key and
-versions), :mod:`.container` (the entry format), :mod:`.stats` (counters);
-the policy (when to read, build, write, list and remove) is here.
+model at once convert it once and never see a partial entry. Its format
+(:mod:`.container`) carries CRC-32s: a truncated or corrupt entry (the
+weights' checksums too with :data:`VERIFY_WEIGHTS` or :func:`verify_cache`)
+is logged at WARNING and rebuilt, never fatal. Cache trouble (unwritable
+directory, full disk) is logged and the net is converted as without cache.
+Counters: :mod:`.stats`. This module holds the policy: when to read, build,
+write, list and remove entries.
 """
 
 from __future__ import annotations
