@@ -27,8 +27,8 @@ import sys
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
                     Sequence, Tuple)
 
-import chainer_finetune
 from chainer_finetune import runtime
+from chainer_finetune._version import __version__
 from chainer_finetune.errors import ChainerFinetuneError
 
 Shape = Tuple[int, ...]
@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog='chainer-finetune',
         description='Fine-tune Caffe Model Zoo models in Chainer.')
     parser.add_argument('--version', action='version',
-                        version=chainer_finetune.__version__)
+                        version=__version__)
     parser.add_argument('-v', '--verbose', action='count', default=0,
                         help='log more (-v: INFO, -vv: DEBUG)')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')

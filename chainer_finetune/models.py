@@ -40,6 +40,8 @@ from typing import (Dict, List, Mapping, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
 from chainer_finetune.errors import ModelFetchError
+from chainer_finetune.files import cache_root
+from chainer_finetune.files import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -219,27 +221,12 @@ class ModelFiles(NamedTuple):
 def default_cache_dir() -> str:
     """The directory that holds fetched models and data sets.
 
+    ``models/`` in :func:`chainer_finetune.files.cache_root`:
     ``$CHAINER_FINETUNE_CACHE/models`` when ``CHAINER_FINETUNE_CACHE`` is
     set and not empty, else ``$XDG_CACHE_HOME/chainer_finetune/models``
     (``XDG_CACHE_HOME`` defaulting to ``~/.cache``).
     """
-    root = os.environ.get('CHAINER_FINETUNE_CACHE')
-    if root:
-        return os.path.join(os.path.expanduser(root), 'models')
-    xdg = os.environ.get('XDG_CACHE_HOME')
-    if not xdg or not os.path.isabs(xdg):
-        # The XDG spec says to ignore a relative XDG_CACHE_HOME.
-        xdg = os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(xdg, 'chainer_finetune', 'models')
-
-
-def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
-    """The SHA-256 of a file, lowercase hex."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(chunk_size), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return os.fspath(cache_root() / 'models')
 
 
 def _lookup(name: str) -> KnownModel:

@@ -14,7 +14,12 @@ import chainer
 import numpy
 import pytest
 
+from chainer_finetune import files
 from chainer_finetune.caffe import cache
+from chainer_finetune.caffe.cache import container
+from chainer_finetune.caffe.cache import index
+from chainer_finetune.caffe.cache import keys
+from chainer_finetune.caffe.cache import location
 from chainer_finetune.caffe import testing
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import CaffeModelError
@@ -168,8 +173,8 @@ def test_options_and_prototxt_are_part_of_the_key(cache_root, model,
 
 
 def test_known_file_is_not_hashed_again(cache_root, model, monkeypatch):
-    monkeypatch.setattr(cache, '_MEMO_MIN_BYTES', 0)
-    monkeypatch.setattr(cache, '_RACY_NS', 0)
+    monkeypatch.setattr(index, '_MEMO_MIN_BYTES', 0)
+    monkeypatch.setattr(index, '_RACY_NS', 0)
     before = cache.cache_stats()
     load_caffe(model, cache=True)
     assert delta(before)['hashed_files'] == 1
@@ -235,8 +240,8 @@ def test_corrupt_entry_is_rebuilt(cache_root, model, caplog, where):
     entry = _only_entry()
     data = bytearray(entry.read_bytes())
     with open(entry, 'rb') as f:
-        layout = cache._read_layout(f, len(data), 'entry')
-    offset = {'header': 2, 'metadata': cache._HEADER.size + 10,
+        layout = container.read_layout(f, len(data), 'entry')
+    offset = {'header': 2, 'metadata': container.HEADER.size + 10,
               'pickle': layout.pickle[0] + layout.pickle[1] // 2}[where]
     data[offset] ^= 0xFF
     entry.write_bytes(bytes(data))
@@ -395,10 +400,10 @@ def test_waiting_process_uses_the_entry_written_meanwhile(cache_root,
     script.write_text(_WORKER)
     ready, go = tmp_path / 'ready', tmp_path / 'go'
     go.touch()
-    directory = cache._usable_dir(create=True)
+    directory = location.usable_dir(create=True)
     key = cache.cache_key([('model', model), ('prototxt', None),
                            ('weights', None)], {'stop_at': None}, directory)
-    with cache._file_lock(directory / (key + '.lock')):
+    with files.file_lock(directory / (key + '.lock')):
         proc = subprocess.Popen(
             [sys.executable, str(script), model, str(ready), str(go)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -411,8 +416,7 @@ def test_waiting_process_uses_the_entry_written_meanwhile(cache_root,
             time.sleep(2)   # the worker hashes the model, then waits
             assert proc.poll() is None
             cache._store(directory / (key + '.pkl'), load_caffe(model),
-                         cache._entry_meta(key, model,
-                                           {'stop_at': None}))
+                         keys.entry_meta(key, model, {'stop_at': None}))
         except BaseException:
             proc.kill()
             raise

@@ -53,7 +53,7 @@ import chainer
 import numpy
 from google.protobuf import text_format
 
-import chainer_finetune
+from chainer_finetune._version import __version__
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe import layers as layer_builders
 from chainer_finetune.caffe.function import CaffeNet
@@ -62,6 +62,9 @@ from chainer_finetune.caffe.reader import CaffeModelFile
 from chainer_finetune.caffe.reader import LayerRecord
 from chainer_finetune.errors import CaffeModelError
 from chainer_finetune.errors import UnsupportedLayerError
+# output_file: the name this module has always given the shared helper.
+from chainer_finetune.files import atomic_output as output_file
+from chainer_finetune.files import ensure_absent
 
 logger = logging.getLogger(__name__)
 
@@ -303,49 +306,6 @@ def structure_text(net: CaffeNet) -> str:
 # Writing
 # --------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def output_file(path: PathLike, overwrite: bool = False
-                ) -> Iterator[str]:
-    """Yields a temporary path next to ``path``, moved there on success.
-
-    A reader never sees a partial file, and an existing file is never
-    replaced unless ``overwrite``: the temporary file is hard-linked into
-    place, which fails if ``path`` appeared meanwhile.
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is false.
-    """
-    path = os.fspath(path)
-    if not overwrite and os.path.lexists(path):
-        raise _exists(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, '.{}.{}.{}.tmp'.format(
-        os.path.basename(path), os.getpid(), os.urandom(4).hex()))
-    # Created with the umask's permissions, like any file the user writes.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        yield tmp
-        if overwrite:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise _exists(path) from None
-        except OSError:   # no hard links here (FAT, some network shares)
-            if os.path.lexists(path):
-                raise _exists(path) from None
-            os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def _exists(path: str) -> FileExistsError:
-    return FileExistsError('{}: already exists; pass overwrite=True (CLI: '
-                           '--force) to replace it'.format(path))
-
-
 def weights_format(path: PathLike) -> Optional[str]:
     """``'h5'`` or ``'npz'`` from a file's first bytes, else None."""
     try:
@@ -380,7 +340,7 @@ def _meta(net: CaffeNet, layers: List[LayerWeights]) -> str:
     return json.dumps({
         'format': FORMAT,
         'format_version': FORMAT_VERSION,
-        'chainer_finetune': chainer_finetune.__version__,
+        'chainer_finetune': __version__,
         'net_name': net.name or '',
         'name_encoding': 'RFC 3986 percent-encoding of UTF-8; unreserved '
                          'characters kept except a leading "."',
@@ -413,8 +373,8 @@ def save_weights(net: CaffeNet, path: PathLike, *, overwrite: bool = False,
     """
     path = os.fspath(path)
     fmt = _format_of(path, format)
-    if not overwrite and os.path.lexists(path):
-        raise _exists(path)   # before the work, not only after it
+    if not overwrite:
+        ensure_absent(path)   # before the work, not only after it
     layers = net_weights(net)
     meta = _meta(net, layers)
     structure = structure_text(net)

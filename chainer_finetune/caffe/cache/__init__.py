@@ -1,0 +1,372 @@
+"""A per-user cache of converted networks: ``load_caffe(..., cache=True)``.
+
+Converting a large caffemodel is fast (well under a second for VGG-16), but
+unpickling the converted :class:`~chainer_finetune.caffe.CaffeNet` is
+faster still, so ``load_caffe(model, prototxt, cache=True)`` stores the
+converted net once and loads it back from the cache afterwards.
+
+Where: ``$CHAINER_FINETUNE_CACHE/nets`` when ``CHAINER_FINETUNE_CACHE`` is
+set, else ``$XDG_CACHE_HOME/chainer_finetune/nets`` (``XDG_CACHE_HOME``
+defaulting to ``~/.cache``): :func:`cache_dir`, inside
+:func:`chainer_finetune.files.cache_root` next to the fetched models.
+
+Security: a cache entry is a pickle, and loading a pickle runs whatever code
+it names, so entries are only read from :func:`cache_dir`, private to the
+current user (:mod:`.location`). Nothing else is read as a pickle;
+:func:`load_pickle` reads a pickle you name, for files you made yourself.
+
+An entry is keyed by the SHA-256 of its input files (remembered by file
+identity, :mod:`.index`), the options and the versions the pickle depends on
+(:mod:`.keys`). It is written to a temporary file, fsync'ed and moved into
+place under a per-entry lock (:func:`chainer_finetune.files.atomic_output`,
+:func:`~chainer_finetune.files.file_lock`), so processes loading the same
+model at once convert it once and never see a partial entry. Its format
+(:mod:`.container`) carries CRC-32s: a truncated or corrupt entry (the
+weights' checksums too with :data:`VERIFY_WEIGHTS` or :func:`verify_cache`)
+is logged at WARNING and rebuilt, never fatal. Cache trouble (unwritable
+directory, full disk) is logged and the net is converted as without cache.
+Counters: :mod:`.stats`. This module holds the policy: when to read, build,
+write, list and remove entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import re
+import time
+from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple, TypeVar)
+
+from chainer_finetune.caffe.cache.container import CACHE_FORMAT
+from chainer_finetune.caffe.cache.container import CorruptEntryError
+from chainer_finetune.caffe.cache.container import read_entry
+from chainer_finetune.caffe.cache.container import read_layout
+from chainer_finetune.caffe.cache.container import write_entry
+from chainer_finetune.caffe.cache.index import file_sha256
+from chainer_finetune.caffe.cache.index import INDEX_NAME
+from chainer_finetune.caffe.cache.keys import cache_key
+from chainer_finetune.caffe.cache.keys import entry_meta
+from chainer_finetune.caffe.cache.location import cache_dir
+from chainer_finetune.caffe.cache.location import open_entry
+from chainer_finetune.caffe.cache.location import remove_bad
+from chainer_finetune.caffe.cache.location import usable_dir
+from chainer_finetune.caffe.cache.stats import cache_stats
+from chainer_finetune.caffe.cache.stats import CacheStats
+from chainer_finetune.caffe.cache.stats import count
+from chainer_finetune.errors import CaffeModelError
+from chainer_finetune.files import atomic_output
+from chainer_finetune.files import cache_root
+from chainer_finetune.files import file_lock
+from chainer_finetune.files import LockTimeout
+from chainer_finetune.files import PathLike
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar('T')
+
+#: Check the CRC-32 of every weight chunk when loading an entry. Off by
+#: default: it costs as much again as reading the weights (0.2-0.4 s per
+#: 550 MB on one core, run in parallel chunks), which made a cached load
+#: slower than converting the caffemodel. The header, lengths and pickle
+#: stream are always checked, and entries are fsync'ed before they are
+#: moved into place, so truncation and crash damage are caught either way;
+#: :func:`verify_cache` checks everything.
+VERIFY_WEIGHTS = False
+_ENTRY_RE = re.compile(r'^[0-9a-f]{64}\.pkl$')
+
+
+# --------------------------------------------------------------------------
+# Loading through the cache
+# --------------------------------------------------------------------------
+
+def _try_entry(path: pathlib.Path, key: str) -> Optional[Any]:
+    """The cached object, None without an entry; raises if it is bad."""
+    opened = open_entry(path)
+    if opened is None:
+        return None
+    f, size = opened
+    with f:
+        obj, _ = read_entry(f, size, os.fspath(path), VERIFY_WEIGHTS,
+                            key=key)
+    return obj
+
+
+def cached(inputs: Sequence[Tuple[str, Optional[PathLike]]],
+           options: Mapping[str, Any], build: Callable[[], T],
+           source: str) -> T:
+    """Returns ``build()``'s result through the cache.
+
+    Used by ``load_caffe(..., cache=True)``. The entry is keyed by
+    :func:`cache_key`; without a valid entry, ``build()`` runs (once across
+    processes, under the entry's lock) and its result is stored.
+
+    Args:
+        inputs: ``(role, path or None)`` of every file ``build`` reads.
+        options: JSON-serializable settings that change the result.
+        build: Makes the object; its exceptions propagate.
+        source: What is loaded, for messages and :func:`cache_info`.
+    """
+    directory = usable_dir(create=True)
+    if directory is None:
+        return build()
+    try:
+        key = cache_key(inputs, options, directory)
+    except OSError as e:
+        # Unreadable inputs: let the loader report them its own way.
+        logger.debug('cache skipped, cannot hash inputs: %s', e)
+        return build()
+    entry = directory / (key + '.pkl')
+    start = time.perf_counter()
+    reported = False
+    try:
+        obj = _try_entry(entry, key)
+    except (CorruptEntryError, OSError) as e:
+        logger.warning('cache entry for %s is unusable, rebuilding it: %s',
+                       source, e)
+        count('corrupt')
+        reported = True
+        obj = None
+    if obj is not None:
+        return _hit(obj, source, entry, start)
+    with contextlib.ExitStack() as stack:
+        try:
+            if stack.enter_context(file_lock(directory / (key + '.lock'))):
+                count('waits')
+        except OSError as e:   # includes LockTimeout
+            logger.warning('cache lock not acquired (%s); loading without '
+                           'cache', e)
+            count('errors')
+            return build()
+        # Another process may have written the entry while this one waited.
+        try:
+            obj = _try_entry(entry, key)
+        except (CorruptEntryError, OSError) as e:
+            if not reported:
+                logger.warning('cache entry for %s is unusable, rebuilding '
+                               'it: %s', source, e)
+                count('corrupt')
+            remove_bad(entry)
+            obj = None
+        if obj is not None:
+            return _hit(obj, source, entry, start)
+        count('misses')
+        logger.info('cache miss for %s', source)
+        obj = build()
+        _store(entry, obj, entry_meta(key, source, options))
+        return obj
+
+
+def _hit(obj: T, source: str, entry: pathlib.Path, start: float) -> T:
+    count('hits')
+    logger.info('cache hit for %s: %s in %.2f s', source, entry.name,
+                time.perf_counter() - start)
+    return obj
+
+
+def _store(entry: pathlib.Path, obj: Any, meta: Mapping[str, Any]) -> None:
+    start = time.perf_counter()
+    try:
+        # Private (0600), and fsync'ed before it is moved into place.
+        with atomic_output(entry, overwrite=True, mode=0o600) as tmp:
+            with open(tmp, 'wb') as f:
+                write_entry(f, obj, meta)
+    except Exception as e:   # never fatal: the net itself is fine
+        logger.warning('cannot write cache entry %s: %s: %s', entry,
+                       type(e).__name__, e)
+        count('errors')
+        return
+    count('writes')
+    logger.info('cached %s as %s in %.2f s', meta.get('source'), entry.name,
+                time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------
+# Introspection and cleanup
+# --------------------------------------------------------------------------
+
+class CacheEntry(NamedTuple):
+    """One cache entry, described from its header (not unpickled).
+
+    Attributes:
+        path: The entry file.
+        size: Its size in bytes.
+        source: The files it was converted from.
+        options: Settings such as ``stop_at``.
+        created: When it was written (seconds since the epoch).
+        versions: The versions it was written with.
+        problem: Why it cannot be used, or None.
+    """
+
+    path: pathlib.Path
+    size: int
+    source: Optional[str]
+    options: Dict[str, Any]
+    created: Optional[float]
+    versions: Dict[str, str]
+    problem: Optional[str]
+
+
+def cache_info() -> List[CacheEntry]:
+    """The entries in :func:`cache_dir`, oldest first (headers only)."""
+    directory = cache_dir()
+    entries = []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    for name in names:
+        if not _ENTRY_RE.match(name):
+            continue
+        path = directory / name
+        meta: Dict[str, Any] = {}
+        problem = None
+        try:
+            with open(path, 'rb') as f:
+                size = os.fstat(f.fileno()).st_size
+                meta = read_layout(f, size, name).meta
+        except (OSError, CorruptEntryError) as e:
+            size = path.stat().st_size if path.exists() else 0
+            problem = str(e)
+        entries.append(CacheEntry(path, size, meta.get('source'),
+                                  meta.get('options') or {},
+                                  meta.get('created'),
+                                  meta.get('versions') or {}, problem))
+    entries.sort(key=lambda e: e.created or 0)
+    return entries
+
+
+def verify_cache(remove: bool = True
+                 ) -> List[Tuple[pathlib.Path, Optional[str]]]:
+    """Checks every entry completely (all CRCs), without unpickling.
+
+    Args:
+        remove: Delete the entries that fail.
+
+    Returns:
+        list: ``(entry, problem or None)`` per entry.
+    """
+    directory = cache_dir()
+    try:
+        names = sorted(n for n in os.listdir(directory)
+                       if _ENTRY_RE.match(n))
+    except OSError:
+        return []
+    result = []
+    for name in names:
+        path = directory / name
+        try:
+            opened = open_entry(path)
+            if opened is None:
+                continue
+            f, size = opened
+            with f:
+                read_entry(f, size, name, verify='only',
+                           key=name[:-len('.pkl')])
+            problem = None
+        except (CorruptEntryError, OSError) as e:
+            problem = str(e)
+            logger.warning('corrupt cache entry: %s', problem)
+            if remove:
+                remove_bad(path)
+        result.append((path, problem))
+    return result
+
+
+def clear_cache() -> Tuple[int, int]:
+    """Deletes every converted net in :func:`cache_dir`.
+
+    Only files the cache made are removed (entries, locks, the hash index,
+    leftover temporary files), so a ``CHAINER_FINETUNE_CACHE`` pointing at a
+    directory holding other files is safe; fetched models are kept.
+
+    Returns:
+        tuple: ``(entries removed, bytes freed)``.
+    """
+    directory = cache_dir()
+    removed = freed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0, 0
+    for name in names:
+        path = directory / name
+        is_entry = bool(_ENTRY_RE.match(name))
+        if not (is_entry or name.endswith('.lock') or
+                name.endswith('.held') or name == INDEX_NAME or
+                (name.startswith('.') and name.endswith('.tmp'))):
+            continue
+        try:
+            size = path.lstat().st_size
+            path.unlink()
+        except OSError as e:
+            logger.warning('cannot remove %s: %s', path, e)
+            continue
+        if is_entry:
+            removed += 1
+            freed += size
+    logger.info('cleared %d cache entries (%d bytes) from %s', removed,
+                freed, directory)
+    return removed, freed
+
+
+# --------------------------------------------------------------------------
+# Pickle files named by the user
+# --------------------------------------------------------------------------
+
+def save_pickle(net: Any, path: PathLike, *, overwrite: bool = False
+                ) -> None:
+    """Writes a net as a pickle in the cache's entry format.
+
+    The file holds a header and metadata (lengths, CRC-32s) before a
+    protocol 5 pickle of ``net`` without gradients, whose arrays follow as
+    out-of-band buffers. Only :func:`load_pickle` (or the cache) reads it
+    back.
+
+    Args:
+        net: The net (any picklable object); CPU arrays load anywhere, GPU
+            arrays only where CuPy is.
+        path: The output file.
+        overwrite: Replace an existing file; without it an existing file
+            raises :class:`FileExistsError`.
+    """
+    with atomic_output(path, overwrite) as tmp:
+        with open(tmp, 'wb') as f:
+            write_entry(f, net, entry_meta(None, None))
+
+
+def load_pickle(path: PathLike, *, verify: bool = True) -> Any:
+    """Reads a file written by :func:`save_pickle`.
+
+    Warning:
+        Unpickling runs code named in the file. Load only files you wrote
+        yourself; for files from elsewhere use the pickle-free formats of
+        :func:`chainer_finetune.save_weights`.
+
+    Args:
+        path: The file.
+        verify: Check the CRC-32 of the weights too (the header and pickle
+            stream are always checked).
+
+    Raises:
+        CaffeModelError: if the file is missing, truncated, corrupt or not
+            in this format.
+    """
+    path = os.fspath(path)
+    try:
+        f = open(path, 'rb')
+    except OSError as e:
+        raise CaffeModelError('{}: cannot open: {}'.format(
+            path, e.strerror or e)) from None
+    with f:
+        obj, _ = read_entry(f, os.fstat(f.fileno()).st_size, path,
+                            verify)
+    return obj
+
+
+__all__ = ['CACHE_FORMAT', 'CacheEntry', 'CacheStats', 'CorruptEntryError',
+           'LockTimeout', 'cache_dir', 'cache_info', 'cache_key',
+           'cache_root', 'cache_stats', 'cached', 'clear_cache',
+           'file_sha256', 'load_pickle', 'save_pickle', 'verify_cache']

@@ -1,0 +1,296 @@
+"""Files on disk: the cache root, atomic writes, a lock, a file's SHA-256.
+
+One home for the file facts that the converted-net cache
+(:mod:`chainer_finetune.caffe.cache`), the fetcher of pretrained files
+(:mod:`chainer_finetune.models`) and the weight writer
+(:func:`chainer_finetune.save_weights`) share:
+
+* :func:`cache_root`: where the per-user cache lives
+  (``$CHAINER_FINETUNE_CACHE``, else ``$XDG_CACHE_HOME/chainer_finetune``,
+  else ``~/.cache/chainer_finetune``); converted nets go to ``nets/``,
+  fetched files to ``models/``.
+* :func:`atomic_output`: a file written under a temporary name in its final
+  directory and moved into place only when complete, never replacing an
+  existing file unless asked.
+* :func:`file_lock`: an exclusive lock between processes.
+* :func:`sha256_of`: a file's SHA-256.
+
+Nothing here imports Chainer or knows about Caffe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import pathlib
+import time
+from typing import Iterator, Union
+
+try:
+    import fcntl
+except ImportError:   # Windows
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:   # POSIX
+    msvcrt = None
+
+PathLike = Union[str, 'os.PathLike[str]']
+
+#: How long :func:`file_lock` waits by default, in seconds.
+LOCK_TIMEOUT_S = 600.0
+
+
+# --------------------------------------------------------------------------
+# Where
+# --------------------------------------------------------------------------
+
+def cache_root() -> pathlib.Path:
+    """chainer_finetune's per-user cache root (nets and fetched models).
+
+    ``$CHAINER_FINETUNE_CACHE`` when set and not empty, else
+    ``$XDG_CACHE_HOME/chainer_finetune``, ``XDG_CACHE_HOME`` defaulting to
+    ``~/.cache`` (a relative ``XDG_CACHE_HOME`` is ignored, as the XDG spec
+    asks). A ``~`` in ``CHAINER_FINETUNE_CACHE`` is expanded. Not created
+    here.
+    """
+    root = os.environ.get('CHAINER_FINETUNE_CACHE')
+    if root:
+        return pathlib.Path(os.path.expanduser(root))
+    xdg = os.environ.get('XDG_CACHE_HOME')
+    if not xdg or not os.path.isabs(xdg):
+        xdg = os.path.join(os.path.expanduser('~'), '.cache')
+    return pathlib.Path(xdg) / 'chainer_finetune'
+
+
+# --------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------
+
+def ensure_absent(path: PathLike) -> None:
+    """Refuses to go on when ``path`` exists (a dangling link included).
+
+    Raises:
+        FileExistsError: ``path`` exists.
+    """
+    path = os.fspath(path)
+    if os.path.lexists(path):
+        raise _exists(path)
+
+
+def _exists(path: str) -> FileExistsError:
+    return FileExistsError('{}: already exists; pass overwrite=True (CLI: '
+                           '--force) to replace it'.format(path))
+
+
+def temp_name(final: PathLike) -> str:
+    """A fresh hidden name next to ``final``: ``.NAME.PID.RANDOM.tmp``."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(final)))
+    return os.path.join(directory, '.{}.{}.{}.tmp'.format(
+        name, os.getpid(), os.urandom(4).hex()))
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, overwrite: bool = False, *,
+                  mode: int = 0o666, durable: bool = True) -> Iterator[str]:
+    """Yields a temporary path next to ``path``, moved there on success.
+
+    The temporary file is created empty (exclusively, so it is ours) in
+    ``path``'s directory; write it by name and leave the ``with`` block. A
+    reader never sees a partial file: if the block raises, the temporary
+    file is removed and ``path`` is left as it was. An existing file is
+    never replaced unless ``overwrite``: the temporary file is then
+    hard-linked into place, which fails if ``path`` appeared meanwhile;
+    with ``overwrite`` it is moved with :func:`os.replace`.
+
+    Args:
+        path: The final file.
+        overwrite: Replace an existing ``path``.
+        mode: Permissions of the new file, before the umask (``0o600`` for a
+            private file).
+        durable: fsync the file before moving it into place (and its
+            directory after), so that a crash cannot leave a complete name
+            with incomplete contents.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    path = os.fspath(path)
+    if not overwrite:
+        ensure_absent(path)
+    tmp = temp_name(path)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                     getattr(os, 'O_BINARY', 0), mode))
+    try:
+        yield tmp
+        if durable:
+            _fsync_file(tmp)
+        _move_into_place(tmp, path, overwrite)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    if durable:
+        _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)   # leaves tmp, removed by the caller
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError:   # no hard links here (FAT, some network shares)
+        ensure_absent(path)
+        os.replace(tmp, path)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDWR | getattr(os, 'O_BINARY', 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the new name itself durable; POSIX only (Windows cannot open a
+    # directory), and best effort: some file systems refuse it.
+    if os.name != 'posix':
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------
+# Locks
+# --------------------------------------------------------------------------
+
+class LockTimeout(OSError):
+    """Another process held a lock for longer than the timeout."""
+
+
+@contextlib.contextmanager
+def file_lock(path: PathLike,
+              timeout: float = LOCK_TIMEOUT_S) -> Iterator[bool]:
+    """Holds an exclusive lock on the file ``path`` (created if needed).
+
+    ``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows, an exclusively
+    created marker file ``path.held`` elsewhere. The lock is released when
+    the block ends, or by the system when the process dies.
+
+    Args:
+        path: The lock file.
+        timeout: Seconds to wait for another holder before giving up.
+
+    Yields:
+        bool: Whether the lock had to be waited for.
+
+    Raises:
+        LockTimeout: The lock was held for over ``timeout`` seconds.
+    """
+    path = os.fspath(path)
+    if fcntl is None and msvcrt is None:
+        with _marker_lock(path, timeout) as waited:
+            yield waited
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        waited = _acquire(fd, path, timeout)
+        try:
+            yield waited
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            else:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, path: str, timeout: float) -> bool:
+    """Locks ``fd``, polling with backoff; returns whether it waited."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    waited = False
+    while True:
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return waited
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES,
+                               errno.EWOULDBLOCK, errno.EDEADLK):
+                raise
+        if time.monotonic() > deadline:
+            raise LockTimeout('{} held for over {:.0f} s'.format(
+                path, timeout))
+        waited = True
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+@contextlib.contextmanager
+def _marker_lock(path: str, timeout: float) -> Iterator[bool]:
+    # Fallback without flock/msvcrt: an exclusively created marker file; a
+    # marker older than the timeout is taken to be left by a dead process.
+    marker = path + '.held'
+    deadline = time.monotonic() + timeout
+    waited = False
+    while True:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
+                             0o600))
+            break
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(marker).st_mtime > timeout:
+                    os.unlink(marker)
+                    continue
+            if time.monotonic() > deadline:
+                raise LockTimeout('{} held for over {:.0f} s'.format(
+                    marker, timeout)) from None
+            waited = True
+            time.sleep(0.05)
+    try:
+        yield waited
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(marker)
+
+
+# --------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------
+
+def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    """The SHA-256 of a file, lowercase hex.
+
+    Args:
+        path: The file.
+        chunk_size: Bytes read at a time (one buffer, reused).
+    """
+    digest = hashlib.sha256()
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    with open(path, 'rb') as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+__all__ = ['LOCK_TIMEOUT_S', 'LockTimeout', 'atomic_output', 'cache_root',
+           'ensure_absent', 'file_lock', 'sha256_of', 'temp_name']
