@@ -13,6 +13,7 @@ import chainer  # noqa: E402
 
 from chainer_finetune import cli  # noqa: E402
 from chainer_finetune import finetune  # noqa: E402
+from chainer_finetune.finetune import datasets as job_data  # noqa: E402
 from chainer_finetune import load_caffe  # noqa: E402
 from chainer_finetune.caffe import testing as T  # noqa: E402
 
@@ -145,10 +146,10 @@ def test_frozen_backbone_keeps_the_caffe_values(material, tmp_path):
                                          net[name].W.array)
     numpy.testing.assert_array_equal(model.backbone['bn1'].avg_mean,
                                      net['bn1'].avg_mean)
-    _, _, _, train, test = finetune._datasets(config)
+    _, _, _, train, test = job_data.prepared_datasets(config)
     before = _backbone_values(model)
     run = finetune.train_one(config, 'pretrained', model, report, train,
-                             test)
+                             test, pretrained=True)
     after = _backbone_values(model)
     assert before.keys() == after.keys()
     for name in before:
@@ -218,10 +219,11 @@ def test_unfreeze_at_and_lr_mults(material, tmp_path):
                      freeze=['conv1', 'conv2'], unfreeze_at=1,
                      unfreeze=['conv2'], lr_mult_from_prototxt=True)
     model, report = finetune.build_classifier(config, N_CLASS, True)
-    _, _, _, train, test = finetune._datasets(config)
+    _, _, _, train, test = job_data.prepared_datasets(config)
     conv1 = model.backbone['conv1'].W.array.copy()
     conv2 = model.backbone['conv2'].W.array.copy()
-    finetune.train_one(config, 'pretrained', model, report, train, test)
+    finetune.train_one(config, 'pretrained', model, report, train, test,
+                       pretrained=True)
     numpy.testing.assert_array_equal(model.backbone['conv1'].W.array, conv1)
     assert not numpy.array_equal(model.backbone['conv2'].W.array, conv2)
     # The prototxt's lr_mult 2 on conv1's bias reached its update rule.
@@ -343,7 +345,7 @@ def test_output_named_by_layer_gets_a_hint(material):
 def test_multiprocess_loading(material, tmp_path):
     config = _config(material, tmp_path, feature_layer='conv2', epochs=1,
                      loaderjob=2)
-    _, _, _, train, _ = finetune._datasets(config)
+    _, _, _, train, _ = job_data.prepared_datasets(config)
     # Each worker draws its own crops (a shared seed would repeat them).
     assert train._transform.seed is None
     result = finetune.run_finetune(config)
@@ -352,9 +354,9 @@ def test_multiprocess_loading(material, tmp_path):
 
 def test_each_run_draws_the_same_crops(material, tmp_path):
     config = _config(material, tmp_path, feature_layer='conv2')
-    _, train_set, test_set = finetune._load_sets(config)
-    first, _ = finetune._transformed(config, train_set, test_set)
-    second, _ = finetune._transformed(config, train_set, test_set)
+    _, train_set, test_set = job_data.load_split(config)
+    first, _ = job_data.transformed(config, train_set, test_set)
+    second, _ = job_data.transformed(config, train_set, test_set)
     crops = [first[i][0] for i in range(6)]
     for i in range(6):
         numpy.testing.assert_array_equal(second[i][0], crops[i])
