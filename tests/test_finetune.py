@@ -363,3 +363,144 @@ def test_each_run_draws_the_same_crops(material, tmp_path):
     # The crops are random: one image drawn again and again varies.
     draws = {first[0][0].tobytes() for _ in range(10)}
     assert len(draws) > 1
+
+
+# --------------------------------------------------------------------------
+# The job's structure: one error class, a known model's declarations, the
+# source located once.
+# --------------------------------------------------------------------------
+
+def test_finetune_error_lives_in_errors():
+    from chainer_finetune import errors
+    assert finetune.FinetuneError is errors.FinetuneError
+    assert issubclass(errors.FinetuneError, errors.ChainerFinetuneError)
+    assert issubclass(errors.FinetuneError, ValueError)
+
+
+def _write_two_fc_net(directory):
+    """conv, global pooling, fc (the classifier), then an auxiliary
+    InnerProduct: the last InnerProduct is not the classifier."""
+    rng = numpy.random.RandomState(2)
+    w = T.NetWriter('two_fc')
+    w.input('image', (1, 3, 16, 16))
+    w.layer('conv1', 'Convolution', 'image', 'conv1',
+            params={'convolution_param': {'num_output': 4, 'kernel_size': 3,
+                                          'pad': 1}},
+            blobs=[rng.randn(4, 3, 3, 3) * 0.2, rng.randn(4) * 0.1])
+    w.layer('pool', 'Pooling', 'conv1', 'pool',
+            params={'pooling_param': {'pool': 'AVE', 'global_pooling': True}})
+    w.layer('fc', 'InnerProduct', 'pool', 'fc',
+            params={'inner_product_param': {'num_output': 5}},
+            blobs=[rng.randn(5, 4) * 0.3, rng.randn(5) * 0.1],
+            param_specs=[{'lr_mult': 10}, {'lr_mult': 20}])
+    w.layer('aux', 'InnerProduct', 'fc', 'aux',
+            params={'inner_product_param': {'num_output': 2}},
+            blobs=[rng.randn(2, 5) * 0.3, rng.randn(2) * 0.1])
+    model = os.path.join(directory, 'two_fc.caffemodel')
+    prototxt = os.path.join(directory, 'two_fc.prototxt')
+    w.write_caffemodel(model)
+    w.write_prototxt(prototxt)
+    return model, prototxt
+
+
+@pytest.fixture
+def known_tiny(tmp_path, monkeypatch):
+    """'tiny' registered as a known model; fetch_model counts its calls and
+    serves a generated net."""
+    from chainer_finetune import models
+    model, prototxt = _write_two_fc_net(str(tmp_path))
+    member = models.WheelMember('tiny/x', 'x', '0' * 64)
+    monkeypatch.setitem(models.MODELS, 'tiny', models.KnownModel(
+        name='tiny', requirement='tiny==0', wheel='tiny-0.whl',
+        wheel_sha256='0' * 64, caffemodel=member, prototxt=member,
+        mean_bgr=(10.0, 20.0, 30.0), input_size=12, input_blob='image',
+        feature_blob='pool', classifier_layer='fc'))
+    calls = []
+
+    def fetch_model(name, *args, **kwargs):
+        calls.append(name)
+        return models.ModelFiles(model, prototxt)
+
+    monkeypatch.setattr(models, 'fetch_model', fetch_model)
+    return calls
+
+
+def test_known_model_declarations_are_used(material, tmp_path, known_tiny):
+    config = _config(material, tmp_path, caffemodel='tiny', prototxt=None,
+                     input_size=None)
+    source = finetune.resolve_source(config)
+    assert known_tiny == ['tiny']
+    assert (source.name, source.feature_blob) == ('tiny', 'pool')
+    assert source.prototxt.endswith('two_fc.prototxt')
+    model, _ = finetune.build_classifier(config, N_CLASS, True, source)
+    # The declared classifier 'fc' is replaced, not the last InnerProduct.
+    assert (model.replaced_layer, model.output) == ('fc', 'fc')
+    assert model.input_name == 'image'
+    assert model.backbone['fc'].W.shape == (N_CLASS, 4)
+    assert model.backbone['aux'].W.shape == (2, 5)
+    # The declared mean and input size reach the preprocessing.
+    _, test_prep = job_data.preprocessors(config, source)
+    numpy.testing.assert_array_equal(test_prep.mean.ravel(), [10, 20, 30])
+    _, _, _, train, test = job_data.prepared_datasets(config, source)
+    assert train[0][0].shape == test[0][0].shape == (3, 12, 12)
+    # A pooled-feature head on the declared feature blob.
+    config = _config(material, tmp_path, caffemodel='tiny', prototxt=None,
+                     feature_layer=source.feature_blob)
+    model, _ = finetune.build_classifier(config, N_CLASS, True, source)
+    assert model.has_head and model.output == 'pool'
+    # The configuration's explicit values win over the declaration.
+    _, _, _, train, _ = job_data.prepared_datasets(config, source)
+    assert train[0][0].shape == (3, 16, 16)
+
+
+def test_own_model_falls_back_to_imagenet_mean_and_last_inner_product(
+        material, tmp_path, caplog):
+    config = _config(material, tmp_path, input_size=None)
+    with caplog.at_level('INFO', logger='chainer_finetune.finetune'):
+        source = finetune.resolve_source(config)
+    assert source.known is None and source.caffemodel == config.caffemodel
+    assert 'ImageNet mean' in caplog.text
+    _, test_prep = job_data.preprocessors(config, source)
+    numpy.testing.assert_array_equal(test_prep.mean.ravel(),
+                                     finetune.IMAGENET_MEAN_BGR)
+    assert test_prep.resize == (finetune.DEFAULT_INPUT_SIZE,) * 2
+    model, _ = finetune.build_classifier(config, N_CLASS, True, source)
+    assert (model.replaced_layer, model.input_name) == ('fc', 'data')
+
+
+def test_a_job_locates_a_known_model_once(material, tmp_path, known_tiny):
+    config = _config(material, tmp_path, caffemodel='tiny', prototxt=None,
+                     compare_scratch=True, lr_mult_from_prototxt=True,
+                     freeze=['*'])
+    result = finetune.run_finetune(config)
+    assert known_tiny == ['tiny']
+    assert [(r.name, r.pretrained) for r in result.runs] == [
+        ('pretrained', True), ('scratch', False)]
+    pretrained, scratch = result.runs
+    # The declared classifier is new: not frozen by the catch-all.
+    assert set(pretrained.frozen) == {'conv1', 'aux'}
+    assert scratch.frozen == [] and scratch.copy_report is None
+    report = open(result.report_path, encoding='utf-8').read()
+    assert '- model: `tiny` (prototxt `two_fc.prototxt`)' in report
+
+
+@pytest.mark.network
+def test_open_nsfw_declaration_matches_its_prototxt(monkeypatch):
+    """The declared blobs and layer exist in the real deploy.prototxt."""
+    from chainer_finetune import models
+    from chainer_finetune.caffe.reader import read_prototxt
+    models_cache = os.path.join(os.path.dirname(__file__), '..', '.cache',
+                                'models')
+    monkeypatch.setattr(models, 'default_cache_dir',
+                        lambda: os.path.abspath(models_cache))
+    known = models.MODELS['open_nsfw']
+    net = read_prototxt(models.fetch_model('open_nsfw').prototxt)
+    data, = [layer for layer in net.layer if layer.type == 'Input']
+    assert list(data.top) == [known.input_blob]
+    assert list(data.input_param.shape[0].dim[2:]) == [known.input_size] * 2
+    inner = [layer for layer in net.layer if layer.type == 'InnerProduct']
+    assert inner[-1].name == known.classifier_layer
+    pool, = [layer for layer in net.layer if layer.name == 'pool']
+    assert pool.type == 'Pooling' and list(pool.top) == [known.feature_blob]
+    assert list(inner[-1].bottom) == [known.feature_blob]
+    assert known.mean_bgr == finetune.IMAGENET_MEAN_BGR
