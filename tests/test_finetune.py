@@ -20,8 +20,10 @@ from chainer_finetune.caffe import testing as T  # noqa: E402
 N_CLASS = 3
 
 
-def _write_net(directory, global_stats=True):
-    """A small ResNet-like Caffe net: conv-BN-scale-relu, pool, fc, prob."""
+def _write_net(directory, global_stats=True, aux=False):
+    """A small ResNet-like Caffe net: conv-BN-scale-relu, pool, fc, prob;
+    with ``aux`` an InnerProduct after fc (the last one, not the
+    classifier)."""
     rng = numpy.random.RandomState(0)
     w = T.NetWriter('small')
     w.input('data', (1, 3, 16, 16))
@@ -51,6 +53,10 @@ def _write_net(directory, global_stats=True):
             blobs=[rng.randn(5, 8) * 0.3, rng.randn(5) * 0.1],
             param_specs=[{'lr_mult': 10}, {'lr_mult': 20}])
     w.layer('prob', 'Softmax', 'fc', 'prob')
+    if aux:
+        w.layer('aux', 'InnerProduct', 'fc', 'aux',
+                params={'inner_product_param': {'num_output': 2}},
+                blobs=[rng.randn(2, 5) * 0.3, rng.randn(2) * 0.1])
     model = os.path.join(directory, 'small.caffemodel')
     prototxt = os.path.join(directory, 'small.prototxt')
     w.write_caffemodel(model)
@@ -146,7 +152,8 @@ def test_frozen_backbone_keeps_the_caffe_values(material, tmp_path):
                                          net[name].W.array)
     numpy.testing.assert_array_equal(model.backbone['bn1'].avg_mean,
                                      net['bn1'].avg_mean)
-    _, _, _, train, test = job_data.prepared_datasets(config)
+    _, train_set, test_set = job_data.load_split(config)
+    train, test = job_data.transformed(config, train_set, test_set)
     before = _backbone_values(model)
     run = finetune.train_one(config, 'pretrained', model, report, train,
                              test, pretrained=True)
@@ -219,7 +226,8 @@ def test_unfreeze_at_and_lr_mults(material, tmp_path):
                      freeze=['conv1', 'conv2'], unfreeze_at=1,
                      unfreeze=['conv2'], lr_mult_from_prototxt=True)
     model, report = finetune.build_classifier(config, N_CLASS, True)
-    _, _, _, train, test = job_data.prepared_datasets(config)
+    _, train_set, test_set = job_data.load_split(config)
+    train, test = job_data.transformed(config, train_set, test_set)
     conv1 = model.backbone['conv1'].W.array.copy()
     conv2 = model.backbone['conv2'].W.array.copy()
     finetune.train_one(config, 'pretrained', model, report, train, test,
@@ -345,7 +353,8 @@ def test_output_named_by_layer_gets_a_hint(material):
 def test_multiprocess_loading(material, tmp_path):
     config = _config(material, tmp_path, feature_layer='conv2', epochs=1,
                      loaderjob=2)
-    _, _, _, train, _ = job_data.prepared_datasets(config)
+    _, train_set, test_set = job_data.load_split(config)
+    train, _ = job_data.transformed(config, train_set, test_set)
     # Each worker draws its own crops (a shared seed would repeat them).
     assert train._transform.seed is None
     result = finetune.run_finetune(config)
@@ -377,43 +386,17 @@ def test_finetune_error_lives_in_errors():
     assert issubclass(errors.FinetuneError, ValueError)
 
 
-def _write_two_fc_net(directory):
-    """conv, global pooling, fc (the classifier), then an auxiliary
-    InnerProduct: the last InnerProduct is not the classifier."""
-    rng = numpy.random.RandomState(2)
-    w = T.NetWriter('two_fc')
-    w.input('image', (1, 3, 16, 16))
-    w.layer('conv1', 'Convolution', 'image', 'conv1',
-            params={'convolution_param': {'num_output': 4, 'kernel_size': 3,
-                                          'pad': 1}},
-            blobs=[rng.randn(4, 3, 3, 3) * 0.2, rng.randn(4) * 0.1])
-    w.layer('pool', 'Pooling', 'conv1', 'pool',
-            params={'pooling_param': {'pool': 'AVE', 'global_pooling': True}})
-    w.layer('fc', 'InnerProduct', 'pool', 'fc',
-            params={'inner_product_param': {'num_output': 5}},
-            blobs=[rng.randn(5, 4) * 0.3, rng.randn(5) * 0.1],
-            param_specs=[{'lr_mult': 10}, {'lr_mult': 20}])
-    w.layer('aux', 'InnerProduct', 'fc', 'aux',
-            params={'inner_product_param': {'num_output': 2}},
-            blobs=[rng.randn(2, 5) * 0.3, rng.randn(2) * 0.1])
-    model = os.path.join(directory, 'two_fc.caffemodel')
-    prototxt = os.path.join(directory, 'two_fc.prototxt')
-    w.write_caffemodel(model)
-    w.write_prototxt(prototxt)
-    return model, prototxt
-
-
 @pytest.fixture
 def known_tiny(tmp_path, monkeypatch):
     """'tiny' registered as a known model; fetch_model counts its calls and
     serves a generated net."""
     from chainer_finetune import models
-    model, prototxt = _write_two_fc_net(str(tmp_path))
+    model, prototxt = _write_net(str(tmp_path), aux=True)
     member = models.WheelMember('tiny/x', 'x', '0' * 64)
     monkeypatch.setitem(models.MODELS, 'tiny', models.KnownModel(
         name='tiny', requirement='tiny==0', wheel='tiny-0.whl',
         wheel_sha256='0' * 64, caffemodel=member, prototxt=member,
-        mean_bgr=(10.0, 20.0, 30.0), input_size=12, input_blob='image',
+        mean_bgr=(10.0, 20.0, 30.0), input_size=12, input_blob='data',
         feature_blob='pool', classifier_layer='fc'))
     calls = []
 
@@ -430,26 +413,27 @@ def test_known_model_declarations_are_used(material, tmp_path, known_tiny):
                      input_size=None)
     source = finetune.resolve_source(config)
     assert known_tiny == ['tiny']
-    assert (source.name, source.feature_blob) == ('tiny', 'pool')
-    assert source.prototxt.endswith('two_fc.prototxt')
+    assert (source.name, source.declared('feature_blob')) == ('tiny', 'pool')
+    assert source.prototxt.endswith('small.prototxt')
     model, _ = finetune.build_classifier(config, N_CLASS, True, source)
     # The declared classifier 'fc' is replaced, not the last InnerProduct.
     assert (model.replaced_layer, model.output) == ('fc', 'fc')
-    assert model.input_name == 'image'
-    assert model.backbone['fc'].W.shape == (N_CLASS, 4)
+    assert model.input_name == 'data'
+    assert model.backbone['fc'].W.shape == (N_CLASS, 8)
     assert model.backbone['aux'].W.shape == (2, 5)
     # The declared mean and input size reach the preprocessing.
     _, test_prep = job_data.preprocessors(config, source)
     numpy.testing.assert_array_equal(test_prep.mean.ravel(), [10, 20, 30])
-    _, _, _, train, test = job_data.prepared_datasets(config, source)
+    _, train_set, test_set = job_data.load_split(config)
+    train, test = job_data.transformed(config, train_set, test_set, source)
     assert train[0][0].shape == test[0][0].shape == (3, 12, 12)
     # A pooled-feature head on the declared feature blob.
     config = _config(material, tmp_path, caffemodel='tiny', prototxt=None,
-                     feature_layer=source.feature_blob)
+                     feature_layer=source.declared('feature_blob'))
     model, _ = finetune.build_classifier(config, N_CLASS, True, source)
     assert model.has_head and model.output == 'pool'
     # The configuration's explicit values win over the declaration.
-    _, _, _, train, _ = job_data.prepared_datasets(config, source)
+    train, _ = job_data.transformed(config, train_set, test_set, source)
     assert train[0][0].shape == (3, 16, 16)
 
 
@@ -478,10 +462,11 @@ def test_a_job_locates_a_known_model_once(material, tmp_path, known_tiny):
         ('pretrained', True), ('scratch', False)]
     pretrained, scratch = result.runs
     # The declared classifier is new: not frozen by the catch-all.
-    assert set(pretrained.frozen) == {'conv1', 'aux'}
+    assert set(pretrained.frozen) == {'conv1', 'bn1', 'scale1', 'conv2',
+                                      'aux'}
     assert scratch.frozen == [] and scratch.copy_report is None
     report = open(result.report_path, encoding='utf-8').read()
-    assert '- model: `tiny` (prototxt `two_fc.prototxt`)' in report
+    assert '- model: `tiny` (prototxt `small.prototxt`)' in report
 
 
 @pytest.mark.network

@@ -81,18 +81,6 @@ def transformed(config: FinetuneConfig, train_set: data.ImageSet,
     return train, test
 
 
-def prepared_datasets(config: FinetuneConfig,
-                      source: Optional[ModelSource] = None) -> Tuple[Any, ...]:
-    """:func:`load_split` and :func:`transformed` in one call.
-
-    Returns:
-        tuple: ``(images, train_set, test_set, train, test)``.
-    """
-    images, train_set, test_set = load_split(config)
-    train, test = transformed(config, train_set, test_set, source)
-    return images, train_set, test_set, train, test
-
-
 def make_iterator(dataset: Any, batchsize: int, train: bool, loaderjob: int,
                   seed: int) -> chainer.dataset.Iterator:
     """A repeating shuffled (``train``) or a single ordered pass iterator.

@@ -79,7 +79,7 @@ class CaffeClassifier(chainer.Chain):
 def _classifier_layer(net: CaffeNet, source: ModelSource) -> Tuple[str, str]:
     """Name and top blob of the layer a new classifier replaces: the known
     model's declared one, else the net's last InnerProduct layer."""
-    declared = source.classifier_layer
+    declared = source.declared('classifier_layer')
     for layer in reversed(net.caffe_layers):
         matches = (layer.name == declared if declared
                    else layer.type == 'InnerProduct')
@@ -97,7 +97,7 @@ def _classifier_layer(net: CaffeNet, source: ModelSource) -> Tuple[str, str]:
 def _input_name(net: CaffeNet, source: ModelSource) -> str:
     """The image input: the known model's declared blob, else the net's one
     input."""
-    declared = source.input_blob
+    declared = source.declared('input_blob')
     if declared:
         if declared not in net.inputs:
             raise FinetuneError('{} declares the input blob {!r}; the net\'s '

@@ -4,13 +4,12 @@ run, the plot and the report)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 import chainer
 from chainer import training

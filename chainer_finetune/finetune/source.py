@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 from chainer_finetune import models
 from chainer_finetune.caffe.loader import load_mean
@@ -45,33 +45,13 @@ class ModelSource:
     prototxt: Optional[str]
     known: Optional[models.KnownModel] = None
 
-    def _declared(self, field: str) -> Any:
+    def declared(self, field: str) -> Any:
+        """A known model's declaration (a
+        :class:`~chainer_finetune.models.KnownModel` field such as
+        ``'mean_bgr'``, ``'input_size'``, ``'input_blob'``,
+        ``'feature_blob'``, ``'classifier_layer'``); None for a model of
+        the user's own or a fact it does not declare."""
         return getattr(self.known, field) if self.known else None
-
-    @property
-    def mean_bgr(self) -> Optional[Tuple[float, float, float]]:
-        """The known model's declared per-channel mean (BGR), or None."""
-        return self._declared('mean_bgr')
-
-    @property
-    def input_size(self) -> Optional[int]:
-        """The known model's declared input side, or None."""
-        return self._declared('input_size')
-
-    @property
-    def input_blob(self) -> Optional[str]:
-        """The known model's declared input blob, or None."""
-        return self._declared('input_blob')
-
-    @property
-    def feature_blob(self) -> Optional[str]:
-        """The known model's declared pooled-feature blob, or None."""
-        return self._declared('feature_blob')
-
-    @property
-    def classifier_layer(self) -> Optional[str]:
-        """The known model's declared classifier layer, or None."""
-        return self._declared('classifier_layer')
 
 
 def resolve_source(config: FinetuneConfig) -> ModelSource:
@@ -94,7 +74,7 @@ def resolve_source(config: FinetuneConfig) -> ModelSource:
                              models.MODELS[name])
     else:
         source = ModelSource(name, name, config.prototxt)
-    if config.mean is None and source.mean_bgr is None:
+    if config.mean is None and source.declared('mean_bgr') is None:
         logger.info('%s declares no mean and no --mean was given: '
                     'subtracting the ImageNet mean %s (BGR)', name,
                     IMAGENET_MEAN_BGR)
@@ -106,9 +86,8 @@ def resolve_mean(config: FinetuneConfig, source: ModelSource) -> Any:
     else the known model's declared mean, else :data:`IMAGENET_MEAN_BGR`."""
     if config.mean:
         return load_mean(config.mean)
-    if source.mean_bgr is not None:
-        return source.mean_bgr
-    return IMAGENET_MEAN_BGR
+    declared = source.declared('mean_bgr')
+    return declared if declared is not None else IMAGENET_MEAN_BGR
 
 
 def resolve_input_size(config: FinetuneConfig, source: ModelSource) -> int:
@@ -116,6 +95,5 @@ def resolve_input_size(config: FinetuneConfig, source: ModelSource) -> int:
     declared size, else :data:`DEFAULT_INPUT_SIZE`."""
     if config.input_size is not None:
         return config.input_size
-    if source.input_size is not None:
-        return source.input_size
-    return DEFAULT_INPUT_SIZE
+    declared = source.declared('input_size')
+    return declared if declared is not None else DEFAULT_INPUT_SIZE
