@@ -416,7 +416,8 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
       help='cut the net at this blob and put a new head on its pooled '
            "features (default: replace the net's last InnerProduct layer)")
     a('--input-size', type=int, help='input side in pixels (default {}; '
-      'demo {})'.format(d.input_size, finetune.DEMO['input_size']))
+      'demo {})'.format(finetune.DEFAULT_INPUT_SIZE,
+                        finetune.DEMO['input_size']))
     a('--train-per-class', type=int, help='training images per class')
     a('--test-per-class', type=int, help='held-out images per class')
     a('--freeze', action='append', metavar='PATTERN',

@@ -74,3 +74,7 @@ class DataError(ChainerFinetuneError, ValueError):
     The message names the file (and line, for a list file) or the class
     involved, and what was expected.
     """
+
+
+class FinetuneError(ChainerFinetuneError, ValueError):
+    """A fine-tuning configuration that cannot run (the message says why)."""

