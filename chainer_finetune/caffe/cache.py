@@ -709,8 +709,9 @@ def _code_fingerprint() -> str:
     if _fingerprint is None:
         package = pathlib.Path(chainer_finetune.__file__).parent
         digest = hashlib.sha256()
-        for path in sorted(package.glob('caffe/*.py')) + [package /
-                                                          '_compat.py']:
+        # caffe/**: the layer types live in caffe/layers/.
+        sources = sorted(package.glob('caffe/**/*.py'))
+        for path in sources + [package / '_compat.py']:
             with contextlib.suppress(OSError):
                 digest.update(path.name.encode() + b'\0' + path.read_bytes())
         _fingerprint = digest.hexdigest()[:16]
