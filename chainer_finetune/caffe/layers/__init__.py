@@ -32,6 +32,7 @@ from chainer_finetune.caffe.layers.base import BuildContext  # NOQA
 from chainer_finetune.caffe.layers.base import Built  # NOQA
 from chainer_finetune.caffe.layers.base import InvertedBlob  # NOQA
 from chainer_finetune.caffe.layers.base import LayerFunction  # NOQA
+from chainer_finetune.caffe.layers.base import LinkedFunction  # NOQA
 from chainer_finetune.caffe.layers.base import float32_array  # NOQA
 from chainer_finetune.caffe.layers.base import host_array  # NOQA
 from chainer_finetune.caffe.layers.registry import LayerType  # NOQA

@@ -3,6 +3,7 @@ table), Power, PReLU and Dropout."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict, List, Tuple
 
 import chainer
@@ -13,6 +14,7 @@ from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.layers.base import BuildContext
 from chainer_finetune.caffe.layers.base import Built
 from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers.base import LinkedFunction
 from chainer_finetune.caffe.layers.base import named_blobs
 from chainer_finetune.caffe.layers.base import set_params
 from chainer_finetune.caffe.layers.registry import register
@@ -55,11 +57,11 @@ def _build_elementwise(ctx: BuildContext) -> Built:
     return Built(_Elementwise(name, **kwargs), None)
 
 
+@dataclasses.dataclass(eq=False)
 class _Power(LayerFunction):
-    def __init__(self, power: float, scale: float, shift: float) -> None:
-        self.power = power
-        self.scale = scale
-        self.shift = shift
+    power: float
+    scale: float
+    shift: float
 
     def __call__(self, net, x):
         # Caffe: (shift + scale * x) ^ power; power 0 gives ones.
@@ -83,10 +85,8 @@ def _build_power(ctx: BuildContext) -> Built:
     return Built(_Power(p.power, p.scale, p.shift), None)
 
 
-class _PReLU(LayerFunction):
-    def __init__(self, link_name: str) -> None:
-        self.link_name = link_name
-
+@dataclasses.dataclass(eq=False)
+class _PReLU(LinkedFunction):
     def __call__(self, net, x):
         W = self.link(net).W
         shape = (1, W.shape[0]) + (1,) * (x.ndim - 2) if W.shape[0] > 1 \
@@ -112,10 +112,10 @@ def _build_prelu(ctx: BuildContext) -> Built:
     return Built(_PReLU(''), link)
 
 
+@dataclasses.dataclass(eq=False)
 class _Dropout(LayerFunction):
-    def __init__(self, ratio: float, scale_train: bool) -> None:
-        self.ratio = ratio
-        self.scale_train = scale_train
+    ratio: float
+    scale_train: bool
 
     def __call__(self, net, x):
         if chainer.config.train:

@@ -10,6 +10,7 @@ returns the Caffe blobs (:class:`InvertedBlob`) that build the same link.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import chainer
@@ -101,11 +102,25 @@ class LayerFunction:
         return getattr(net, self.link_name)
 
 
+@dataclasses.dataclass(eq=False)
+class LinkedFunction(LayerFunction):
+    """A layer function whose parameters live in the link ``link_name``
+    (None where the layer has none, e.g. a Scale with a second bottom)."""
+
+    # A field without a default: LayerFunction's None is not one.
+    link_name: Optional[str] = dataclasses.field()
+
+
 class Built(NamedTuple):
     """A builder's result. ``function`` None marks an input layer."""
 
     function: Optional[LayerFunction]
     link: Optional[chainer.Link]
+
+
+def canonical_axis(axis: int, ndim: int) -> int:
+    """Caffe's ``CanonicalAxisIndex``: a negative axis counts from the end."""
+    return axis if axis >= 0 else axis + ndim
 
 
 def set_params(link: chainer.Link, **arrays: numpy.ndarray) -> None:

@@ -3,6 +3,7 @@ a declared output count (``num_output``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional, Sequence, Tuple
 
 import chainer
@@ -14,7 +15,8 @@ from chainer_finetune.caffe.layers.base import BlobNames
 from chainer_finetune.caffe.layers.base import BuildContext
 from chainer_finetune.caffe.layers.base import Built
 from chainer_finetune.caffe.layers.base import InvertedBlob
-from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers.base import LinkedFunction
+from chainer_finetune.caffe.layers.base import canonical_axis
 from chainer_finetune.caffe.layers.base import named_blobs
 from chainer_finetune.caffe.layers.base import set_params
 from chainer_finetune.caffe.layers.registry import register
@@ -78,11 +80,9 @@ def _conv_geometry(ctx: BuildContext):
     return kernel, stride, pad, tuple(dilation)
 
 
-class _CallLink(LayerFunction):
+@dataclasses.dataclass(eq=False)
+class _CallLink(LinkedFunction):
     """Calls the layer's link on its single bottom."""
-
-    def __init__(self, link_name: str) -> None:
-        self.link_name = link_name
 
     def __call__(self, net, x):
         return self.link(net)(x),
@@ -98,49 +98,52 @@ def _set_weights(ctx: BuildContext, link: chainer.Link, W: numpy.ndarray,
     set_params(link, **params)
 
 
-@register('Convolution', invert=named_blobs(_CONVOLUTION_BLOBS),
-          param_names=_CONVOLUTION_BLOBS, output_field='convolution_param')
+def _build_convolution_like(ctx: BuildContext, deconvolution: bool
+                            ) -> Built:
+    ctx.expect_bottoms(1)
+    p = ctx.layer.convolution_param
+    kernel, stride, pad, dilation = _conv_geometry(ctx)
+    ctx.expect_blobs(['weights', 'bias'] if p.bias_term else ['weights'])
+    if deconvolution:
+        # Caffe stores deconvolution weights as (in, out / group, kh, kw),
+        # the layout of Chainer's Deconvolution2D.
+        W = ctx.blob(0, (None, p.num_output // p.group) + kernel, 'weights')
+        if W.shape[0] % p.group:
+            raise ctx.error('weights have {} input channels, not a multiple '
+                            'of group {}'.format(W.shape[0], p.group))
+    else:
+        W = ctx.blob(0, (p.num_output, None) + kernel, 'weights')
+    link_class = L.Deconvolution2D if deconvolution else L.Convolution2D
+    link = link_class(None, p.num_output, kernel, stride, pad,
+                      nobias=not p.bias_term, dilate=dilation,
+                      groups=p.group)
+    _set_weights(ctx, link, W, p)
+    return Built(_CallLink(''), link)
+
+
+# Convolution2D's (out, in / group, kh, kw) and Deconvolution2D's (in,
+# out / group, kh, kw) are Caffe's layouts: the blobs are the parameters.
+_CONVOLUTION_DECLARATION = dict(
+    invert=named_blobs(_CONVOLUTION_BLOBS), param_names=_CONVOLUTION_BLOBS,
+    output_field='convolution_param')
+
+
+@register('Convolution', **_CONVOLUTION_DECLARATION)
 def _build_convolution(ctx: BuildContext) -> Built:
-    # Chainer's (out, in / group, kh, kw) is Caffe's layout.
-    ctx.expect_bottoms(1)
-    p = ctx.layer.convolution_param
-    kernel, stride, pad, dilation = _conv_geometry(ctx)
-    ctx.expect_blobs(['weights', 'bias'] if p.bias_term else ['weights'])
-    W = ctx.blob(0, (p.num_output, None) + kernel, 'weights')
-    link = L.Convolution2D(None, p.num_output, kernel, stride, pad,
-                           nobias=not p.bias_term, dilate=dilation,
-                           groups=p.group)
-    _set_weights(ctx, link, W, p)
-    return Built(_CallLink(''), link)
+    return _build_convolution_like(ctx, deconvolution=False)
 
 
-@register('Deconvolution', invert=named_blobs(_CONVOLUTION_BLOBS),
-          param_names=_CONVOLUTION_BLOBS, output_field='convolution_param')
+@register('Deconvolution', **_CONVOLUTION_DECLARATION)
 def _build_deconvolution(ctx: BuildContext) -> Built:
-    ctx.expect_bottoms(1)
-    p = ctx.layer.convolution_param
-    kernel, stride, pad, dilation = _conv_geometry(ctx)
-    ctx.expect_blobs(['weights', 'bias'] if p.bias_term else ['weights'])
-    # Caffe stores deconvolution weights as (in, out / group, kh, kw), the
-    # layout of Chainer's Deconvolution2D.
-    W = ctx.blob(0, (None, p.num_output // p.group) + kernel, 'weights')
-    if W.shape[0] % p.group:
-        raise ctx.error('weights have {} input channels, not a multiple of '
-                        'group {}'.format(W.shape[0], p.group))
-    link = L.Deconvolution2D(None, p.num_output, kernel, stride, pad,
-                             nobias=not p.bias_term, dilate=dilation,
-                             groups=p.group)
-    _set_weights(ctx, link, W, p)
-    return Built(_CallLink(''), link)
+    return _build_convolution_like(ctx, deconvolution=True)
 
 
-class _InnerProduct(LayerFunction):
-    def __init__(self, link_name: str, axis: int) -> None:
-        self.link_name = link_name
-        self.axis = axis
+@dataclasses.dataclass(eq=False)
+class _InnerProduct(LinkedFunction):
+    axis: int
 
     def __call__(self, net, x):
-        axis = self.axis if self.axis >= 0 else self.axis + x.ndim
+        axis = canonical_axis(self.axis, x.ndim)
         return self.link(net)(x, n_batch_axes=axis),
 
 

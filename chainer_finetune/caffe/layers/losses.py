@@ -3,6 +3,7 @@ and Accuracy (computed when their bottoms, e.g. ``label``, are given)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import chainer
@@ -14,15 +15,16 @@ from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.layers.base import BuildContext
 from chainer_finetune.caffe.layers.base import Built
 from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers.base import canonical_axis
 from chainer_finetune.caffe.layers.registry import register
 
 
+@dataclasses.dataclass(eq=False)
 class _Softmax(LayerFunction):
-    def __init__(self, axis: int) -> None:
-        self.axis = axis
+    axis: int
 
     def __call__(self, net, x):
-        axis = self.axis if self.axis >= 0 else self.axis + x.ndim
+        axis = canonical_axis(self.axis, x.ndim)
         return F.softmax(x, axis=axis),
 
 
@@ -33,24 +35,23 @@ def _build_softmax(ctx: BuildContext) -> Built:
 
 
 def _move_axis_last(x, axis):
-    axis = axis if axis >= 0 else axis + x.ndim
+    axis = canonical_axis(axis, x.ndim)
     if axis == x.ndim - 1:
         return x
     order = [i for i in range(x.ndim) if i != axis] + [axis]
     return F.transpose(x, order)
 
 
+@dataclasses.dataclass(eq=False)
 class _SoftmaxWithLoss(LayerFunction):
     """The loss blob as Caffe shows it: normalized, not multiplied by
     ``loss_weight`` (kept as an attribute; Caffe applies it only to the
     training objective)."""
 
-    def __init__(self, axis: int, ignore_label: Optional[int],
-                 normalization: int, loss_weight: float) -> None:
-        self.axis = axis
-        self.ignore_label = ignore_label
-        self.normalization = normalization
-        self.loss_weight = loss_weight
+    axis: int
+    ignore_label: Optional[int]
+    normalization: int
+    loss_weight: float
 
     def __call__(self, net, x, t):
         scores = _move_axis_last(x, self.axis)
@@ -71,7 +72,7 @@ class _SoftmaxWithLoss(LayerFunction):
         elif self.normalization == mode.BATCH_SIZE:
             # Caffe's outer_num_: the size of the axes before the softmax
             # axis (not shape[0] when that axis is not 1).
-            axis = self.axis if self.axis >= 0 else self.axis + x.ndim
+            axis = canonical_axis(self.axis, x.ndim)
             denom = int(numpy.prod(x.shape[:axis]))
         else:
             denom = 1
@@ -92,12 +93,11 @@ def _build_softmax_with_loss(ctx: BuildContext) -> Built:
                                   normalization, weight), None)
 
 
+@dataclasses.dataclass(eq=False)
 class _Accuracy(LayerFunction):
-    def __init__(self, top_k: int, axis: int,
-                 ignore_label: Optional[int]) -> None:
-        self.top_k = top_k
-        self.axis = axis
-        self.ignore_label = ignore_label
+    top_k: int
+    axis: int
+    ignore_label: Optional[int]
 
     def __call__(self, net, x, t):
         xp = backend.get_array_module(x)

@@ -3,6 +3,7 @@ sums and scale factor)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List
 
 import chainer
@@ -16,18 +17,18 @@ from chainer_finetune.caffe.layers.base import BuildContext
 from chainer_finetune.caffe.layers.base import Built
 from chainer_finetune.caffe.layers.base import InvertedBlob
 from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers.base import LinkedFunction
 from chainer_finetune.caffe.layers.base import link_blob
 from chainer_finetune.caffe.layers.registry import register
 
 
+@dataclasses.dataclass(eq=False)
 class _LRN(LayerFunction):
-    def __init__(self, across: bool, size: int, alpha: float, beta: float,
-                 k: float) -> None:
-        self.across = across
-        self.size = size
-        self.alpha = alpha
-        self.beta = beta
-        self.k = k
+    across: bool
+    size: int
+    alpha: float
+    beta: float
+    k: float
 
     def __call__(self, net, x):
         if self.across:
@@ -51,7 +52,8 @@ def _build_lrn(ctx: BuildContext) -> Built:
     return Built(_LRN(across, p.local_size, p.alpha, p.beta, p.k), None)
 
 
-class _BatchNorm(LayerFunction):
+@dataclasses.dataclass(eq=False)
+class _BatchNorm(LinkedFunction):
     """Caffe's BatchNorm (no affine part: a Scale layer follows).
 
     ``use_global_stats: true`` always normalizes with the stored statistics,
@@ -70,11 +72,8 @@ class _BatchNorm(LayerFunction):
     statistics replace the stored ones.
     """
 
-    def __init__(self, link_name: str, global_stats: bool,
-                 moving_average_fraction: float = 0.999) -> None:
-        self.link_name = link_name
-        self.global_stats = global_stats
-        self.moving_average_fraction = moving_average_fraction
+    global_stats: bool
+    moving_average_fraction: float = 0.999
 
     def __call__(self, net, x):
         link = self.link(net)

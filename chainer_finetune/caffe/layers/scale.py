@@ -3,7 +3,8 @@ over the bottom from ``axis``."""
 
 from __future__ import annotations
 
-from typing import List, Optional
+import dataclasses
+from typing import Dict, List, Optional
 
 import chainer
 import chainer.functions as F
@@ -12,26 +13,25 @@ import numpy
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.layers.base import BuildContext
 from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers.base import LinkedFunction
+from chainer_finetune.caffe.layers.base import canonical_axis
 from chainer_finetune.caffe.layers.base import named_blobs
 from chainer_finetune.caffe.layers.base import set_params
 from chainer_finetune.caffe.layers.registry import register
 from chainer_finetune.errors import CaffeModelError
 
 
-class _ScaleOrBias(LayerFunction):
+@dataclasses.dataclass(eq=False)
+class _ScaleOrBias(LinkedFunction):
     """y = x * s (+ b) or y = x + b, with s/b broadcast from ``axis``."""
 
-    def __init__(self, link_name: Optional[str], multiply: bool, axis: int,
-                 has_bias: bool) -> None:
-        self.link_name = link_name
-        self.multiply = multiply
-        self.axis = axis
-        self.has_bias = has_bias
+    multiply: bool
+    axis: int
+    has_bias: bool
 
     @staticmethod
     def _expand(v, x, axis):
-        axis = axis if axis >= 0 else axis + x.ndim
+        axis = canonical_axis(axis, x.ndim)
         shape = (1,) * axis + v.shape + (1,) * (x.ndim - axis - v.ndim)
         if x.shape[axis:axis + v.ndim] != v.shape:
             raise CaffeModelError(
@@ -88,12 +88,28 @@ def _bias_blobs(layer: caffe_pb2.LayerParameter) -> List[str]:
     return [] if len(layer.bottom) > 1 else ['b']
 
 
-@register('Scale', invert=named_blobs(_scale_blobs), param_names=_scale_blobs)
-def _build_scale(ctx: BuildContext) -> Built:
+def _bottom_count(ctx: BuildContext, p) -> int:
+    """1 or 2 bottoms, with ``p.num_axes`` (Scale's or Bias's) checked."""
     n = ctx.expect_bottoms(1, 2)
-    p = ctx.layer.scale_param
     if p.num_axes < -1:
         raise ctx.error('num_axes {} must be >= -1'.format(p.num_axes))
+    return n
+
+
+def _built(params: Dict[str, numpy.ndarray], multiply: bool, axis: int,
+           has_bias: bool) -> Built:
+    """A link holding ``params`` (none when empty) and its function."""
+    if not params:
+        return Built(_ScaleOrBias(None, multiply, axis, False), None)
+    link = chainer.Link()
+    set_params(link, **params)
+    return Built(_ScaleOrBias('', multiply, axis, has_bias), link)
+
+
+@register('Scale', invert=named_blobs(_scale_blobs), param_names=_scale_blobs)
+def _build_scale(ctx: BuildContext) -> Built:
+    p = ctx.layer.scale_param
+    n = _bottom_count(ctx, p)
     ctx.expect_blobs(([] if n == 2 else ['scale']) +
                      (['bias'] if p.bias_term else []))
     params = {}
@@ -106,23 +122,15 @@ def _build_scale(ctx: BuildContext) -> Built:
         params['b'] = _broadcast_blob(ctx, len(params),
                                       p.num_axes if n == 1 else -1, 'bias',
                                       like=params.get('W'))
-    if not params:
-        return Built(_ScaleOrBias(None, True, p.axis, False), None)
-    link = chainer.Link()
-    set_params(link, **params)
-    return Built(_ScaleOrBias('', True, p.axis, p.bias_term), link)
+    return _built(params, True, p.axis, p.bias_term)
 
 
 @register('Bias', invert=named_blobs(_bias_blobs), param_names=_bias_blobs)
 def _build_bias(ctx: BuildContext) -> Built:
-    n = ctx.expect_bottoms(1, 2)
     p = ctx.layer.bias_param
-    if p.num_axes < -1:
-        raise ctx.error('num_axes {} must be >= -1'.format(p.num_axes))
-    if n == 2:
+    if _bottom_count(ctx, p) == 2:
         ctx.expect_blobs([])
-        return Built(_ScaleOrBias(None, False, p.axis, False), None)
+        return _built({}, False, p.axis, False)
     ctx.expect_blobs(['bias'])
-    link = chainer.Link()
-    set_params(link, b=_broadcast_blob(ctx, 0, p.num_axes, 'bias'))
-    return Built(_ScaleOrBias('', False, p.axis, True), link)
+    return _built({'b': _broadcast_blob(ctx, 0, p.num_axes, 'bias')}, False,
+                  p.axis, True)

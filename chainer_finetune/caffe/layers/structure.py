@@ -6,6 +6,7 @@ Concat, Slice, Flatten, Reshape, and Eltwise (one blob from several).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence, Tuple
 
 import chainer.functions as F
@@ -15,6 +16,7 @@ from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.layers.base import BuildContext
 from chainer_finetune.caffe.layers.base import Built
 from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers.base import canonical_axis
 from chainer_finetune.caffe.layers.registry import register
 from chainer_finetune.errors import CaffeModelError
 
@@ -36,9 +38,9 @@ def _build_silence(ctx: BuildContext) -> Built:
     return Built(_Silence(), None)
 
 
+@dataclasses.dataclass(eq=False)
 class _Split(LayerFunction):
-    def __init__(self, n: int) -> None:
-        self.n = n
+    n: int
 
     def __call__(self, net, x):
         return (x,) * self.n
@@ -82,9 +84,9 @@ def _build_eltwise(ctx: BuildContext) -> Built:
     return Built(_Eltwise(p.operation, p.coeff), None)
 
 
+@dataclasses.dataclass(eq=False)
 class _Concat(LayerFunction):
-    def __init__(self, axis: int) -> None:
-        self.axis = axis
+    axis: int
 
     def __call__(self, net, *xs):
         return F.concat(xs, axis=self.axis),
@@ -104,7 +106,7 @@ class _Slice(LayerFunction):
         self.n_tops = n_tops
 
     def __call__(self, net, x):
-        axis = self.axis if self.axis >= 0 else self.axis + x.ndim
+        axis = canonical_axis(self.axis, x.ndim)
         if self.points:
             sections = self.points
         else:
@@ -131,14 +133,14 @@ def _build_slice(ctx: BuildContext) -> Built:
     return Built(_Slice(axis, p.slice_point, n_tops), None)
 
 
+@dataclasses.dataclass(eq=False)
 class _Flatten(LayerFunction):
-    def __init__(self, axis: int, end_axis: int) -> None:
-        self.axis = axis
-        self.end_axis = end_axis
+    axis: int
+    end_axis: int
 
     def __call__(self, net, x):
-        start = self.axis if self.axis >= 0 else self.axis + x.ndim
-        end = self.end_axis if self.end_axis >= 0 else self.end_axis + x.ndim
+        start = canonical_axis(self.axis, x.ndim)
+        end = canonical_axis(self.end_axis, x.ndim)
         shape = x.shape[:start] + (
             int(numpy.prod(x.shape[start:end + 1])),) + x.shape[end + 1:]
         return F.reshape(x, shape),
