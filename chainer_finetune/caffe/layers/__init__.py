@@ -18,6 +18,8 @@ drops a last window that starts in the padding), the divisor of average
 pooling, LRN's alpha, BatchNorm's scale-factor blob, Dropout's
 ``scale_train``.
 
+The registry itself is :mod:`~chainer_finetune.caffe.layers.registry`;
+what builders and inverses share, :mod:`~chainer_finetune.caffe.layers.base`.
 Families: :mod:`~chainer_finetune.caffe.layers.structure` (inputs and blob
 routing), :mod:`~chainer_finetune.caffe.layers.convolution`,
 :mod:`~chainer_finetune.caffe.layers.pooling`,
