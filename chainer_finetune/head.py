@@ -26,6 +26,7 @@ import chainer.links as L
 import numpy
 
 from chainer_finetune.caffe.function import CaffeNet
+from chainer_finetune.caffe.layers import output_param
 from chainer_finetune.errors import HeadError
 from chainer_finetune.lr_mult import MultipliedHyperparameter
 from chainer_finetune.paths import match_links
@@ -113,11 +114,8 @@ def _update_description(net: CaffeNet, caffe_name: str,
     for layer in net.caffe_layers:
         if layer.name != caffe_name:
             continue
-        if layer.type == 'InnerProduct':
-            param = layer.inner_product_param
-        elif layer.type in ('Convolution', 'Deconvolution'):
-            param = layer.convolution_param
-        else:
+        param = output_param(layer)
+        if param is None:
             return
         param.num_output = n_out
         param.bias_term = getattr(link, 'b', None) is not None

@@ -56,6 +56,8 @@ import numpy
 
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.function import CaffeNet
+from chainer_finetune.caffe.layers import find_layer_type
+from chainer_finetune.caffe.layers import learnable_blob_names
 from chainer_finetune.caffe.reader import read_prototxt
 from chainer_finetune.caffe.upgrade import to_v2_layers
 from chainer_finetune.errors import CaffeModelError
@@ -424,24 +426,14 @@ def caffe_param_names(layer: caffe_pb2.LayerParameter) -> Optional[List[str]]:
     ``W``, ``b`` (only ``b`` with a second bottom); Bias: ``b`` (none with
     a second bottom); PReLU: ``W``. ``None`` for every other type:
     BatchNorm's blobs are running statistics, which no Chainer optimizer
-    changes, and the remaining supported types have no blobs.
+    changes, and the remaining supported types have no blobs. Each type's
+    entry in the layer-type registry declares them
+    (:attr:`~chainer_finetune.caffe.layers.LayerType.param_names`).
 
     Args:
         layer: A V2 layer description.
     """
-    kind = layer.type
-    if kind in ('Convolution', 'Deconvolution'):
-        return ['W', 'b'] if layer.convolution_param.bias_term else ['W']
-    if kind == 'InnerProduct':
-        return ['W', 'b'] if layer.inner_product_param.bias_term else ['W']
-    if kind == 'Scale':
-        bias = ['b'] if layer.scale_param.bias_term else []
-        return bias if len(layer.bottom) > 1 else ['W'] + bias
-    if kind == 'Bias':
-        return [] if len(layer.bottom) > 1 else ['b']
-    if kind == 'PReLU':
-        return ['W']
-    return None
+    return learnable_blob_names(layer)
 
 
 def _caffe_layers(source: Any, phase: str
@@ -509,7 +501,8 @@ def lr_mults_from_prototxt(source: Union[PathLike, caffe_pb2.NetParameter,
     for layer in layers:
         names = caffe_param_names(layer)
         if names is None:
-            if layer.param and layer.type != 'BatchNorm':
+            entry = find_layer_type(layer.type)
+            if layer.param and not (entry is not None and entry.stateful):
                 logger.warning('%s: layer %r (%s) has no learnable blobs '
                                'in Chainer; its param specs are ignored',
                                where, layer.name, layer.type)

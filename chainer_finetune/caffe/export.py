@@ -56,6 +56,9 @@ from google.protobuf import text_format
 from chainer_finetune._version import __version__
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe import layers as layer_builders
+from chainer_finetune.caffe.layers import InvertedBlob
+from chainer_finetune.caffe.layers import float32_array
+from chainer_finetune.caffe.layers import host_array
 from chainer_finetune.caffe.function import CaffeNet
 from chainer_finetune.caffe.reader import Blob
 from chainer_finetune.caffe.reader import CaffeModelFile
@@ -126,93 +129,11 @@ class LayerWeights(NamedTuple):
     extras: Dict[str, numpy.ndarray]
 
 
-class _Out(NamedTuple):
-    attr: Optional[str]    # the link attribute this blob restores
-    array: numpy.ndarray
-    role: str
-
-
-_Inverter = Callable[[caffe_pb2.LayerParameter, chainer.Link], List[_Out]]
-_INVERTERS: Dict[str, _Inverter] = {}
-
-
-def _inverts(*types: str):
-    def register(func):
-        for t in types:
-            _INVERTERS[t] = func
-        return func
-    return register
-
-
-def _cpu(value) -> numpy.ndarray:
-    if isinstance(value, chainer.Variable):
-        value = value.array
-    if value is None:
-        raise CaffeModelError('uninitialized parameter')
-    return numpy.asarray(chainer.backend.CpuDevice().send(value))
-
-
 def _value(value) -> numpy.ndarray:
     """A persistent value (array or Python scalar) as a NumPy array."""
     if isinstance(value, (bool, int, float)):
         return numpy.asarray(value)
-    return _cpu(value)
-
-
-def _float32(value) -> numpy.ndarray:
-    return numpy.ascontiguousarray(_cpu(value), dtype=numpy.float32)
-
-
-def _attr(link: chainer.Link, name: str) -> _Out:
-    return _Out(name, _float32(getattr(link, name)), name)
-
-
-@_inverts('Convolution', 'Deconvolution')
-def _convolution(layer, link):
-    # Chainer's (out, in/g, kh, kw) and Deconvolution2D's (in, out/g, kh,
-    # kw) are Caffe's layouts.
-    out = [_attr(link, 'W')]
-    if layer.convolution_param.bias_term:
-        out.append(_attr(link, 'b'))
-    return out
-
-
-@_inverts('InnerProduct')
-def _inner_product(layer, link):
-    p = layer.inner_product_param
-    W = _attr(link, 'W')
-    if p.transpose:   # Caffe keeps (in, out); Chainer's Linear (out, in)
-        W = _Out('W', numpy.ascontiguousarray(W.array.T), 'W (transposed: '
-                 'in, out)')
-    return [W] + ([_attr(link, 'b')] if p.bias_term else [])
-
-
-@_inverts('BatchNorm')
-def _batch_norm(layer, link):
-    # Caffe stores running sums with a scale factor; averages with factor 1
-    # are the same statistics.
-    return [_attr(link, 'avg_mean'), _attr(link, 'avg_var'),
-            _Out(None, numpy.ones(1, numpy.float32), 'scale_factor')]
-
-
-@_inverts('Scale')
-def _scale(layer, link):
-    out = []
-    if len(layer.bottom) == 1:   # with 2 bottoms the scale is an input
-        out.append(_attr(link, 'W'))
-    if layer.scale_param.bias_term:
-        out.append(_attr(link, 'b'))
-    return out
-
-
-@_inverts('Bias')
-def _bias(layer, link):
-    return [_attr(link, 'b')]
-
-
-@_inverts('PReLU')
-def _prelu(layer, link):
-    return [_attr(link, 'W')]
+    return host_array(value)
 
 
 def _same(a, b) -> bool:
@@ -224,7 +145,8 @@ def _same(a, b) -> bool:
 
 
 def _check_rebuilds(layer: caffe_pb2.LayerParameter, link: chainer.Link,
-                    out: List[_Out], extras: Dict[str, numpy.ndarray],
+                    out: List[InvertedBlob],
+                    extras: Dict[str, numpy.ndarray],
                     where: str) -> None:
     """Rebuilds the layer from ``out`` and compares it with ``link``."""
     ctx = layer_builders.BuildContext(
@@ -233,8 +155,8 @@ def _check_rebuilds(layer: caffe_pb2.LayerParameter, link: chainer.Link,
         rebuilt = layer_builders.build(ctx).link
     except CaffeModelError as e:
         raise CaffeModelError('cannot export: {}'.format(e)) from None
-    mine = {n: _float32(p) for n, p in link.namedparams()}
-    theirs = {n: _cpu(p) for n, p in rebuilt.namedparams()}
+    mine = {n: float32_array(p) for n, p in link.namedparams()}
+    theirs = {n: host_array(p) for n, p in rebuilt.namedparams()}
     problems = []
     if sorted(mine) != sorted(theirs):
         problems.append('parameters {} vs {} from the blobs'.format(
@@ -273,7 +195,8 @@ def net_weights(net: CaffeNet, check: bool = True) -> List[LayerWeights]:
             continue
         where = 'layer {!r} ({})'.format(layer.name, layer.type)
         link = net[layer.name]
-        inverter = _INVERTERS.get(layer.type)
+        entry = layer_builders.find_layer_type(layer.type)
+        inverter = None if entry is None else entry.invert
         if inverter is None:
             raise UnsupportedLayerError(
                 '{}: cannot export: no Caffe blob layout is known for this '

@@ -1,0 +1,125 @@
+"""Normalization: LRN (Caffe's alpha / size) and BatchNorm (Caffe's running
+sums and scale factor)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List
+
+import chainer
+from chainer import backend
+import chainer.functions as F
+import chainer.links as L
+import numpy
+
+from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe.layers.base import BuildContext
+from chainer_finetune.caffe.layers.base import Built
+from chainer_finetune.caffe.layers.base import InvertedBlob
+from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers.base import LinkedFunction
+from chainer_finetune.caffe.layers.base import link_blob
+from chainer_finetune.caffe.layers.registry import register
+
+
+@dataclasses.dataclass(eq=False)
+class _LRN(LayerFunction):
+    across: bool
+    size: int
+    alpha: float
+    beta: float
+    k: float
+
+    def __call__(self, net, x):
+        if self.across:
+            # Caffe divides alpha by local_size; Chainer does not.
+            return F.local_response_normalization(
+                x, self.size, self.k, self.alpha / self.size, self.beta),
+        # WITHIN_CHANNEL: x * (1 + alpha * mean of x^2 over a size x size
+        # window, zero padded)^-beta; Caffe ignores k here.
+        pad = (self.size - 1) // 2
+        mean_sq = F.average_pooling_2d(x * x, self.size, 1, pad)
+        return x * (1 + self.alpha * mean_sq) ** -self.beta,
+
+
+@register('LRN')
+def _build_lrn(ctx: BuildContext) -> Built:
+    ctx.expect_bottoms(1)
+    p = ctx.layer.lrn_param
+    if p.local_size % 2 == 0 or p.local_size < 1:
+        raise ctx.error('local_size {} must be odd'.format(p.local_size))
+    across = p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
+    return Built(_LRN(across, p.local_size, p.alpha, p.beta, p.k), None)
+
+
+@dataclasses.dataclass(eq=False)
+class _BatchNorm(LinkedFunction):
+    """Caffe's BatchNorm (no affine part: a Scale layer follows).
+
+    ``use_global_stats: true`` always normalizes with the stored statistics,
+    as Caffe does; otherwise ``chainer.config.train`` decides (batch
+    statistics and a running-average update when training).
+
+    The running averages follow Caffe's rule, not Chainer's fixed decay:
+    Caffe keeps sums ``s = maf * s + batch_value`` and a factor
+    ``f = maf * f + 1`` (``maf`` = ``moving_average_fraction``) and
+    normalizes with ``s / f``, an exponential average corrected for its
+    start. The link keeps the average ``s / f`` (``avg_mean``,
+    ``avg_var``) and the factor as the persistent value ``caffe_factor``;
+    each training step sets the link's decay to ``maf * f_old / f_new``,
+    which updates the average exactly as Caffe does. From a factor of 0 (no
+    statistics yet, e.g. a net trained from scratch) the first batch's
+    statistics replace the stored ones.
+    """
+
+    global_stats: bool
+    moving_average_fraction: float = 0.999
+
+    def __call__(self, net, x):
+        link = self.link(net)
+        if self.global_stats or not chainer.config.train:
+            xp = backend.get_array_module(x)
+            ones = xp.ones(link.avg_mean.shape, dtype=x.dtype)
+            zeros = xp.zeros(link.avg_mean.shape, dtype=x.dtype)
+            return F.fixed_batch_normalization(
+                x, ones, zeros, link.avg_mean, link.avg_var, link.eps),
+        maf = self.moving_average_fraction
+        factor = float(getattr(link, 'caffe_factor', 1.0 / (1.0 - maf)
+                               if maf < 1 else 1.0))
+        new_factor = maf * factor + 1.0
+        link.decay = maf * factor / new_factor
+        y = link(x)
+        if 'caffe_factor' in link._persistent:
+            link.caffe_factor = new_factor
+        return y,
+
+
+def _invert_batch_norm(layer: caffe_pb2.LayerParameter, link: chainer.Link
+                       ) -> List[InvertedBlob]:
+    # Caffe stores running sums with a scale factor; averages with factor 1
+    # are the same statistics.
+    return [link_blob(link, 'avg_mean'), link_blob(link, 'avg_var'),
+            InvertedBlob(None, numpy.ones(1, numpy.float32), 'scale_factor')]
+
+
+@register('BatchNorm', invert=_invert_batch_norm, stateful=True)
+def _build_batch_norm(ctx: BuildContext) -> Built:
+    ctx.expect_bottoms(1)
+    p = ctx.layer.batch_norm_param
+    ctx.expect_blobs(['mean', 'variance', 'scale factor'])
+    mean = ctx.blob(0, (None,), 'mean')
+    var = ctx.blob(1, (mean.shape[0],), 'variance')
+    factor = float(ctx.blob(2, (1,), 'scale factor')[0])
+    # Caffe stores running sums; the factor turns them into averages and a
+    # factor of 0 means "no statistics yet" (zeros, not a division by 0).
+    scale = 0.0 if factor == 0 else 1.0 / factor
+    link = L.BatchNormalization(mean.shape[0],
+                                decay=p.moving_average_fraction, eps=p.eps,
+                                use_gamma=False, use_beta=False)
+    link.avg_mean = numpy.ascontiguousarray(mean * scale, numpy.float32)
+    link.avg_var = numpy.ascontiguousarray(var * scale, numpy.float32)
+    # Caffe's normalizing factor, for training-time updates (see _BatchNorm).
+    link.add_persistent('caffe_factor', factor)
+    global_stats = p.HasField('use_global_stats') and p.use_global_stats
+    return Built(_BatchNorm('', global_stats, p.moving_average_fraction),
+                 link)

@@ -1,0 +1,215 @@
+"""Inputs and the layers that route blobs without computing on them.
+
+Data-input types (their tops are supplied to ``forward``), Silence, Split,
+Concat, Slice, Flatten, Reshape, and Eltwise (one blob from several).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, Tuple
+
+import chainer.functions as F
+import numpy
+
+from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe.layers.base import BuildContext
+from chainer_finetune.caffe.layers.base import Built
+from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers.base import canonical_axis
+from chainer_finetune.caffe.layers.registry import register
+from chainer_finetune.errors import CaffeModelError
+
+
+@register('Input', 'Data', 'MemoryData', 'ImageData', 'DummyData',
+          'HDF5Data', 'WindowData')
+def _build_input(ctx: BuildContext) -> Built:
+    # The tops are supplied by the caller of forward().
+    return Built(None, None)
+
+
+class _Silence(LayerFunction):
+    def __call__(self, net, *xs):
+        return ()
+
+
+@register('Silence')
+def _build_silence(ctx: BuildContext) -> Built:
+    return Built(_Silence(), None)
+
+
+@dataclasses.dataclass(eq=False)
+class _Split(LayerFunction):
+    n: int
+
+    def __call__(self, net, x):
+        return (x,) * self.n
+
+
+@register('Split')
+def _build_split(ctx: BuildContext) -> Built:
+    ctx.expect_bottoms(1)
+    return Built(_Split(len(ctx.layer.top)), None)
+
+
+class _Eltwise(LayerFunction):
+    def __init__(self, operation: int, coeffs: Sequence[float]) -> None:
+        self.operation = operation
+        self.coeffs = list(coeffs)
+
+    def __call__(self, net, *xs):
+        op = caffe_pb2.EltwiseParameter
+        if self.operation == op.SUM:
+            coeffs = self.coeffs or [1.0] * len(xs)
+            y = None
+            for c, x in zip(coeffs, xs):
+                term = x if c == 1 else x * c
+                y = term if y is None else y + term
+            return y,
+        y = xs[0]
+        for x in xs[1:]:
+            y = y * x if self.operation == op.PROD else F.maximum(y, x)
+        return y,
+
+
+@register('Eltwise')
+def _build_eltwise(ctx: BuildContext) -> Built:
+    p = ctx.layer.eltwise_param
+    n = len(ctx.layer.bottom)
+    if n < 2:
+        raise ctx.error('expects at least 2 bottoms, has {}'.format(n))
+    if p.coeff and (len(p.coeff) != n or
+                    p.operation != caffe_pb2.EltwiseParameter.SUM):
+        raise ctx.error('coeff needs one value per bottom and operation SUM')
+    return Built(_Eltwise(p.operation, p.coeff), None)
+
+
+@dataclasses.dataclass(eq=False)
+class _Concat(LayerFunction):
+    axis: int
+
+    def __call__(self, net, *xs):
+        return F.concat(xs, axis=self.axis),
+
+
+@register('Concat')
+def _build_concat(ctx: BuildContext) -> Built:
+    p = ctx.layer.concat_param
+    axis = p.concat_dim if p.HasField('concat_dim') else p.axis
+    return Built(_Concat(axis), None)
+
+
+class _Slice(LayerFunction):
+    def __init__(self, axis: int, points: Sequence[int], n_tops: int) -> None:
+        self.axis = axis
+        self.points = list(points)
+        self.n_tops = n_tops
+
+    def __call__(self, net, x):
+        axis = canonical_axis(self.axis, x.ndim)
+        if self.points:
+            sections = self.points
+        else:
+            if x.shape[axis] % self.n_tops:
+                raise CaffeModelError('cannot slice {} values into {} equal '
+                                      'parts'.format(x.shape[axis],
+                                                     self.n_tops))
+            sections = self.n_tops
+        ys = F.split_axis(x, sections, axis, force_tuple=True)
+        return tuple(ys)
+
+
+@register('Slice')
+def _build_slice(ctx: BuildContext) -> Built:
+    ctx.expect_bottoms(1)
+    p = ctx.layer.slice_param
+    axis = p.slice_dim if p.HasField('slice_dim') else p.axis
+    n_tops = len(ctx.layer.top)
+    if p.slice_point and len(p.slice_point) != n_tops - 1:
+        raise ctx.error('{} slice_point values for {} tops'.format(
+            len(p.slice_point), n_tops))
+    if list(p.slice_point) != sorted(p.slice_point):
+        raise ctx.error('slice_point must increase')
+    return Built(_Slice(axis, p.slice_point, n_tops), None)
+
+
+@dataclasses.dataclass(eq=False)
+class _Flatten(LayerFunction):
+    axis: int
+    end_axis: int
+
+    def __call__(self, net, x):
+        start = canonical_axis(self.axis, x.ndim)
+        end = canonical_axis(self.end_axis, x.ndim)
+        shape = x.shape[:start] + (
+            int(numpy.prod(x.shape[start:end + 1])),) + x.shape[end + 1:]
+        return F.reshape(x, shape),
+
+
+@register('Flatten')
+def _build_flatten(ctx: BuildContext) -> Built:
+    ctx.expect_bottoms(1)
+    p = ctx.layer.flatten_param
+    return Built(_Flatten(p.axis, p.end_axis), None)
+
+
+def caffe_reshape(shape: Tuple[int, ...], dims: Sequence[int], axis: int,
+                  num_axes: int) -> Tuple[int, ...]:
+    """The output shape of Caffe's Reshape layer.
+
+    ``dims`` replace ``shape[axis:axis + num_axes]`` (to the end for -1);
+    0 copies the input's size at that position and one -1 is inferred.
+    """
+    n = len(shape)
+    start = axis if axis >= 0 else axis + n + 1
+    end = n if num_axes == -1 else start + num_axes
+    if not 0 <= start <= end <= n:
+        raise CaffeModelError('reshape axis {} / num_axes {} do not fit '
+                              'shape {}'.format(axis, num_axes, shape))
+    new = []
+    for i, d in enumerate(dims):
+        if d == 0:
+            if start + i >= n:
+                raise CaffeModelError('reshape dim 0 at position {} copies '
+                                      'beyond shape {}'.format(i, shape))
+            new.append(shape[start + i])
+        else:
+            new.append(d)
+    out = list(shape[:start]) + new + list(shape[end:])
+    if out.count(-1) > 1:
+        raise CaffeModelError('reshape has more than one -1')
+    total = int(numpy.prod(shape))
+    if -1 in out:
+        known = int(numpy.prod([d for d in out if d != -1]))
+        if known == 0 or total % known:
+            raise CaffeModelError('cannot infer -1 reshaping {} to {}'.format(
+                shape, dims))
+        out[out.index(-1)] = total // known
+    if int(numpy.prod(out)) != total:
+        raise CaffeModelError('cannot reshape {} to {}'.format(shape,
+                                                               tuple(out)))
+    return tuple(out)
+
+
+class _Reshape(LayerFunction):
+    def __init__(self, dims: Sequence[int], axis: int, num_axes: int) -> None:
+        self.dims = list(dims)
+        self.axis = axis
+        self.num_axes = num_axes
+
+    def __call__(self, net, x):
+        return F.reshape(x, caffe_reshape(x.shape, self.dims, self.axis,
+                                          self.num_axes)),
+
+
+@register('Reshape')
+def _build_reshape(ctx: BuildContext) -> Built:
+    ctx.expect_bottoms(1)
+    p = ctx.layer.reshape_param
+    dims = list(p.shape.dim)
+    if any(d < -1 for d in dims) or dims.count(-1) > 1:
+        raise ctx.error('shape {} may hold one -1 and no other negative '
+                        'value'.format(dims))
+    if p.num_axes < -1:
+        raise ctx.error('num_axes must be >= -1')
+    return Built(_Reshape(dims, p.axis, p.num_axes), None)
