@@ -14,7 +14,7 @@ import chainer  # noqa: E402
 from chainer_finetune import cli  # noqa: E402
 from chainer_finetune import finetune  # noqa: E402
 from chainer_finetune import load_caffe  # noqa: E402
-from chainer_finetune.caffe import testing as T  # noqa: E402
+from chainer_finetune.caffe.writer import NetWriter  # noqa: E402
 
 N_CLASS = 3
 
@@ -22,7 +22,7 @@ N_CLASS = 3
 def _write_net(directory, global_stats=True):
     """A small ResNet-like Caffe net: conv-BN-scale-relu, pool, fc, prob."""
     rng = numpy.random.RandomState(0)
-    w = T.NetWriter('small')
+    w = NetWriter('small')
     w.input('data', (1, 3, 16, 16))
     w.layer('conv1', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 6, 'kernel_size': 3,
