@@ -18,9 +18,11 @@ from chainer_finetune.caffe import caffe_pb2  # noqa: E402
 from chainer_finetune.caffe import reader  # noqa: E402
 from chainer_finetune.caffe import wire  # noqa: E402
 from chainer_finetune.caffe import zoo_shapes  # noqa: E402
+from chainer_finetune.caffe.upgrade import V1_TYPE_NAMES  # noqa: E402
 from chainer_finetune.caffe.writer import CHUNK_VALUES  # noqa: E402
 from chainer_finetune.caffe.writer import NetWriter  # noqa: E402
 from chainer_finetune.caffe.writer import RandomBlob  # noqa: E402
+from chainer_finetune.caffe.writer import V1_TYPE_CODES  # noqa: E402
 from chainer_finetune.caffe.writer import legacy_dims  # noqa: E402
 from chainer_finetune.caffe.writer import write_binaryproto  # noqa: E402
 from chainer_finetune.errors import CaffeModelError  # noqa: E402
@@ -116,6 +118,45 @@ def test_len_field_is_what_protobuf_writes():
     assert wire.len_field(wire.BLOB_SHAPE, shape.SerializeToString()) == \
         blob.SerializeToString()
     assert wire.field_key(wire.NET_LAYER, wire.LEN) == b'\xa2\x06'
+
+
+# --------------------------------------------------------------------------
+# V1 type codes
+# --------------------------------------------------------------------------
+
+# Caffe's UpgradeV1LayerType (src/caffe/util/upgrade_proto.cpp), transcribed
+# on its own: the library keeps one table (upgrade.V1_TYPE_NAMES, which the
+# writer inverts), and V1 files the writer makes test the upgrade, so the
+# table is checked against this copy rather than against itself.
+CAFFE_V1_TYPES = [
+    ('ABSVAL', 'AbsVal'), ('ACCURACY', 'Accuracy'), ('ARGMAX', 'ArgMax'),
+    ('BNLL', 'BNLL'), ('CONCAT', 'Concat'),
+    ('CONTRASTIVE_LOSS', 'ContrastiveLoss'), ('CONVOLUTION', 'Convolution'),
+    ('DECONVOLUTION', 'Deconvolution'), ('DATA', 'Data'),
+    ('DROPOUT', 'Dropout'), ('DUMMY_DATA', 'DummyData'),
+    ('EUCLIDEAN_LOSS', 'EuclideanLoss'), ('ELTWISE', 'Eltwise'),
+    ('EXP', 'Exp'), ('FLATTEN', 'Flatten'), ('HDF5_DATA', 'HDF5Data'),
+    ('HDF5_OUTPUT', 'HDF5Output'), ('HINGE_LOSS', 'HingeLoss'),
+    ('IM2COL', 'Im2col'), ('IMAGE_DATA', 'ImageData'),
+    ('INFOGAIN_LOSS', 'InfogainLoss'), ('INNER_PRODUCT', 'InnerProduct'),
+    ('LRN', 'LRN'), ('MEMORY_DATA', 'MemoryData'),
+    ('MULTINOMIAL_LOGISTIC_LOSS', 'MultinomialLogisticLoss'),
+    ('MVN', 'MVN'), ('POOLING', 'Pooling'), ('POWER', 'Power'),
+    ('RELU', 'ReLU'), ('SIGMOID', 'Sigmoid'),
+    ('SIGMOID_CROSS_ENTROPY_LOSS', 'SigmoidCrossEntropyLoss'),
+    ('SILENCE', 'Silence'), ('SOFTMAX', 'Softmax'),
+    ('SOFTMAX_LOSS', 'SoftmaxWithLoss'), ('SPLIT', 'Split'),
+    ('SLICE', 'Slice'), ('TANH', 'TanH'), ('WINDOW_DATA', 'WindowData'),
+    ('THRESHOLD', 'Threshold'),
+]
+
+
+def test_v1_type_tables_are_caffes():
+    assert V1_TYPE_NAMES == dict(CAFFE_V1_TYPES)
+    assert V1_TYPE_CODES == {v2: v1 for v1, v2 in CAFFE_V1_TYPES}
+    enum = caffe_pb2.V1LayerParameter.LayerType
+    for v1, _ in CAFFE_V1_TYPES:
+        enum.Value(v1)   # a name of the schema's enum
 
 
 # --------------------------------------------------------------------------

@@ -61,6 +61,8 @@ from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe.upgrade import V1_TYPE_NAMES
+from chainer_finetune.caffe.upgrade import copy_shared_layer_fields
 from chainer_finetune.caffe.wire import (
     BLOB_DATA, BLOB_LEGACY_DIMS, BLOB_SHAPE, LAYER_BLOBS, NET_LAYER,
     NET_LAYERS, V1_LAYER_BLOBS, VARINT, encode_varint, field_key, len_prefix)
@@ -69,30 +71,12 @@ from chainer_finetune.errors import CaffeModelError
 PathLike = Union[str, 'os.PathLike[str]']
 
 # V2 type strings -> V1LayerParameter.LayerType names: the inverse of
-# Caffe's UpgradeV1LayerType (upgrade_proto.cpp). Types added after the V1
-# format (BatchNorm, Scale, Bias, ELU, PReLU, Input, Reshape, ...) have no
-# V1 code, so a net using them cannot be written as V1. Written out here,
-# not derived from upgrade.V1_TYPE_NAMES: V1 files this writer makes test
-# the upgrade, so a mistake in its table must not be mirrored here.
+# Caffe's UpgradeV1LayerType, whose table the reader's upgrade holds (the
+# tests check both directions against a transcription of Caffe's). Types
+# added after the V1 format (BatchNorm, Scale, Bias, ELU, PReLU, Input,
+# Reshape, ...) have no V1 code, so a net using them cannot be written as V1.
 V1_TYPE_CODES: Dict[str, str] = {
-    'AbsVal': 'ABSVAL', 'Accuracy': 'ACCURACY', 'ArgMax': 'ARGMAX',
-    'BNLL': 'BNLL', 'Concat': 'CONCAT', 'ContrastiveLoss': 'CONTRASTIVE_LOSS',
-    'Convolution': 'CONVOLUTION', 'Data': 'DATA',
-    'Deconvolution': 'DECONVOLUTION', 'Dropout': 'DROPOUT',
-    'DummyData': 'DUMMY_DATA', 'EuclideanLoss': 'EUCLIDEAN_LOSS',
-    'Eltwise': 'ELTWISE', 'Exp': 'EXP', 'Flatten': 'FLATTEN',
-    'HDF5Data': 'HDF5_DATA', 'HDF5Output': 'HDF5_OUTPUT',
-    'HingeLoss': 'HINGE_LOSS', 'Im2col': 'IM2COL', 'ImageData': 'IMAGE_DATA',
-    'InfogainLoss': 'INFOGAIN_LOSS', 'InnerProduct': 'INNER_PRODUCT',
-    'LRN': 'LRN', 'MemoryData': 'MEMORY_DATA',
-    'MultinomialLogisticLoss': 'MULTINOMIAL_LOGISTIC_LOSS', 'MVN': 'MVN',
-    'Pooling': 'POOLING', 'Power': 'POWER', 'ReLU': 'RELU',
-    'Sigmoid': 'SIGMOID',
-    'SigmoidCrossEntropyLoss': 'SIGMOID_CROSS_ENTROPY_LOSS',
-    'Silence': 'SILENCE', 'Softmax': 'SOFTMAX',
-    'SoftmaxWithLoss': 'SOFTMAX_LOSS', 'Split': 'SPLIT', 'Slice': 'SLICE',
-    'TanH': 'TANH', 'WindowData': 'WINDOW_DATA', 'Threshold': 'THRESHOLD',
-}
+    v2: v1 for v1, v2 in V1_TYPE_NAMES.items()}
 
 # Caffe's two binary/text net formats: 2 (`layer`) and 1 (`layers`).
 FORMAT_VERSIONS = (1, 2)
@@ -378,15 +362,8 @@ def to_v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
             'layer {!r}: type {!r} has no V1 (`layers`) code; write the net '
             'as V2'.format(layer.name, layer.type))
     v1 = caffe_pb2.V1LayerParameter()
-    v1.name = layer.name
+    copy_shared_layer_fields(layer, v1)
     v1.type = caffe_pb2.V1LayerParameter.LayerType.Value(code)
-    v1.bottom.extend(layer.bottom)
-    v1.top.extend(layer.top)
-    v1.loss_weight.extend(layer.loss_weight)
-    for rule in layer.include:
-        v1.include.add().CopyFrom(rule)
-    for rule in layer.exclude:
-        v1.exclude.add().CopyFrom(rule)
     specs = list(layer.param)
     if any(s.HasField('name') for s in specs):
         v1.param.extend(s.name for s in specs)

@@ -87,6 +87,18 @@ class _Builder:
         self.w.layer(name, 'Dropout', blob, blob,
                      params={'dropout_param': {'dropout_ratio': 0.5}})
 
+    def classifier(self, n_in, fc_size, n_class):
+        """The head both nets share: fc6 on pool5 and fc7, each with ReLU
+        and Dropout, then fc8."""
+        bottom = 'pool5'
+        for i in (6, 7):
+            name = 'fc{}'.format(i)
+            self.fc(name, bottom, name, n_in, fc_size)
+            self.relu('relu{}'.format(i), name)
+            self.dropout('drop{}'.format(i), name)
+            bottom, n_in = name, fc_size
+        self.fc('fc8', bottom, 'fc8', n_in, n_class)
+
 
 def alexnet_writer(n_class: int = 1000, seed: int = 0, batch: int = 10,
                    input_form: str = 'layer', train: bool = False
@@ -136,13 +148,7 @@ def alexnet_writer(n_class: int = 1000, seed: int = 0, batch: int = 10,
     b.conv('conv5', 'conv4', 'conv5', 384, 256, 3, pad=1, group=2)
     b.relu('relu5', 'conv5')
     b.max_pool('pool5', 'conv5', 'pool5', 3, 2)
-    b.fc('fc6', 'pool5', 'fc6', 256 * 6 * 6, 4096)
-    b.relu('relu6', 'fc6')
-    b.dropout('drop6', 'fc6')
-    b.fc('fc7', 'fc6', 'fc7', 4096, 4096)
-    b.relu('relu7', 'fc7')
-    b.dropout('drop7', 'fc7')
-    b.fc('fc8', 'fc7', 'fc8', 4096, n_class)
+    b.classifier(256 * 6 * 6, 4096, n_class)
     if train:
         w.layer('loss', 'SoftmaxWithLoss', ['fc8', 'label'], 'loss')
     else:
@@ -222,13 +228,7 @@ def vgg16_writer(n_class: int = 1000, seed: int = 0, batch: int = 10,
         pool = 'pool{}'.format(stage)
         b.max_pool(pool, bottom, pool, 2, 2)
         bottom = pool
-    b.fc('fc6', 'pool5', 'fc6', channels * 7 * 7, fc_size)
-    b.relu('relu6', 'fc6')
-    b.dropout('drop6', 'fc6')
-    b.fc('fc7', 'fc6', 'fc7', fc_size, fc_size)
-    b.relu('relu7', 'fc7')
-    b.dropout('drop7', 'fc7')
-    b.fc('fc8', 'fc7', 'fc8', fc_size, n_class)
+    b.classifier(channels * 7 * 7, fc_size, n_class)
     w.layer('prob', 'Softmax', 'fc8', 'prob')
     return w
 
