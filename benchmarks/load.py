@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -113,141 +112,44 @@ MB = 1e6
 # The model file
 # --------------------------------------------------------------------------
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _len_field(number: int, body: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(body)) + body
-
-
-def vgg_layers(width: float = 1.0, fc: int = 4096, n_class: int = 1000):
-    """VGG-16's layers as (name, type, bottom, params dict, blob shapes)."""
-    layers = []
-    bottom, channels = 'data', 3
-    for stage, (n_conv, out) in enumerate(
-            [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
-        out = max(1, int(out * width))
-        for i in range(1, n_conv + 1):
-            name = 'conv{}_{}'.format(stage, i)
-            layers.append((name, 'Convolution', bottom,
-                           {'num_output': out, 'pad': 1, 'kernel_size': 3},
-                           [(out, channels, 3, 3), (out,)]))
-            layers.append(('relu{}_{}'.format(stage, i), 'ReLU', name, None,
-                           []))
-            bottom, channels = name, out
-        pool = 'pool{}'.format(stage)
-        layers.append((pool, 'Pooling', bottom, {'kernel_size': 2,
-                                                 'stride': 2}, []))
-        bottom = pool
-    n_in = channels * 7 * 7
-    for name, n_out in (('fc6', fc), ('fc7', fc), ('fc8', n_class)):
-        layers.append((name, 'InnerProduct', bottom, {'num_output': n_out},
-                       [(n_out, n_in), (n_out,)]))
-        if name != 'fc8':
-            layers.append(('relu' + name[2:], 'ReLU', name, None, []))
-            layers.append(('drop' + name[2:], 'Dropout', name, None, []))
-        bottom, n_in = name, n_out
-    layers.append(('prob', 'Softmax', bottom, None, []))
-    return layers
-
-
-def write_vgg(path: str, width: float, fc: int, seed: int = 0) -> None:
-    """Streams a V2 caffemodel of :func:`vgg_layers` to ``path``.
-
-    Our own writer (used for ``--quick``, and when
-    ``chainer_finetune.caffe.testing`` is unavailable): the layer messages
-    come from protobuf, the blob data is written in 4 MiB chunks, so memory
-    stays small whatever the size.
-    """
-    import chainer_finetune  # noqa: F401
-    from chainer_finetune.caffe import caffe_pb2
-    import numpy
-
-    rng = numpy.random.default_rng(seed)
-    header = caffe_pb2.NetParameter(name='VGG_ILSVRC_16_layers')
-    net_input = caffe_pb2.LayerParameter(name='data', type='Input')
-    net_input.top.append('data')
-    net_input.input_param.shape.add().dim.extend([10, 3, 224, 224])
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(header.SerializeToString())
-        f.write(_len_field(100, net_input.SerializeToString()))
-        for name, type_, bottom, params, shapes in vgg_layers(width, fc):
-            layer = caffe_pb2.LayerParameter(name=name, type=type_)
-            layer.bottom.append(bottom)
-            layer.top.append(name if type_ not in ('ReLU', 'Dropout')
-                             else bottom)
-            if type_ == 'Convolution':
-                p = layer.convolution_param
-                p.num_output = params['num_output']
-                p.pad.append(params['pad'])
-                p.kernel_size.append(params['kernel_size'])
-            elif type_ == 'InnerProduct':
-                layer.inner_product_param.num_output = params['num_output']
-            elif type_ == 'Pooling':
-                layer.pooling_param.kernel_size = params['kernel_size']
-                layer.pooling_param.stride = params['stride']
-            head = layer.SerializeToString()
-            blobs = []
-            for shape in shapes:
-                size = math.prod(shape)
-                shape_msg = caffe_pb2.BlobShape(dim=shape).SerializeToString()
-                blob_head = _len_field(7, shape_msg) + _varint(5 << 3 | 2) + \
-                    _varint(4 * size)
-                blobs.append((blob_head, size))
-            body_length = len(head) + sum(
-                len(_varint(7 << 3 | 2)) + len(_varint(len(h) + 4 * n)) +
-                len(h) + 4 * n for h, n in blobs)
-            f.write(_varint(100 << 3 | 2) + _varint(body_length) + head)
-            for blob_head, size in blobs:
-                f.write(_varint(7 << 3 | 2) +
-                        _varint(len(blob_head) + 4 * size) + blob_head)
-                std = numpy.float32(0.01)
-                for start in range(0, size, 1 << 20):
-                    n = min(1 << 20, size - start)
-                    chunk = rng.standard_normal(n, dtype=numpy.float32)
-                    chunk *= std
-                    f.write(chunk.astype('<f4', copy=False).tobytes())
-    os.replace(tmp, path)
-
-
-def expected_size(width: float, fc: int) -> int:
-    """Number of float32 values of :func:`vgg_layers`."""
-    return sum(math.prod(s) for *_, shapes in vgg_layers(width, fc)
-               for s in shapes)
+# (width, fc6/fc7 size) of vgg16_writer for the two models: VGG-16 itself,
+# and for --quick a narrower VGG of the same depth.
+SHAPES = {False: (1.0, 4096), True: (0.5, 512)}
 
 
 def ensure_model(workdir: str, quick: bool) -> str:
+    """The path of the model, written first if needed (in a subprocess, to
+    keep this process small)."""
     os.makedirs(workdir, exist_ok=True)
-    if quick:
-        path = os.path.join(workdir, 'vgg16_quick.caffemodel')
-        width, fc = 0.5, 512
-    else:
-        path = os.path.join(workdir, 'vgg16.caffemodel')
-        width, fc = 1.0, 4096
-    n_values = expected_size(width, fc)
+    path = os.path.join(workdir, 'vgg16_quick.caffemodel' if quick
+                        else 'vgg16.caffemodel')
+    width, fc_size = SHAPES[quick]
+    subprocess.run([sys.executable, os.path.abspath(__file__), '--write',
+                    path, str(width), str(fc_size)], check=True)
+    return path
+
+
+def write_model(path: str, width: float, fc_size: int) -> None:
+    """Writes VGG-16 (``chainer_finetune.caffe.zoo_shapes.vgg16_writer``)
+    with random weights, V2, unless ``path`` already holds a file of its
+    size. The writer streams the weights: memory stays small."""
+    import chainer_finetune  # noqa: F401
+    from chainer_finetune.caffe.zoo_shapes import vgg16_writer
+
+    net = vgg16_writer(width=width, fc_size=fc_size)
+    n_values = net.n_params()
     # The values dominate: a file of about 4 bytes per value is reused.
     if os.path.exists(path) and \
             0 <= os.path.getsize(path) - 4 * n_values < 64 * 1024:
-        return path
+        return
     start = time.perf_counter()
     print('writing {} ({:.0f} MB)...'.format(path, 4 * n_values / MB),
           flush=True)
-    # In a subprocess, to keep this process small.
-    subprocess.run([sys.executable, os.path.abspath(__file__), '--write',
-                    path, str(width), str(fc)], check=True)
+    tmp = path + '.tmp'
+    net.write_caffemodel(tmp)
+    os.replace(tmp, path)
     print('  written in {:.1f} s'.format(time.perf_counter() - start),
           flush=True)
-    return path
 
 
 # --------------------------------------------------------------------------
@@ -276,23 +178,6 @@ def accepts_cache() -> bool:
     out = subprocess.run([sys.executable, '-c', code], capture_output=True,
                          text=True, check=True)
     return out.stdout.strip() == 'True'
-
-
-def write_model(path: str, width: float, fc: int) -> None:
-    """VGG-16 itself through chainer_finetune.caffe.testing when it is
-    there, else (and for other widths) :func:`write_vgg`."""
-    tmp = path + '.tmp'
-    if (width, fc) == (1.0, 4096):
-        try:
-            import chainer_finetune  # noqa: F401
-            from chainer_finetune.caffe.testing import make_vgg16
-        except ImportError:
-            pass
-        else:
-            make_vgg16(tmp)
-            os.replace(tmp, path)
-            return
-    write_vgg(path, width, fc)
 
 
 def measure(path: str, workdir: str, repeat: int, modes=None) -> dict:

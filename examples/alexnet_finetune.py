@@ -296,7 +296,7 @@ def generate_caffemodel(path: str) -> None:
 
     The layout is the released file's (a TRAIN-phase ``Data`` layer and a
     ``loss`` head around the deploy net's layers). The weights are
-    He-scaled (:func:`chainer_finetune.caffe.testing.alexnet_writer`),
+    He-scaled (:func:`chainer_finetune.caffe.zoo_shapes.alexnet_writer`),
     conv1's divided by :data:`GENERATED_CONV1_DIVISOR`. He scaling keeps
     the input's scale (pixels minus the mean: tens) through the whole net,
     and features that large and dense make fine-tuning with lr 0.001
@@ -306,8 +306,8 @@ def generate_caffemodel(path: str) -> None:
     if os.path.exists(path):
         logger.warning('%s exists; not overwritten, using it as it is', path)
         return
-    from chainer_finetune.caffe.testing import RandomBlob
-    from chainer_finetune.caffe.testing import alexnet_writer
+    from chainer_finetune.caffe.writer import RandomBlob
+    from chainer_finetune.caffe.zoo_shapes import alexnet_writer
     writer = alexnet_writer(train=True)
     weights, bias = writer.blobs('conv1')
     writer.set_blobs('conv1', [

@@ -8,7 +8,7 @@ chainer_finetune's layer code: this is what the loader's output is checked
 against.
 
 :func:`forward_net` runs a whole net description (a
-:class:`chainer_finetune.caffe.testing.NetWriter`, or V2 layers plus blobs by
+:class:`chainer_finetune.caffe.writer.NetWriter`, or V2 layers plus blobs by
 layer name) the way ``Net::Forward`` does: layers in order, in-place tops
 overwrite their blob, layers whose bottoms are not available (a loss head
 without ``label``) are skipped, as chainer_finetune does.
@@ -704,7 +704,7 @@ def forward_net(net, inputs, train=False, dropout_masks=None):
     """Runs a net description; returns every blob's final value (float64).
 
     Args:
-        net: A ``testing.NetWriter``, or a ``(layers, blobs_by_name)`` pair
+        net: A ``NetWriter``, or a ``(layers, blobs_by_name)`` pair
             of V2 LayerParameters and weight arrays by layer name.
         inputs: Blob name -> array for the input blobs (labels included).
         train: Run in Caffe's TRAIN phase (layers filtered by phase too).

@@ -20,7 +20,7 @@ from chainer_finetune.caffe.cache import container
 from chainer_finetune.caffe.cache import index
 from chainer_finetune.caffe.cache import keys
 from chainer_finetune.caffe.cache import location
-from chainer_finetune.caffe import testing
+from chainer_finetune.caffe.writer import NetWriter
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import CaffeModelError
 
@@ -30,7 +30,7 @@ INPUT_SHAPE = (2, 3, 8, 8)
 def write_net(path, seed=0, n_hidden=16):
     """A small net (conv, BatchNorm, fc); weights depend on ``seed``."""
     rng = numpy.random.RandomState(seed)
-    w = testing.NetWriter('cached')
+    w = NetWriter('cached')
     w.input('data', INPUT_SHAPE)
     w.layer('conv1/3x3', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 4,
@@ -161,7 +161,7 @@ def test_options_and_prototxt_are_part_of_the_key(cache_root, model,
     assert 'fc1' not in backbone.link_names
     assert len(entries()) == 2
     prototxt = tmp_path / 'deploy.prototxt'
-    w = testing.NetWriter('cached')
+    w = NetWriter('cached')
     w.input('data', INPUT_SHAPE)
     w.layer('conv1/3x3', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 4,

@@ -27,9 +27,9 @@ from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe import reader
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.caffe.loader import load_mean
-from chainer_finetune.caffe.testing import field_key as tag
-from chainer_finetune.caffe.testing import len_field
-from chainer_finetune.caffe.testing import varint
+from chainer_finetune.caffe.wire import encode_varint as varint
+from chainer_finetune.caffe.wire import field_key as tag
+from chainer_finetune.caffe.wire import len_field
 
 
 # --------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from chainer_finetune.caffe import caffe_pb2  # noqa: E402
 from chainer_finetune.caffe.function import CaffeNet  # noqa: E402
 from chainer_finetune.caffe.loader import load_caffe  # noqa: E402
 from chainer_finetune.caffe.loader import load_mean  # noqa: E402
-from chainer_finetune.caffe.testing import varint  # noqa: E402
+from chainer_finetune.caffe.wire import encode_varint as varint  # noqa: E402
+from caffe_nets import all_layers_writer  # noqa: E402
 
 # Mutated weights may hold inf/NaN: NumPy's casts and BatchNorm's scaling
 # then warn, which is not what these tests look at.
@@ -388,14 +389,6 @@ _FIELD_VALUES = [0, 1, 2, 3, 7, -1, -2, 2 ** 31 - 1, -2 ** 31, 2 ** 32 - 1,
                  float('inf')]
 
 
-def _all_layers_net():
-    try:
-        from chainer_finetune.caffe.testing import all_layers_writer
-    except ImportError:
-        return None
-    return all_layers_writer().net_parameter(2)
-
-
 def _set_field(msg, rnd):
     """Sets one scalar field somewhere under ``msg`` to a drawn value."""
     from google.protobuf.descriptor import FieldDescriptor as FD
@@ -434,11 +427,9 @@ def _set_field(msg, rnd):
         pass   # out of the field's range: protobuf refuses, nothing to test
 
 
-ALL_LAYERS = _all_layers_net()
+ALL_LAYERS = all_layers_writer().net_parameter(2)
 
 
-@pytest.mark.skipif(ALL_LAYERS is None,
-                    reason='chainer_finetune.caffe.testing not available')
 @settings(max_examples=300, **FUZZ)
 @given(st.randoms(use_true_random=False), st.integers(1, 3))
 def test_mutated_layer_parameters(rnd, n_edits):

@@ -1,6 +1,6 @@
 """Caffe layers loaded by chainer_finetune against an independent reference.
 
-Every case builds a small net with :mod:`chainer_finetune.caffe.testing`,
+Every case builds a small net with :mod:`chainer_finetune.caffe.writer`,
 writes it as a caffemodel (V2, and V1 where the V1 format can express it),
 loads it with ``load_caffe`` and compares the forward pass with
 ``caffe_reference`` (NumPy transcriptions of BVLC Caffe's C++ layers, in
@@ -24,8 +24,10 @@ from chainer_finetune import load_mean  # noqa: E402
 from chainer_finetune.caffe import caffe_pb2  # noqa: E402
 from chainer_finetune.caffe import reader  # noqa: E402
 from chainer_finetune.caffe import supported_types  # noqa: E402
-from chainer_finetune.caffe import testing as T  # noqa: E402
+from chainer_finetune.caffe import writer as W  # noqa: E402
+from chainer_finetune.caffe import zoo_shapes  # noqa: E402
 
+import caffe_nets  # noqa: E402
 import caffe_reference as R  # noqa: E402
 
 RTOL = 1e-5
@@ -114,7 +116,7 @@ def case(id, type, params=None, blobs=(), shape=(2, 3, 4, 4), **kw):
 
 def build_case(spec):
     rng = np.random.RandomState(0)
-    w = T.NetWriter('case')
+    w = W.NetWriter('case')
     w.input('data', spec['shape'], form='input_shape')
     data = spec.get('data')
     if data is None:
@@ -530,7 +532,7 @@ def test_cases_cover_v1_for_every_v1_type():
         writer, _, _ = build_case(param.values[0])
         if writer.v1_compatible():
             v1_types.update(layer.type for layer in writer.layers)
-    expected = {t for t in supported_types() if t in T.V1_TYPE_CODES} - {
+    expected = {t for t in supported_types() if t in W.V1_TYPE_CODES} - {
         'Data', 'MemoryData', 'ImageData', 'DummyData', 'HDF5Data',
         'WindowData', 'Silence'}   # no-ops, covered by the all-layers net
     assert expected <= v1_types, sorted(expected - v1_types)
@@ -543,7 +545,7 @@ def test_cases_cover_v1_for_every_v1_type():
 @pytest.mark.parametrize('version', [2, 1])
 def test_dropout_train_masks_and_scales(tmp_path, version):
     ratio = 0.4
-    w = T.NetWriter('drop')
+    w = W.NetWriter('drop')
     w.input('data', (20, 500), form='input_shape')
     w.layer('drop', 'Dropout', 'data', 'out',
             {'dropout_param': {'dropout_ratio': ratio}})
@@ -567,19 +569,19 @@ def test_dropout_train_masks_and_scales(tmp_path, version):
 # ---------------------------------------------------------------------------
 
 def test_all_layers_net_covers_every_supported_type():
-    v2 = {layer.type for layer in T.all_layers_writer(2).layers}
+    v2 = {layer.type for layer in caffe_nets.all_layers_writer(2).layers}
     assert v2 == set(supported_types())
-    v1_writer = T.all_layers_writer(1)
+    v1_writer = caffe_nets.all_layers_writer(1)
     assert v1_writer.v1_compatible()
     v1 = {layer.type for layer in v1_writer.layers}
-    assert v1 == {t for t in supported_types() if t in T.V1_TYPE_CODES}
+    assert v1 == {t for t in supported_types() if t in W.V1_TYPE_CODES}
 
 
 @pytest.mark.parametrize('version', [2, 1])
 def test_all_layers_net_matches_reference(tmp_path, version):
     path = str(tmp_path / 'all.caffemodel')
-    writer = T.make_all_layers_net(path, version=version)
-    inputs = T.all_layers_inputs()
+    writer = caffe_nets.make_all_layers_net(path, version=version)
+    inputs = caffe_nets.all_layers_inputs()
     expected = R.forward_net(writer, inputs)
     outputs = sorted(name for name in expected if name not in inputs)
     assert {'prob', 'loss', 'accuracy', 'gpool'} <= set(outputs)
@@ -592,11 +594,11 @@ def test_all_layers_net_matches_reference(tmp_path, version):
 
 def test_loss_and_accuracy_skipped_without_label(tmp_path):
     path = str(tmp_path / 'all.caffemodel')
-    T.make_all_layers_net(path)
+    caffe_nets.make_all_layers_net(path)
     net = load_caffe(path)
-    data = T.all_layers_inputs()['data']
+    data = caffe_nets.all_layers_inputs()['data']
     prob, = forward(net, {'data': data}, ['prob'])
-    assert prob.shape == (2, T.ALL_LAYERS_N_CLASS)
+    assert prob.shape == (2, caffe_nets.ALL_LAYERS_N_CLASS)
     assert 'loss' not in net.variables and 'accuracy' not in net.variables
     with pytest.raises(CaffeModelError, match='loss'):
         forward(net, {'data': data}, ['loss'])
@@ -605,7 +607,7 @@ def test_loss_and_accuracy_skipped_without_label(tmp_path):
 def test_data_layers_are_inputs(tmp_path):
     # Data, MemoryData... declare blobs the caller supplies; a layer
     # restricted to TRAIN is dropped.
-    w = T.NetWriter('data')
+    w = W.NetWriter('data')
     w.layer('train_data', 'Data', (), ['data', 'label'],
             {'data_param': {'source': 'lmdb', 'batch_size': 4}},
             include={'phase': 'TRAIN'})
@@ -631,7 +633,7 @@ def test_input_forms_are_equivalent(tmp_path, version):
     x = _normal(2, 3, 5, 5)
     outputs = []
     for form in forms:
-        w = T.NetWriter('inputs')
+        w = W.NetWriter('inputs')
         w.input('data', (2, 3, 5, 5), form=form)
         w.layer('conv', 'Convolution', 'data', 'conv',
                 conv(num_output=4, kernel_size=3),
@@ -651,7 +653,7 @@ def test_input_forms_are_equivalent(tmp_path, version):
 
 
 def test_multiple_inputs_and_input_shape_of_any_rank(tmp_path):
-    w = T.NetWriter('two')
+    w = W.NetWriter('two')
     w.input('a', (2, 3), form='input_shape')
     w.input('b', (2, 3), form='input_shape')
     w.layer('sum', 'Eltwise', ['a', 'b'], 'sum', eltwise('SUM', [2.0, -1.0]))
@@ -668,7 +670,7 @@ def test_multiple_inputs_and_input_shape_of_any_rank(tmp_path):
 def _small_model(train=False, pool_method='MAX', conv_out=8, extra=False):
     """conv1 -> relu1 -> pool1 -> fc -> prob (or a training head)."""
     rng = np.random.RandomState(5)
-    w = T.NetWriter('small')
+    w = W.NetWriter('small')
     if train:
         w.layer('data', 'Data', (), ['data', 'label'],
                 {'data_param': {'source': 'train_lmdb', 'batch_size': 2}},
@@ -773,7 +775,7 @@ def test_inner_product_shape_mismatch_names_both_shapes(tmp_path):
 # ---------------------------------------------------------------------------
 
 def test_layer_names_with_slashes_are_addressable(tmp_path):
-    w = T.NetWriter('googlenet-ish')
+    w = W.NetWriter('googlenet-ish')
     w.input('data', (1, 3, 6, 6), form='input_shape')
     w.layer('conv1/7x7_s2', 'Convolution', 'data', 'conv1/7x7_s2',
             conv(num_output=4, kernel_size=3),
@@ -803,7 +805,7 @@ def test_layer_names_with_slashes_are_addressable(tmp_path):
 
 
 def _net_with_head(head_type, head_params=None):
-    w = T.NetWriter('detector')
+    w = W.NetWriter('detector')
     w.input('data', (1, 3, 8, 8), form='layer')
     w.layer('conv1', 'Convolution', 'data', 'conv1',
             conv(num_output=4, kernel_size=3, pad=1),
@@ -851,9 +853,9 @@ def test_stop_at_loads_backbone_below_unsupported_head(tmp_path, head_type,
 
 def test_pickled_net_gives_identical_outputs(tmp_path):
     path = str(tmp_path / 'all.caffemodel')
-    T.make_all_layers_net(path)
+    caffe_nets.make_all_layers_net(path)
     net = load_caffe(path)
-    inputs = T.all_layers_inputs()
+    inputs = caffe_nets.all_layers_inputs()
     outputs = ['prob', 'loss', 'accuracy', 'fc_t', 'conv1']
     before = forward(net, inputs, outputs)
     clone = pickle.loads(pickle.dumps(net))
@@ -865,9 +867,9 @@ def test_pickled_net_gives_identical_outputs(tmp_path):
 
 def test_gradients_reach_every_parameter(tmp_path):
     path = str(tmp_path / 'all.caffemodel')
-    T.make_all_layers_net(path)
+    caffe_nets.make_all_layers_net(path)
     net = load_caffe(path)
-    inputs = T.all_layers_inputs()
+    inputs = caffe_nets.all_layers_inputs()
     x = chainer.Variable(inputs['data'])
     rng = np.random.RandomState(0)
     with chainer.using_config('train', False):
@@ -979,7 +981,7 @@ ALEXNET_BLOBS = {
 
 
 def test_alexnet_writer_has_bvlc_structure():
-    w = T.alexnet_writer()
+    w = zoo_shapes.alexnet_writer()
     assert [(layer.name, layer.type) for layer in w.layers] == \
         ALEXNET_LAYERS
     assert {name: [tuple(b.shape) for b in w.blobs(name)]
@@ -1001,7 +1003,7 @@ def test_alexnet_writer_has_bvlc_structure():
 
 
 def test_vgg16_writer_has_released_shapes():
-    w = T.vgg16_writer()
+    w = zoo_shapes.vgg16_writer()
     assert w.n_params() == 138357544
     convs = [layer.name for layer in w.layers if layer.type == 'Convolution']
     assert convs == ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2', 'conv3_1',
@@ -1020,7 +1022,8 @@ def test_alexnet_end_to_end(tmp_path):
     for version in (2, 1):
         model = str(tmp_path / 'alexnet_v{}.caffemodel'.format(version))
         proto = str(tmp_path / 'deploy_v{}.prototxt'.format(version))
-        T.make_alexnet(model, proto, version=version, train_layers=True)
+        zoo_shapes.make_alexnet(model, proto, version=version,
+                                train_layers=True)
         net = load_caffe(model, proto)
         assert net.inputs == {'data': (10, 3, 227, 227)}
         outputs[version] = forward(net, {'data': x}, ['prob', 'fc8'])
@@ -1031,7 +1034,7 @@ def test_alexnet_end_to_end(tmp_path):
     prob, fc8 = outputs[2]
     assert prob.shape == (1, 1000)
     assert abs(prob.sum() - 1) < 1e-5
-    expected = R.forward_net(T.alexnet_writer(), {'data': x})
+    expected = R.forward_net(zoo_shapes.alexnet_writer(), {'data': x})
     assert_close(fc8, expected['fc8'], rtol=1e-4, what='fc8')
     assert_close(prob, expected['prob'], rtol=1e-4, what='prob')
 
@@ -1044,10 +1047,10 @@ def test_alexnet_end_to_end(tmp_path):
                                             (1, True)])
 def test_streamed_bytes_equal_protobuf_serialization(tmp_path, version,
                                                      legacy):
-    w = T.all_layers_writer(version)
+    w = caffe_nets.all_layers_writer(version)
     w.layer('random', 'InnerProduct', 'fc1', 'random', ip(num_output=3),
-            [T.RandomBlob((3, 5), std=0.1, seed=(1, 2)),
-             T.RandomBlob((3,), seed=3, distribution='normal')])
+            [W.RandomBlob((3, 5), std=0.1, seed=(1, 2)),
+             W.RandomBlob((3,), seed=3, distribution='normal')])
     path = str(tmp_path / 'w.caffemodel')
     size = w.write_caffemodel(path, version, legacy=legacy)
     data = open(path, 'rb').read()
@@ -1067,7 +1070,7 @@ def test_streamed_bytes_equal_protobuf_serialization(tmp_path, version,
 
 
 def test_v1_blobs_use_legacy_4d_dims(tmp_path):
-    w = T.NetWriter('v1')
+    w = W.NetWriter('v1')
     w.input('data', (2, 6), form='input_shape')
     w.layer('fc', 'InnerProduct', 'data', 'fc', ip(num_output=4),
             [_normal(4, 6), _normal(4)])
@@ -1083,7 +1086,7 @@ def test_v1_blobs_use_legacy_4d_dims(tmp_path):
 
 
 def test_v1_param_specs_become_blobs_lr_and_weight_decay(tmp_path):
-    w = T.NetWriter('v1')
+    w = W.NetWriter('v1')
     w.input('data', (1, 3, 4, 4), form='input_dim')
     w.layer('conv', 'Convolution', 'data', 'conv',
             conv(num_output=2, kernel_size=1), [(2, 3, 1, 1), (2,)],
@@ -1104,7 +1107,7 @@ def test_v1_param_specs_become_blobs_lr_and_weight_decay(tmp_path):
     ('Flatten', {'flatten_param': {'axis': 2}}),
 ])
 def test_v1_refuses_what_v1_cannot_express(tmp_path, type, params):
-    w = T.NetWriter('v1')
+    w = W.NetWriter('v1')
     w.input('data', (1, 3, 4, 4), form='input_dim')
     w.layer('layer', type, 'data', 'out', params)
     assert not w.v1_compatible()
@@ -1116,30 +1119,30 @@ def test_v1_refuses_what_v1_cannot_express(tmp_path, type, params):
 
 
 def test_v1_refuses_input_layer(tmp_path):
-    w = T.NetWriter('v1')
+    w = W.NetWriter('v1')
     w.input('data', (1, 3, 4, 4), form='layer')
     with pytest.raises(ValueError, match='Input'):
         w.write_caffemodel(str(tmp_path / 'v1.caffemodel'), 1)
 
 
 def test_random_blob_is_deterministic_and_chunked():
-    blob = T.RandomBlob((3, (1 << 20) // 3 + 5), std=0.5, mean=1.0,
+    blob = W.RandomBlob((3, (1 << 20) // 3 + 5), std=0.5, mean=1.0,
                         seed=(7, 1))
     chunks = list(blob.chunks())
     assert len(chunks) == 2 and all(c.dtype == np.float32 for c in chunks)
     array = blob.array()
     assert array.shape == blob.shape and array.dtype == np.float32
     assert np.array_equal(np.concatenate(chunks), array.reshape(-1))
-    assert np.array_equal(T.RandomBlob(blob.shape, 0.5, 1.0, (7, 1)).array(),
+    assert np.array_equal(W.RandomBlob(blob.shape, 0.5, 1.0, (7, 1)).array(),
                           array)
     assert abs(array.mean() - 1.0) < 0.01 and abs(array.std() - 0.5) < 0.01
     assert np.abs(array - 1.0).max() <= 0.5 * np.sqrt(3) + 1e-6
-    normal = T.RandomBlob((1000,), seed=1, distribution='normal').array()
+    normal = W.RandomBlob((1000,), seed=1, distribution='normal').array()
     assert np.abs(normal).max() > 0.5 * np.sqrt(3) * 2
 
 
 def test_scalar_blob_written_without_shape(tmp_path):
-    w = T.NetWriter('scalar')
+    w = W.NetWriter('scalar')
     w.input('data', (1, 2), form='input_shape')
     w.layer('prelu', 'PReLU', 'data', 'out',
             {'prelu_param': {'channel_shared': True}},
@@ -1152,7 +1155,7 @@ def test_scalar_blob_written_without_shape(tmp_path):
 
 
 def test_prototxt_round_trip(tmp_path):
-    w = T.all_layers_writer()
+    w = caffe_nets.all_layers_writer()
     path = str(tmp_path / 'all.prototxt')
     w.write_prototxt(path)
     parsed = reader.read_prototxt(path)
@@ -1164,7 +1167,7 @@ def test_write_binaryproto_is_a_caffe_mean_file(tmp_path):
     mean = np.random.RandomState(0).uniform(0, 255, (3, 4, 5)).astype(
         np.float32)
     path = str(tmp_path / 'mean.binaryproto')
-    T.write_binaryproto(path, mean)
+    W.write_binaryproto(path, mean)
     blob = caffe_pb2.BlobProto.FromString(open(path, 'rb').read())
     assert (blob.num, blob.channels, blob.height, blob.width) == (1, 3, 4, 5)
     np.testing.assert_array_equal(load_mean(path), mean)
@@ -1172,7 +1175,7 @@ def test_write_binaryproto_is_a_caffe_mean_file(tmp_path):
 
 def test_fill_message_rejects_unknown_fields():
     with pytest.raises(ValueError, match='no field'):
-        T.NetWriter().layer('x', 'ReLU', 'a', 'b',
+        W.NetWriter().layer('x', 'ReLU', 'a', 'b',
                             {'convolution_param': {'kernel': 3}})
 
 
@@ -1188,7 +1191,7 @@ def test_batchnorm_running_statistics_follow_caffe(tmp_path, factor):
     rng = np.random.RandomState(3)
     s_mean = rng.randn(3).astype(np.float32) * factor
     s_var = (rng.rand(3).astype(np.float32) + 0.5) * factor
-    w = T.NetWriter('bn')
+    w = W.NetWriter('bn')
     w.input('data', (4, 3, 2, 2))
     w.layer('bn', 'BatchNorm', 'data', 'bn',
             params={'batch_norm_param': {'moving_average_fraction': maf}},

@@ -2,7 +2,7 @@
 
 Each case is a tiny net (V2 ``layer`` form, and V1 ``layers`` form where
 every layer type has a V1 enum) written by
-:class:`chainer_finetune.caffe.testing.NetWriter` as a prototxt plus a
+:class:`chainer_finetune.caffe.writer.NetWriter` as a prototxt plus a
 caffemodel with random weights;
 :func:`chainer_finetune.caffe.verify.compare_with_opencv` loads both into
 our CaffeNet and into ``cv2.dnn.readNetFromCaffe`` and compares every top
@@ -27,7 +27,7 @@ import pytest  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from chainer_finetune.caffe import verify  # noqa: E402
-from chainer_finetune.caffe.testing import NetWriter  # noqa: E402
+from chainer_finetune.caffe.writer import NetWriter  # noqa: E402
 
 cv2 = pytest.importorskip('cv2')
 

@@ -17,32 +17,15 @@ from google.protobuf import text_format
 from google.protobuf.internal import api_implementation
 
 from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe.wire import FIXED32 as I32
+from chainer_finetune.caffe.wire import LEN
+from chainer_finetune.caffe.wire import VARINT
+from chainer_finetune.caffe.wire import encode_varint as varint
+from chainer_finetune.caffe.wire import field_key as key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN_TOOL = os.path.join(ROOT, 'tools', 'gen_caffe_pb2.py')
 PB2_PATH = os.path.join(ROOT, 'chainer_finetune', 'caffe', 'caffe_pb2.py')
-
-# Wire types.
-VARINT, I64, LEN, I32 = 0, 1, 2, 5
-
-
-def varint(n):
-    """Base-128 varint of a non-negative int (negative int32/64: 10 bytes)."""
-    if n < 0:
-        n += 1 << 64
-    out = bytearray()
-    while True:
-        low = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def key(number, wire_type):
-    return varint((number << 3) | wire_type)
 
 
 def f32(x):
@@ -51,7 +34,7 @@ def f32(x):
 
 
 def test_key_helper_matches_hand_encoded_bytes():
-    # The helper itself, against keys worked out on paper.
+    # The wire module's encoders, against keys worked out on paper.
     assert key(1, LEN) == b'\x0a'
     assert key(5, VARINT) == b'\x28'
     assert key(15, LEN) == b'\x7a'

@@ -14,7 +14,7 @@ import pytest
 
 from chainer_finetune import cli
 from chainer_finetune.caffe import cache
-from chainer_finetune.caffe import testing
+from chainer_finetune.caffe.writer import NetWriter
 from chainer_finetune.caffe.loader import load_caffe
 
 # (layer, type, bottoms -> tops, parameter shapes, output, parameters) for
@@ -38,7 +38,7 @@ TOTAL = 381
 
 def write_net(directory):
     rng = numpy.random.RandomState(0)
-    w = testing.NetWriter('clinet')
+    w = NetWriter('clinet')
     w.input('data', (2, 3, 9, 9))
     w.layer('conv1/7x7_s2', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 4,
@@ -125,7 +125,7 @@ def test_inspect_with_input_shape(capsys, net_files):
 
 
 def test_inspect_named_input_and_bigger_image(capsys, tmp_path):
-    w = testing.NetWriter('fcn')
+    w = NetWriter('fcn')
     w.input('image', (1, 3, 8, 8))
     w.layer('conv', 'Convolution', 'image', 'conv',
             params={'convolution_param': {'num_output': 2, 'kernel_size': 3,
@@ -351,7 +351,7 @@ def test_progress_shown_on_a_terminal(net_files, tmp_path):
 def test_verify_subcommand_compares_with_opencv(capsys, tmp_path):
     pytest.importorskip('cv2')
     rng = numpy.random.RandomState(0)
-    w = testing.NetWriter('verifynet')
+    w = NetWriter('verifynet')
     w.input('data', (1, 3, 9, 9))
     w.layer('conv1', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 4,

@@ -20,8 +20,8 @@ import chainer.functions as F
 import chainer.links as L
 
 from chainer_finetune import load_caffe
-from chainer_finetune.caffe.testing import NetWriter
-from chainer_finetune.caffe.testing import make_alexnet
+from chainer_finetune.caffe.writer import NetWriter
+from chainer_finetune.caffe.zoo_shapes import make_alexnet
 from chainer_finetune.copy import CopyMismatchError
 from chainer_finetune.copy import CopyReport
 from chainer_finetune.copy import copy_model

@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 from chainer_finetune import frozen_paths  # noqa: E402
 from chainer_finetune import load_caffe  # noqa: E402
 from chainer_finetune.caffe.layers import caffe_pooled_size  # noqa: E402
-from chainer_finetune.caffe.testing import make_alexnet  # noqa: E402
+from chainer_finetune.caffe.zoo_shapes import make_alexnet  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'examples' / 'alexnet_finetune.py'

@@ -11,9 +11,11 @@ import numpy
 import pytest
 
 from chainer_finetune.caffe import export
-from chainer_finetune.caffe import testing
 from chainer_finetune.caffe.loader import load_caffe
+from chainer_finetune.caffe.writer import NetWriter
 from chainer_finetune.errors import CaffeModelError
+
+import caffe_nets
 
 FORMATS = ['h5', 'npz']
 
@@ -22,7 +24,7 @@ def write_net(directory, seed=0):
     """A net with every parameter layout the exporter inverts and layer
     names holding '/' (and one holding the encoded form of another's)."""
     rng = numpy.random.RandomState(seed)
-    w = testing.NetWriter('slashes')
+    w = NetWriter('slashes')
     w.input('data', (2, 3, 9, 9))
     w.layer('conv1/7x7_s2', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 4,
@@ -145,12 +147,12 @@ def test_round_trip_gives_identical_outputs(tmp_path, net_files, fmt,
 def test_every_layer_type_round_trips(tmp_path, fmt):
     model, prototxt = str(tmp_path / 'all.caffemodel'), str(
         tmp_path / 'all.prototxt')
-    testing.make_all_layers_net(model, prototxt)
+    caffe_nets.make_all_layers_net(model, prototxt)
     net = load_caffe(model, prototxt)
     out = str(tmp_path / ('all.' + fmt))
     export.save_weights(net, out)
     loaded = load_caffe(prototxt=prototxt, weights=out)
-    inputs = testing.all_layers_inputs()
+    inputs = caffe_nets.all_layers_inputs()
     outputs = ['prob', 'fc_t', 'loss', 'accuracy']
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         expected = net(inputs=inputs, outputs=outputs)

@@ -15,7 +15,7 @@ from chainer_finetune import cli  # noqa: E402
 from chainer_finetune import finetune  # noqa: E402
 from chainer_finetune.finetune import datasets as job_data  # noqa: E402
 from chainer_finetune import load_caffe  # noqa: E402
-from chainer_finetune.caffe import testing as T  # noqa: E402
+from chainer_finetune.caffe.writer import NetWriter  # noqa: E402
 
 N_CLASS = 3
 
@@ -25,7 +25,7 @@ def _write_net(directory, global_stats=True, aux=False):
     with ``aux`` an InnerProduct after fc (the last one, not the
     classifier)."""
     rng = numpy.random.RandomState(0)
-    w = T.NetWriter('small')
+    w = NetWriter('small')
     w.input('data', (1, 3, 16, 16))
     w.layer('conv1', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 6, 'kernel_size': 3,

@@ -30,7 +30,7 @@ from chainer import optimizers
 from chainer import serializers
 
 from chainer_finetune import load_caffe
-from chainer_finetune.caffe.testing import NetWriter
+from chainer_finetune.caffe.writer import NetWriter
 from chainer_finetune.errors import LinkNotFoundError
 from chainer_finetune.freeze import DelGradient
 from chainer_finetune.freeze import freeze

@@ -12,7 +12,7 @@ import chainer.functions as F
 import chainer.links as L
 from chainer import optimizers
 
-from chainer_finetune.caffe import testing
+from chainer_finetune.caffe.writer import NetWriter
 from chainer_finetune.caffe.export import save_weights
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import LinkNotFoundError
@@ -31,7 +31,7 @@ FC7 = 16
 def net(tmp_path):
     """conv1 (3x3) -> relu -> fc7 (16) -> relu -> fc8 (1000) -> prob."""
     rng = numpy.random.RandomState(0)
-    w = testing.NetWriter('tiny')
+    w = NetWriter('tiny')
     w.input('data', (N, C, H, H))
     w.layer('conv1', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 4,
@@ -226,7 +226,7 @@ def test_refused():
 
 def test_caffe_name_with_slash_and_transposed_weights(tmp_path):
     rng = numpy.random.RandomState(0)
-    w = testing.NetWriter('googlenet_like')
+    w = NetWriter('googlenet_like')
     w.input('data', (N, 8))
     w.layer('loss3/classifier', 'InnerProduct', 'data', 'loss3/classifier',
             params={'inner_product_param': {'num_output': 1000,

@@ -12,9 +12,10 @@ import pytest
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe import layers
 from chainer_finetune.caffe import reader
-from chainer_finetune.caffe import testing
 from chainer_finetune.caffe.reader import Blob
 from chainer_finetune.errors import UnsupportedLayerError
+
+import caffe_nets
 
 ENTRIES = list(layers.registered_types())
 
@@ -176,7 +177,7 @@ def test_scale_with_a_second_bottom_round_trips():
 def stored_layers(tmp_path_factory):
     path = os.path.join(str(tmp_path_factory.mktemp('registry')),
                         'all.caffemodel')
-    testing.make_all_layers_net(path)
+    caffe_nets.make_all_layers_net(path)
     model = reader.read_caffemodel(path)
     assert model.version == 2
     return [(record.param, record.blobs) for record in model.layers]

@@ -17,7 +17,7 @@ from chainer import optimizers
 from chainer import training
 from chainer.training import extensions
 
-from chainer_finetune.caffe import testing
+from chainer_finetune.caffe.writer import NetWriter
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import CaffeModelError
 from chainer_finetune.errors import LinkNotFoundError
@@ -324,7 +324,7 @@ def _writer(v1=False):
     """conv1 (1/1, 2/0), conv2 (0.1, bias default), [bn + scale + prelu,
     V2 only], fc7 (no specs), fc8 (10/1, 20/0), prob."""
     rng = numpy.random.RandomState(0)
-    w = testing.NetWriter('specs')
+    w = NetWriter('specs')
     w.input('data', (2, 3, 8, 8), form='input_dim' if v1 else 'layer')
     w.layer('conv1/3x3', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 4,
@@ -420,7 +420,7 @@ def test_only_the_phase_asked_for(tmp_path):
 
 
 def test_too_many_specs(tmp_path):
-    w = testing.NetWriter('bad')
+    w = NetWriter('bad')
     w.input('data', (1, 3))
     w.layer('fc', 'InnerProduct', 'data', 'fc',
             params={'inner_product_param': {'num_output': 2,
@@ -433,7 +433,7 @@ def test_too_many_specs(tmp_path):
 
 
 def test_decimal_multipliers_read_as_written(tmp_path):
-    w = testing.NetWriter('dec')
+    w = NetWriter('dec')
     w.input('data', (1, 3))
     w.layer('fc', 'InnerProduct', 'data', 'fc',
             params={'inner_product_param': {'num_output': 2}},
@@ -449,7 +449,7 @@ def _flickr_writer():
     lr_mult 1 (weights) / 2 (bias), decay_mult 1 / 0, and the new
     classifier fc8_flickr at 10 / 20."""
     rng = numpy.random.RandomState(0)
-    w = testing.NetWriter('FlickrStyleCaffeNet')
+    w = NetWriter('FlickrStyleCaffeNet')
     w.input('data', (2, 3, 6, 6))
     w.layer('conv1', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 4,

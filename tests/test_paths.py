@@ -73,7 +73,7 @@ def test_pattern_matching_nothing_raises(pattern):
 
 def test_caffe_names_are_accepted(tmp_path):
     from chainer_finetune import load_caffe
-    from chainer_finetune.caffe.testing import NetWriter
+    from chainer_finetune.caffe.writer import NetWriter
     import numpy
     writer = NetWriter('n')
     writer.input('data', (1, 1, 4, 4))

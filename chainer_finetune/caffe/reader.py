@@ -24,26 +24,16 @@ from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe.wire import (
+    BLOB_DATA, BLOB_DOUBLE_DATA, BLOB_LEGACY_DIMS, BLOB_SHAPE, FIXED32,
+    FIXED64, LAYER_BLOBS, LAYER_NAME, LEN, NET_LAYER, NET_LAYERS,
+    V1_LAYER_BLOBS, V1_LAYER_NAME, V1_LAYER_V0, VARINT, WireFormatError,
+    decode_varint)
 from chainer_finetune.errors import CaffeModelError
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, 'os.PathLike[str]']
-
-# Wire types (https://protobuf.dev/programming-guides/encoding/).
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
-
-# Field numbers, from caffe.proto.
-_NET_LAYER = 100           # NetParameter.layer (V2)
-_NET_LAYERS = 2            # NetParameter.layers (V1)
-_V2_BLOBS = 7              # LayerParameter.blobs
-_V1_BLOBS = 6              # V1LayerParameter.blobs
-_V1_V0_LAYER = 1           # V1LayerParameter.layer (a V0LayerParameter)
-_BLOB_LEGACY_DIMS = (1, 2, 3, 4)   # num, channels, height, width
-_BLOB_DATA = 5
-_BLOB_SHAPE = 7
-_BLOB_DOUBLE_DATA = 8
-
 
 class Blob(NamedTuple):
     """One stored blob.
@@ -90,7 +80,7 @@ class _Field(NamedTuple):
     start: int      # offset of the tag
     value_start: int
     end: int        # one past the last byte of the field
-    value: int      # the varint or fixed value; the length for _LEN
+    value: int      # the varint or fixed value; the length for LEN
 
 
 class _Scanner:
@@ -102,20 +92,14 @@ class _Scanner:
         self.path = path
 
     def _varint(self, pos: int, end: int, what: str) -> Tuple[int, int]:
-        result = 0
-        shift = 0
-        buf = self.buf
-        while True:
-            if pos >= end:
-                raise self.error(pos, 'truncated {}'.format(what))
-            byte = buf[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return result, pos
-            shift += 7
-            if shift >= 70:
-                raise self.error(pos, 'malformed varint in {}'.format(what))
+        try:
+            return decode_varint(self.buf, pos, end)
+        except WireFormatError as e:
+            raise self._bad_varint(e, what) from None
+
+    def _bad_varint(self, e: WireFormatError, what: str) -> CaffeModelError:
+        problem = 'truncated {}' if e.truncated else 'malformed varint in {}'
+        return self.error(e.offset, problem.format(what))
 
     def error(self, offset: int, what: str) -> CaffeModelError:
         return CaffeModelError('{}: not a valid Caffe binary: {} at byte '
@@ -123,24 +107,33 @@ class _Scanner:
 
     def fields(self, start: int, end: int, what: str):
         """Yields the fields of the message stored in ``buf[start:end]``."""
+        # The hot loop of reading: decode_varint is called directly, not
+        # through _varint, to save a call per varint.
+        buf = self.buf
         pos = start
         while pos < end:
-            tag, value_start = self._varint(pos, end, what + ' field tag')
+            try:
+                tag, value_start = decode_varint(buf, pos, end)
+            except WireFormatError as e:
+                raise self._bad_varint(e, what + ' field tag') from None
             number, wire_type = tag >> 3, tag & 7
             if number == 0:
                 raise self.error(pos, 'field number 0 in ' + what)
-            if wire_type == _VARINT:
-                value, field_end = self._varint(value_start, end, what)
-            elif wire_type == _LEN:
-                value, value_start = self._varint(value_start, end, what)
-                field_end = value_start + value
-                if field_end > end:
-                    raise self.error(
-                        pos, 'field {} of {} declares {} bytes but only {} '
-                             'remain (truncated file?)'.format(
-                                 number, what, value, end - value_start))
-            elif wire_type in (_FIXED32, _FIXED64):
-                size = 4 if wire_type == _FIXED32 else 8
+            if wire_type == VARINT or wire_type == LEN:
+                try:
+                    value, field_end = decode_varint(buf, value_start, end)
+                except WireFormatError as e:
+                    raise self._bad_varint(e, what) from None
+                if wire_type == LEN:
+                    value_start = field_end
+                    field_end = value_start + value
+                    if field_end > end:
+                        raise self.error(
+                            pos, 'field {} of {} declares {} bytes but only '
+                                 '{} remain (truncated file?)'.format(
+                                     number, what, value, end - value_start))
+            elif wire_type in (FIXED32, FIXED64):
+                size = 4 if wire_type == FIXED32 else 8
                 field_end = value_start + size
                 if field_end > end:
                     raise self.error(pos, 'truncated fixed-size field {} of '
@@ -196,15 +189,15 @@ class _BlobReader:
     def read(self, start: int, end: int, where: str) -> Blob:
         legacy: Dict[int, int] = {}
         shape: Optional[List[int]] = None
-        runs: Dict[int, List[_Field]] = {_BLOB_DATA: [], _BLOB_DOUBLE_DATA: []}
+        runs: Dict[int, List[_Field]] = {BLOB_DATA: [], BLOB_DOUBLE_DATA: []}
         fallback = False
         for field in self.scanner.fields(start, end, where):
-            if field.number in _BLOB_LEGACY_DIMS and \
-                    field.wire_type == _VARINT:
+            if field.number in BLOB_LEGACY_DIMS and \
+                    field.wire_type == VARINT:
                 # int32 fields: protobuf keeps the low 32 bits, signed.
                 value = field.value & 0xFFFFFFFF
                 legacy[field.number] = value - (value >> 31 << 32)
-            elif field.number == _BLOB_SHAPE and field.wire_type == _LEN:
+            elif field.number == BLOB_SHAPE and field.wire_type == LEN:
                 shape_msg = caffe_pb2.BlobShape()
                 _parse_message(
                     shape_msg,
@@ -212,7 +205,7 @@ class _BlobReader:
                     self.scanner.path, where + ' shape')
                 shape = list(shape_msg.dim)
             elif field.number in runs:
-                if field.wire_type != _LEN:
+                if field.wire_type != LEN:
                     # Unpacked values (very old writers): one field per
                     # value, far too many to walk here.
                     fallback = True
@@ -225,15 +218,15 @@ class _BlobReader:
         if fallback:
             return self._read_with_protobuf(start, end, where)
         if legacy:
-            dims = [legacy.get(i, 0) for i in _BLOB_LEGACY_DIMS]
+            dims = [legacy.get(i, 0) for i in BLOB_LEGACY_DIMS]
             is_legacy = True
         else:
             dims = shape if shape is not None else None
             is_legacy = False
         # Caffe reads `data` and falls back to `double_data`.
-        run = (runs[_BLOB_DATA] or runs[_BLOB_DOUBLE_DATA] or [None])[0]
+        run = (runs[BLOB_DATA] or runs[BLOB_DOUBLE_DATA] or [None])[0]
         dtype = '<f8' if run is not None and run.number == \
-            _BLOB_DOUBLE_DATA else '<f4'
+            BLOB_DOUBLE_DATA else '<f4'
         itemsize = numpy.dtype(dtype).itemsize
         if run is not None and run.value % itemsize:
             raise CaffeModelError(
@@ -345,10 +338,9 @@ def _check_text(msg: pb_message.Message, path: str, where: str) -> None:
 
 
 def _layer_name(scanner: _Scanner, start: int, end: int, version: int) -> str:
-    # `name` is field 1 of LayerParameter and field 4 of V1LayerParameter.
-    name_field = 1 if version == 2 else 4
+    name_field = LAYER_NAME if version == 2 else V1_LAYER_NAME
     for field in scanner.fields(start, end, 'layer'):
-        if field.number == name_field and field.wire_type == _LEN:
+        if field.number == name_field and field.wire_type == LEN:
             raw = bytes(scanner.buf[field.value_start:field.end])
             return raw.decode('utf-8', 'replace')
     return '?'
@@ -390,12 +382,12 @@ def _cut_layer(scanner: _Scanner, pos: int, size: int, index: int) -> str:
         tag, pos = scanner._varint(pos, size, '')
     except CaffeModelError:
         return ''
-    if tag >> 3 not in (_NET_LAYER, _NET_LAYERS) or tag & 7 != _LEN:
+    if tag >> 3 not in (NET_LAYER, NET_LAYERS) or tag & 7 != LEN:
         return ''
     try:
         _, pos = scanner._varint(pos, size, '')
         name = _layer_name(scanner, pos, size,
-                           2 if tag >> 3 == _NET_LAYER else 1)
+                           2 if tag >> 3 == NET_LAYER else 1)
     except CaffeModelError:
         name = '?'
     return '; in layer {} ({!r})'.format(index, name)
@@ -411,8 +403,8 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
     last_end = 0
     try:
         for field in scanner.fields(0, size, 'NetParameter'):
-            if field.number in (_NET_LAYER, _NET_LAYERS) and \
-                    field.wire_type == _LEN:
+            if field.number in (NET_LAYER, NET_LAYERS) and \
+                    field.wire_type == LEN:
                 spans.append((field.number, field.value_start, field.end))
             else:
                 header += buf[field.start:field.end]
@@ -424,14 +416,14 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
     if not spans:
         raise CaffeModelError('{}: not a Caffe model: no layers found in '
                               '{} bytes'.format(path, size))
-    if versions == {_NET_LAYER, _NET_LAYERS}:
+    if versions == {NET_LAYER, NET_LAYERS}:
         raise CaffeModelError('{}: mixes V1 (`layers`) and V2 (`layer`) '
                               'layers; Caffe cannot load that either'
                               .format(path))
-    version = 2 if _NET_LAYER in versions else 1
+    version = 2 if NET_LAYER in versions else 1
     net = caffe_pb2.NetParameter()
     _parse_message(net, bytes(header), path, 'the net header')
-    blobs_field = _V2_BLOBS if version == 2 else _V1_BLOBS
+    blobs_field = LAYER_BLOBS if version == 2 else V1_LAYER_BLOBS
     layers = []
     for index, (_, start, end) in enumerate(spans):
         name = _layer_name(scanner, start, end, version)
@@ -439,9 +431,9 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
         rest = bytearray()
         blob_spans = []
         for field in scanner.fields(start, end, where):
-            if field.number == blobs_field and field.wire_type == _LEN:
+            if field.number == blobs_field and field.wire_type == LEN:
                 blob_spans.append((field.value_start, field.end))
-            elif version == 1 and field.number == _V1_V0_LAYER:
+            elif version == 1 and field.number == V1_LAYER_V0:
                 raise CaffeModelError(
                     '{}: {} is in the V0 format (2013); upgrade it with '
                     "Caffe's upgrade_net_proto_binary first".format(path,

@@ -68,6 +68,20 @@ def _v1_type_name(layer: caffe_pb2.V1LayerParameter) -> str:
     return V1_TYPE_NAMES[name]
 
 
+def copy_shared_layer_fields(source, target) -> None:
+    """Copies the fields a V1 and a V2 layer description hold alike (name,
+    bottom, top, loss_weight, include, exclude) from ``source`` to
+    ``target``, in either direction."""
+    target.name = source.name
+    target.bottom.extend(source.bottom)
+    target.top.extend(source.top)
+    target.loss_weight.extend(source.loss_weight)
+    for rule in source.include:
+        target.include.add().CopyFrom(rule)
+    for rule in source.exclude:
+        target.exclude.add().CopyFrom(rule)
+
+
 def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter
                      ) -> caffe_pb2.LayerParameter:
     """Converts one V1 layer description (without its blobs) to V2."""
@@ -76,15 +90,8 @@ def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter
             "layer {!r} is in the V0 format (2013); upgrade it with Caffe's "
             'upgrade_net_proto_text/binary first'.format(v1.layer.name))
     v2 = caffe_pb2.LayerParameter()
-    v2.name = v1.name
+    copy_shared_layer_fields(v1, v2)
     v2.type = _v1_type_name(v1)
-    v2.bottom.extend(v1.bottom)
-    v2.top.extend(v1.top)
-    v2.loss_weight.extend(v1.loss_weight)
-    for rule in v1.include:
-        v2.include.add().CopyFrom(rule)
-    for rule in v1.exclude:
-        v2.exclude.add().CopyFrom(rule)
     n_specs = max(len(v1.param), len(v1.blob_share_mode), len(v1.blobs_lr),
                   len(v1.weight_decay))
     for i in range(n_specs):

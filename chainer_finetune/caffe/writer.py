@@ -1,0 +1,705 @@
+"""Write Caffe files: ``.caffemodel``, ``.prototxt``, ``.binaryproto``.
+
+:class:`NetWriter` holds a net as Caffe's current (V2) layer descriptions,
+each with its weights, and writes it in either of Caffe's two formats:
+
+* **V2** (``NetParameter.layer``, Caffe since 2015): the ``type`` is a
+  string (``'Convolution'``), a blob's shape is a ``BlobShape`` of any number
+  of axes, inputs are ``Input`` layers or the net-level ``input`` fields.
+* **V1** (``NetParameter.layers``, the format of the 2014 model zoo, e.g.
+  ``VGG_ILSVRC_16_layers.caffemodel``): the type is an enum
+  (:data:`V1_TYPE_CODES`), blob shapes are the legacy 4-D ``num, channels,
+  height, width`` fields (left-padded with ones: an InnerProduct weight
+  ``(out, in)`` is stored as ``(1, 1, out, in)``), learning-rate and decay
+  multipliers are the lists ``blobs_lr`` / ``weight_decay``. Types added
+  after V1 (BatchNorm, Scale, Bias, ELU, PReLU, Input, Reshape, ...) cannot
+  be written as V1; :meth:`NetWriter.v1_compatible` says whether a net can.
+
+Blobs are written as Caffe's ``Blob::ToProto`` writes them: packed float32
+``data`` and, in V2, a ``shape`` (none for a 0-axis blob); ``legacy=True``
+gives a V2 file with legacy dims, as Caffe wrote them in 2014-2015.
+
+The binary writer streams: it writes the protobuf wire format itself
+(:mod:`chainer_finetune.caffe.wire`), layer by layer, each blob's values
+straight from its array to the file, so a model is never held twice in
+memory. A blob may also be a :class:`RandomBlob`, whose seeded values are
+generated chunk by chunk while writing: a VGG-16-sized model (528 MiB) is
+written in seconds with a few MiB of memory. The bytes are exactly those
+protobuf's own serializer produces for :meth:`NetWriter.net_parameter`
+(fields in number order), and the library's reader
+(:mod:`chainer_finetune.caffe.reader`) reads them back.
+
+Example::
+
+    w = NetWriter('tiny')
+    w.input('data', (1, 3, 8, 8))
+    w.layer('conv1', 'Convolution', 'data', 'conv1',
+            params={'convolution_param': {'num_output': 4,
+                                          'kernel_size': 3}},
+            blobs=[weights, bias])
+    w.write_caffemodel('tiny.caffemodel')            # V2
+    w.write_caffemodel('tiny_v1.caffemodel', version=1)
+    w.write_prototxt('tiny.prototxt')
+
+Files are written in place (not through a temporary file): a write that
+fails part-way, e.g. on a full disk, leaves a partial file behind. A net
+that cannot be written in the format asked raises
+:class:`~chainer_finetune.errors.CaffeModelError` naming the layer before
+the file is opened.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import (Any, BinaryIO, Dict, Iterable, Iterator, List, Mapping,
+                    Optional, Sequence, Tuple, Union)
+
+import numpy
+from google.protobuf import descriptor as pb_descriptor
+from google.protobuf import message as pb_message
+from google.protobuf import text_format
+
+from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe.upgrade import V1_TYPE_NAMES
+from chainer_finetune.caffe.upgrade import copy_shared_layer_fields
+from chainer_finetune.caffe.wire import (
+    BLOB_DATA, BLOB_LEGACY_DIMS, BLOB_SHAPE, LAYER_BLOBS, NET_LAYER,
+    NET_LAYERS, V1_LAYER_BLOBS, VARINT, encode_varint, field_key, len_prefix)
+from chainer_finetune.errors import CaffeModelError
+
+PathLike = Union[str, 'os.PathLike[str]']
+
+# V2 type strings -> V1LayerParameter.LayerType names: the inverse of
+# Caffe's UpgradeV1LayerType, whose table the reader's upgrade holds (the
+# tests check both directions against a transcription of Caffe's). Types
+# added after the V1 format (BatchNorm, Scale, Bias, ELU, PReLU, Input,
+# Reshape, ...) have no V1 code, so a net using them cannot be written as V1.
+V1_TYPE_CODES: Dict[str, str] = {
+    v2: v1 for v1, v2 in V1_TYPE_NAMES.items()}
+
+# Caffe's two binary/text net formats: 2 (`layer`) and 1 (`layers`).
+FORMAT_VERSIONS = (1, 2)
+
+# The ways NetWriter.input declares an input (see there).
+INPUT_FORMS = ('layer', 'input_shape', 'input_dim')
+
+# Values generated per RandomBlob chunk (4 MiB of float32).
+CHUNK_VALUES = 1 << 20
+
+
+class RandomBlob:
+    """A blob of seeded random float32 values, generated when written.
+
+    Values are drawn from ``numpy.random.default_rng(seed)`` in chunks of
+    ``2**20``, so writing needs one chunk of memory whatever the size;
+    :meth:`array` gives the same values as one array. The default
+    distribution is uniform with the given mean and standard deviation
+    (``mean +- std * sqrt(3)``): about three times faster to draw than a
+    normal one, which ``distribution='normal'`` gives.
+
+    Args:
+        shape: The blob's shape.
+        std: Standard deviation.
+        mean: Mean.
+        seed: Anything ``numpy.random.default_rng`` accepts (an int or a
+            sequence of ints).
+        distribution: ``'uniform'`` or ``'normal'``.
+    """
+
+    def __init__(self, shape: Sequence[int], std: float = 1.0,
+                 mean: float = 0.0, seed: Any = 0,
+                 distribution: str = 'uniform') -> None:
+        self.shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in self.shape):
+            raise ValueError('negative dimension in {}'.format(self.shape))
+        if distribution not in ('uniform', 'normal'):
+            raise ValueError("distribution must be 'uniform' or 'normal'")
+        self.std = float(std)
+        self.mean = float(mean)
+        self.seed = seed
+        self.distribution = distribution
+
+    @property
+    def size(self) -> int:
+        """The number of values."""
+        return int(numpy.prod(self.shape, dtype=numpy.int64))
+
+    @property
+    def ndim(self) -> int:
+        """The number of axes."""
+        return len(self.shape)
+
+    def chunks(self) -> Iterator[numpy.ndarray]:
+        """The values in order, as float32 arrays of at most 2**20."""
+        rng = numpy.random.default_rng(self.seed)
+        if self.distribution == 'uniform':
+            width = numpy.float32(2 * math.sqrt(3.0) * self.std)
+            low = numpy.float32(self.mean - math.sqrt(3.0) * self.std)
+        remaining = self.size
+        while remaining:
+            n = min(remaining, CHUNK_VALUES)
+            if self.distribution == 'uniform':
+                chunk = rng.random(n, dtype=numpy.float32)
+                chunk *= width
+                chunk += low
+            else:
+                chunk = rng.standard_normal(n, dtype=numpy.float32)
+                chunk *= numpy.float32(self.std)
+                chunk += numpy.float32(self.mean)
+            yield chunk
+            remaining -= n
+
+    def array(self) -> numpy.ndarray:
+        """All values as one float32 array of :attr:`shape`."""
+        out = numpy.empty(self.size, dtype=numpy.float32)
+        pos = 0
+        for chunk in self.chunks():
+            out[pos:pos + chunk.size] = chunk
+            pos += chunk.size
+        return out.reshape(self.shape)
+
+    def __repr__(self) -> str:
+        return 'RandomBlob({}, std={:g}, mean={:g}, seed={!r}, {})'.format(
+            self.shape, self.std, self.mean, self.seed, self.distribution)
+
+
+BlobLike = Union[numpy.ndarray, RandomBlob]
+
+
+def _as_blob(value) -> BlobLike:
+    if isinstance(value, RandomBlob):
+        return value
+    return numpy.array(value, dtype=numpy.float32)   # a copy, C order
+
+
+def blob_array(blob: BlobLike) -> numpy.ndarray:
+    """The values of a blob given to :meth:`NetWriter.layer` (float32)."""
+    return blob.array() if isinstance(blob, RandomBlob) else blob
+
+
+def check_format_version(version: int) -> None:
+    """Raises ``ValueError`` unless ``version`` is 1 or 2 (V1 or V2)."""
+    if version not in FORMAT_VERSIONS:
+        raise ValueError('version must be 1 or 2, got {!r}'.format(version))
+
+
+# --------------------------------------------------------------------------
+# Filling protobuf messages from Python values
+# --------------------------------------------------------------------------
+
+def fill_message(msg: pb_message.Message, values: Mapping[str, Any]
+                 ) -> pb_message.Message:
+    """Sets fields of ``msg`` from a dict; returns ``msg``.
+
+    Nested messages take dicts (or messages), repeated fields take lists (a
+    single value is wrapped), enums take their names or numbers::
+
+        fill_message(p, {'num_output': 8, 'kernel_size': 3,
+                         'engine': 'CAFFE'})
+
+    Raises:
+        ValueError: for a name that is not a field of the message.
+    """
+    fields = msg.DESCRIPTOR.fields_by_name
+    for name, value in values.items():
+        if name not in fields:
+            raise ValueError('{} has no field {!r}'.format(
+                msg.DESCRIPTOR.name, name))
+        field = fields[name]
+        is_message = field.type == pb_descriptor.FieldDescriptor.TYPE_MESSAGE
+        if _is_repeated(field):
+            items = value if isinstance(value, (list, tuple)) else [value]
+            container = getattr(msg, name)
+            for item in items:
+                if is_message:
+                    sub = container.add()
+                    if isinstance(item, pb_message.Message):
+                        sub.CopyFrom(item)
+                    else:
+                        fill_message(sub, item)
+                else:
+                    container.append(_scalar(field, item))
+        elif is_message:
+            sub = getattr(msg, name)
+            if isinstance(value, pb_message.Message):
+                sub.CopyFrom(value)
+            else:
+                sub.SetInParent()
+                fill_message(sub, value)
+        else:
+            setattr(msg, name, _scalar(field, value))
+    return msg
+
+
+def _is_repeated(field: pb_descriptor.FieldDescriptor) -> bool:
+    # protobuf >= 5 has is_repeated; `label` is deprecated (gone in 7).
+    if hasattr(field, 'is_repeated'):
+        return field.is_repeated
+    return field.label == pb_descriptor.FieldDescriptor.LABEL_REPEATED
+
+
+def _scalar(field: pb_descriptor.FieldDescriptor, value):
+    if field.type == pb_descriptor.FieldDescriptor.TYPE_ENUM and \
+            isinstance(value, str):
+        return field.enum_type.values_by_name[value].number
+    return value
+
+
+# --------------------------------------------------------------------------
+# Blobs on the wire
+# --------------------------------------------------------------------------
+
+def legacy_dims(shape: Sequence[int], where: str = 'blob') -> Tuple[int, ...]:
+    """A shape as Caffe's legacy (num, channels, height, width).
+
+    Shorter shapes are left-padded with ones, as Caffe compares them.
+
+    Args:
+        shape: The blob's shape.
+        where: The blob, for the error message (``"layer 'fc' blob 0"``).
+
+    Raises:
+        CaffeModelError: for a shape of more than four axes.
+    """
+    shape = tuple(shape)
+    if len(shape) > 4:
+        raise CaffeModelError('{}: a {}-D blob {} has no legacy 4-D '
+                              'form'.format(where, len(shape), shape))
+    return (1,) * (4 - len(shape)) + shape
+
+
+class _EncodedBlob:
+    """One BlobProto, laid out as protobuf serializes it: legacy dims
+    (fields 1-4), packed data (5), shape (7)."""
+
+    def __init__(self, blob: BlobLike, legacy: bool, where: str) -> None:
+        self.blob = blob
+        shape = tuple(blob.shape)
+        if legacy:
+            self.prefix = b''.join(
+                field_key(number, VARINT) + encode_varint(d)
+                for number, d in zip(BLOB_LEGACY_DIMS,
+                                     legacy_dims(shape, where)))
+            self.suffix = b''
+        else:
+            self.prefix = b''
+            if shape:
+                encoded = caffe_pb2.BlobShape(dim=shape).SerializeToString()
+                self.suffix = len_prefix(BLOB_SHAPE, len(encoded)) + encoded
+            else:
+                # Blob::ToProto adds no shape for a 0-axis blob.
+                self.suffix = b''
+        self.nbytes = 4 * int(numpy.prod(shape, dtype=numpy.int64))
+        self.data_header = len_prefix(BLOB_DATA, self.nbytes) \
+            if self.nbytes else b''
+        self.length = (len(self.prefix) + len(self.data_header) +
+                       self.nbytes + len(self.suffix))
+
+    def write(self, f: BinaryIO) -> None:
+        f.write(self.prefix)
+        f.write(self.data_header)
+        if isinstance(self.blob, RandomBlob):
+            for chunk in self.blob.chunks():
+                f.write(_little_endian(chunk).data)
+        elif self.nbytes:
+            f.write(_little_endian(self.blob).data)
+        f.write(self.suffix)
+
+
+def _little_endian(array: numpy.ndarray) -> numpy.ndarray:
+    return numpy.ascontiguousarray(array, dtype='<f4').reshape(-1)
+
+
+def _fill_blob_proto(proto: caffe_pb2.BlobProto, blob: BlobLike,
+                     legacy: bool, where: str) -> None:
+    array = blob_array(blob)
+    if legacy:
+        proto.num, proto.channels, proto.height, proto.width = \
+            legacy_dims(array.shape, where)
+    elif array.ndim:
+        proto.shape.dim.extend(array.shape)
+    proto.data.extend(array.ravel().tolist())
+
+
+def _split_serialize(msg: pb_message.Message, number: int
+                     ) -> Tuple[bytes, bytes]:
+    """Serializations of the fields of ``msg`` numbered below / above
+    ``number``: the bytes protobuf writes before and after that field."""
+    head = type(msg)()
+    head.CopyFrom(msg)
+    tail = type(msg)()
+    tail.CopyFrom(msg)
+    for field, _ in msg.ListFields():
+        if field.number >= number:
+            head.ClearField(field.name)
+        if field.number <= number:
+            tail.ClearField(field.name)
+    return head.SerializeToString(), tail.SerializeToString()
+
+
+# --------------------------------------------------------------------------
+# V2 -> V1 layer descriptions
+# --------------------------------------------------------------------------
+
+_V1_HANDLED = {'name', 'type', 'bottom', 'top', 'loss_weight', 'include',
+               'exclude', 'param', 'blobs'}
+
+
+def to_v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
+    """The V1 form of a V2 layer description (without blobs).
+
+    ``param { name lr_mult decay_mult share_mode }`` become the V1 lists
+    ``param``, ``blobs_lr``, ``weight_decay``, ``blob_share_mode``.
+
+    Raises:
+        CaffeModelError: for a type without a V1 code (BatchNorm, Scale,
+            Bias, ELU, PReLU, Input, Reshape, ...) or a field V1 lacks.
+    """
+    code = V1_TYPE_CODES.get(layer.type)
+    if code is None:
+        raise CaffeModelError(
+            'layer {!r}: type {!r} has no V1 (`layers`) code; write the net '
+            'as V2'.format(layer.name, layer.type))
+    v1 = caffe_pb2.V1LayerParameter()
+    copy_shared_layer_fields(layer, v1)
+    v1.type = caffe_pb2.V1LayerParameter.LayerType.Value(code)
+    specs = list(layer.param)
+    if any(s.HasField('name') for s in specs):
+        v1.param.extend(s.name for s in specs)
+    if any(s.HasField('share_mode') for s in specs):
+        v1.blob_share_mode.extend(s.share_mode for s in specs)
+    if any(s.HasField('lr_mult') for s in specs):
+        v1.blobs_lr.extend(s.lr_mult for s in specs)
+    if any(s.HasField('decay_mult') for s in specs):
+        v1.weight_decay.extend(s.decay_mult for s in specs)
+    v1_fields = caffe_pb2.V1LayerParameter.DESCRIPTOR.fields_by_name
+    for field, value in layer.ListFields():
+        if field.name in _V1_HANDLED:
+            continue
+        if field.name not in v1_fields or not field.name.endswith('_param'):
+            raise CaffeModelError('layer {!r}: field {!r} has no V1 '
+                                  'form'.format(layer.name, field.name))
+        getattr(v1, field.name).CopyFrom(value)
+    return v1
+
+
+# --------------------------------------------------------------------------
+# The writer
+# --------------------------------------------------------------------------
+
+class NetWriter:
+    """Builds a Caffe net description with weights and writes it.
+
+    Layers are kept as V2 ``LayerParameter`` messages (without blobs) plus a
+    list of blobs each (NumPy arrays, stored as float32 copies, or
+    :class:`RandomBlob`); the V1 form is derived when writing. Declare the
+    inputs with :meth:`input`, add layers in order with :meth:`layer`, then
+    write with :meth:`write_caffemodel` (weights) and :meth:`write_prototxt`
+    (the description alone).
+
+    Args:
+        name: The net's ``name``.
+
+    Attributes:
+        name: The net's ``name``.
+        input_shapes: The declared input blobs and their shapes.
+    """
+
+    def __init__(self, name: str = 'net') -> None:
+        self.name = name
+        self._layers: List[caffe_pb2.LayerParameter] = []
+        self._blobs: List[List[BlobLike]] = []
+        # Net-level inputs: (name, shape, form) for forms input_dim and
+        # input_shape.
+        self._net_inputs: List[Tuple[str, Tuple[int, ...], str]] = []
+        self.input_shapes: Dict[str, Tuple[int, ...]] = {}
+
+    # -- building ---------------------------------------------------------
+
+    def input(self, name: str, shape: Sequence[int], form: str = 'layer',
+              layer_name: Optional[str] = None) -> None:
+        """Declares an input blob in one of Caffe's three ways.
+
+        Args:
+            name: The blob name.
+            shape: Its shape.
+            form: ``'layer'``: an ``Input`` layer (V2 only; named
+                ``layer_name``, default ``name``); ``'input_shape'``: the
+                net-level ``input`` + ``input_shape`` fields;
+                ``'input_dim'``: ``input`` + four ``input_dim`` values
+                (4-D shapes only). The two net-level forms cannot be mixed.
+
+        Raises:
+            ValueError: for an unknown form, an ``input_dim`` shape that is
+                not 4-D, or mixed net-level forms.
+        """
+        shape = tuple(int(d) for d in shape)
+        if form not in INPUT_FORMS:
+            raise ValueError('form must be one of {}'.format(INPUT_FORMS))
+        if form == 'input_dim' and len(shape) != 4:
+            raise ValueError('input_dim needs a 4-D shape, got {}'.format(
+                shape))
+        if form != 'layer':
+            forms = {f for _, _, f in self._net_inputs}
+            if forms and form not in forms:
+                raise ValueError('cannot mix input_dim and input_shape')
+            self._net_inputs.append((name, shape, form))
+        else:
+            self.layer(layer_name or name, 'Input', (), name,
+                       params={'input_param': {'shape': [{'dim': shape}]}})
+        self.input_shapes[name] = shape
+
+    def layer(self, name: str, type: str,
+              bottoms: Union[str, Sequence[str]] = (),
+              tops: Union[str, Sequence[str], None] = None,
+              params: Optional[Mapping[str, Any]] = None,
+              blobs: Iterable[Any] = (),
+              param_specs: Sequence[Mapping[str, Any]] = (),
+              include: Optional[Mapping[str, Any]] = None,
+              exclude: Optional[Mapping[str, Any]] = None,
+              loss_weight: Union[float, Sequence[float], None] = None
+              ) -> caffe_pb2.LayerParameter:
+        """Appends a layer; returns its description (which may be edited).
+
+        Args:
+            name: Layer name.
+            type: V2 type string (``'Convolution'``).
+            bottoms: Bottom blob name(s).
+            tops: Top blob name(s); default: one top named like the layer.
+            params: Other ``LayerParameter`` fields as a dict, e.g.
+                ``{'convolution_param': {'num_output': 8, 'kernel_size': 3}}``
+                (see :func:`fill_message`).
+            blobs: The layer's weights: arrays (copied as float32) or
+                :class:`RandomBlob`.
+            param_specs: One ``ParamSpec`` dict per blob
+                (``{'lr_mult': 1, 'decay_mult': 0}``).
+            include: A ``NetStateRule`` dict (``{'phase': 'TRAIN'}``).
+            exclude: A ``NetStateRule`` dict.
+            loss_weight: ``loss_weight`` value(s).
+
+        Raises:
+            CaffeModelError: for a second layer of the same name, or a name
+                in ``params`` (or the other dicts) that is not a field.
+        """
+        if any(layer.name == name for layer in self._layers):
+            raise CaffeModelError('two layers named {!r}'.format(name))
+        layer = caffe_pb2.LayerParameter(name=name, type=type)
+        layer.bottom.extend([bottoms] if isinstance(bottoms, str) else bottoms)
+        if tops is None:
+            tops = [name]
+        layer.top.extend([tops] if isinstance(tops, str) else tops)
+        if loss_weight is not None:
+            layer.loss_weight.extend(
+                [loss_weight] if isinstance(loss_weight, (int, float))
+                else loss_weight)
+        try:
+            for spec in param_specs:
+                fill_message(layer.param.add(), spec)
+            if include is not None:
+                fill_message(layer.include.add(), include)
+            if exclude is not None:
+                fill_message(layer.exclude.add(), exclude)
+            if params:
+                fill_message(layer, params)
+        except ValueError as e:
+            raise CaffeModelError('layer {!r}: {}'.format(name, e)) from None
+        self._layers.append(layer)
+        self._blobs.append([_as_blob(b) for b in blobs])
+        return layer
+
+    # -- inspecting -------------------------------------------------------
+
+    @property
+    def layers(self) -> List[caffe_pb2.LayerParameter]:
+        """The V2 layer descriptions (without blobs), in order."""
+        return list(self._layers)
+
+    def get_layer(self, name: str) -> caffe_pb2.LayerParameter:
+        """The description of layer ``name`` (editable in place)."""
+        return self._layers[self._index(name)]
+
+    def blobs(self, name: str) -> List[BlobLike]:
+        """The blobs of layer ``name`` as given (arrays or RandomBlobs)."""
+        return list(self._blobs[self._index(name)])
+
+    def blob_arrays(self, name: str) -> List[numpy.ndarray]:
+        """The blobs of layer ``name`` as float32 arrays."""
+        return [blob_array(b) for b in self._blobs[self._index(name)]]
+
+    def set_blobs(self, name: str, blobs: Iterable[Any]) -> None:
+        """Replaces the blobs of layer ``name`` (arrays or RandomBlobs)."""
+        self._blobs[self._index(name)] = [_as_blob(b) for b in blobs]
+
+    def remove_layer(self, name: str) -> None:
+        """Removes layer ``name`` with its blobs (and, for an ``Input``
+        layer, its input shapes)."""
+        index = self._index(name)
+        if self._layers[index].type == 'Input':
+            for top in self._layers[index].top:
+                self.input_shapes.pop(top, None)
+        del self._layers[index]
+        del self._blobs[index]
+
+    def _index(self, name: str) -> int:
+        for i, layer in enumerate(self._layers):
+            if layer.name == name:
+                return i
+        raise KeyError('no layer named {!r}'.format(name))
+
+    def n_params(self) -> int:
+        """The number of weight values in all blobs."""
+        return sum(int(numpy.prod(b.shape, dtype=numpy.int64))
+                   for blobs in self._blobs for b in blobs)
+
+    def v1_compatible(self) -> bool:
+        """Whether :meth:`write_caffemodel` can write this net as V1."""
+        try:
+            self._net_header(1)
+            for layer in self._layers:
+                to_v1_layer(layer)
+        except CaffeModelError:
+            return False
+        return True
+
+    # -- messages ---------------------------------------------------------
+
+    def _net_header(self, version: int) -> caffe_pb2.NetParameter:
+        check_format_version(version)
+        net = caffe_pb2.NetParameter(name=self.name)
+        for name, shape, form in self._net_inputs:
+            net.input.append(name)
+            if form == 'input_dim':
+                net.input_dim.extend(shape)
+            else:
+                net.input_shape.add().dim.extend(shape)
+        has_input_layer = any(layer.type == 'Input' for layer in self._layers)
+        if version == 1 and has_input_layer:
+            raise CaffeModelError(
+                "an Input layer has no V1 form; declare inputs with "
+                "form='input_dim' or 'input_shape'")
+        return net
+
+    def _layer_message(self, index: int, version: int):
+        layer = self._layers[index]
+        return layer if version == 2 else to_v1_layer(layer)
+
+    def net_parameter(self, version: int = 2, with_blobs: bool = True,
+                      legacy: Optional[bool] = None
+                      ) -> caffe_pb2.NetParameter:
+        """The whole net as one protobuf message.
+
+        Args:
+            version: 2 (``layer``) or 1 (``layers``).
+            with_blobs: Include the weights (materializing RandomBlobs:
+                meant for small nets).
+            legacy: Write blob shapes as legacy 4-D dims (default: for V1).
+
+        Raises:
+            CaffeModelError: as :meth:`write_caffemodel`.
+        """
+        legacy = version == 1 if legacy is None else legacy
+        net = self._net_header(version)
+        container = net.layer if version == 2 else net.layers
+        for i in range(len(self._layers)):
+            msg = container.add()
+            msg.CopyFrom(self._layer_message(i, version))
+            if with_blobs:
+                for j, blob in enumerate(self._blobs[i]):
+                    _fill_blob_proto(msg.blobs.add(), blob, legacy,
+                                     self._where(i, j))
+        return net
+
+    def _where(self, index: int, blob: int) -> str:
+        return 'layer {!r} blob {}'.format(self._layers[index].name, blob)
+
+    # -- writing ----------------------------------------------------------
+
+    def write_caffemodel(self, path: PathLike, version: int = 2,
+                         legacy: Optional[bool] = None) -> int:
+        """Writes the binary caffemodel, streaming blob data to the file.
+
+        Layer descriptions are serialized by protobuf; each layer's
+        ``blobs`` field, with its key and length, is written here, and the
+        blob values go from their array (or a :class:`RandomBlob`'s chunks)
+        straight to the file. Every layer is converted before the file is
+        opened, so a net that cannot be written leaves no file.
+
+        Args:
+            path: Output file.
+            version: 2 (``layer``, blob ``shape``) or 1 (``layers`` with V1
+                type codes, legacy 4-D blob dims).
+            legacy: Legacy 4-D blob dims in a V2 file too (as Caffe wrote
+                them in 2014-2015); default: only for V1.
+
+        Returns:
+            int: The number of bytes written.
+
+        Raises:
+            CaffeModelError: V1 requested for a net with a type, field or
+                ``Input`` layer that V1 lacks, or legacy dims for a blob of
+                more than 4 axes; the message names the layer.
+            ValueError: a version other than 1 or 2.
+        """
+        legacy = version == 1 if legacy is None else legacy
+        layer_field = NET_LAYER if version == 2 else NET_LAYERS
+        blobs_field = LAYER_BLOBS if version == 2 else V1_LAYER_BLOBS
+        net_head, net_tail = _split_serialize(self._net_header(version),
+                                              layer_field)
+        # Convert everything first so that an error leaves no file.
+        layers = []
+        for i in range(len(self._layers)):
+            head, tail = _split_serialize(self._layer_message(i, version),
+                                          blobs_field)
+            encoded = [_EncodedBlob(b, legacy, self._where(i, j))
+                       for j, b in enumerate(self._blobs[i])]
+            layers.append((head, encoded, tail))
+        with open(path, 'wb') as f:
+            f.write(net_head)
+            for head, encoded, tail in layers:
+                length = len(head) + len(tail) + sum(
+                    len(len_prefix(blobs_field, e.length)) + e.length
+                    for e in encoded)
+                f.write(len_prefix(layer_field, length))
+                f.write(head)
+                for e in encoded:
+                    f.write(len_prefix(blobs_field, e.length))
+                    e.write(f)
+                f.write(tail)
+            f.write(net_tail)
+            written = f.tell()
+        return written
+
+    def write_prototxt(self, path: PathLike, version: int = 2) -> None:
+        """Writes the text net description (no weights).
+
+        Args:
+            path: Output file.
+            version: 2 (``layer``) or 1 (``layers``, ``input_dim``...).
+
+        Raises:
+            CaffeModelError: V1 requested for a net V1 cannot express.
+        """
+        net = self.net_parameter(version, with_blobs=False)
+        with open(path, 'w', encoding='utf-8') as f:
+            f.write(text_format.MessageToString(net))
+
+
+def write_binaryproto(path: PathLike, array: numpy.ndarray,
+                      legacy: bool = True) -> None:
+    """Writes a ``.binaryproto`` BlobProto, e.g. a mean image.
+
+    Args:
+        path: Output file.
+        array: The values; a mean image ``(C, H, W)`` is written as Caffe's
+            ``compute_image_mean`` does, with legacy dims ``(1, C, H, W)``.
+        legacy: Legacy 4-D dims (else a ``shape``).
+
+    Raises:
+        CaffeModelError: legacy dims asked for an array of more than 4 axes.
+    """
+    blob = caffe_pb2.BlobProto()
+    _fill_blob_proto(blob, numpy.asarray(array, dtype=numpy.float32), legacy,
+                     os.fspath(path))
+    with open(path, 'wb') as f:
+        f.write(blob.SerializeToString())
