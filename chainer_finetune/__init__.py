@@ -13,7 +13,7 @@ _compat.apply()
 from chainer_finetune.caffe import CaffeNet  # NOQA: E402
 from chainer_finetune.caffe import load_caffe  # NOQA: E402
 from chainer_finetune.caffe import load_mean  # NOQA: E402
-from chainer_finetune.caffe.export import save_weights  # NOQA: E402
+from chainer_finetune.caffe.weight_files import save_weights  # NOQA: E402
 from chainer_finetune.copy import copy_model  # NOQA: E402
 from chainer_finetune.copy import CopyReport  # NOQA: E402
 from chainer_finetune.errors import CaffeModelError  # NOQA: E402

@@ -116,10 +116,10 @@ MODEL_ARGS = (
 
 def load_model(args: argparse.Namespace):
     """The net named by :data:`MODEL_ARGS` (caffemodel or weights file)."""
-    from chainer_finetune.caffe import export
+    from chainer_finetune.caffe import weight_files
     from chainer_finetune.caffe.loader import load_caffe
     stop_at = getattr(args, 'stop_at', None)
-    if export.weights_format(args.model) is not None:
+    if weight_files.weights_format(args.model) is not None:
         return load_caffe(prototxt=args.prototxt, weights=args.model,
                           stop_at=stop_at)
     return load_caffe(args.model, args.prototxt, stop_at=stop_at)
@@ -329,7 +329,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         from chainer_finetune.caffe.cache import save_pickle
         save_pickle(net, args.output, overwrite=args.force)
     else:
-        from chainer_finetune.caffe.export import save_weights
+        from chainer_finetune.caffe.weight_files import save_weights
         save_weights(net, args.output, overwrite=args.force, format=kind)
     print('wrote {} ({} layers, {:.1f} MB)'.format(
         args.output, len(net.layers), os.path.getsize(args.output) / 1e6))
@@ -447,8 +447,8 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
 
 
 def _known_models() -> List[str]:
-    from chainer_finetune import models
-    return list(models.MODELS)
+    from chainer_finetune import hub
+    return list(hub.MODELS)
 
 
 def finetune_config(args: argparse.Namespace):

@@ -9,7 +9,7 @@ arrays). Accepted specs:
     grayscale 8x8 images, 10 classes ``'0'``..``'9'``. Values 0..16 are
     scaled to 0..255 (``round(v * 255 / 16)``). The file is fetched once
     from scikit-learn's wheel on PyPI (never installed nor imported; see
-    :func:`chainer_finetune.models.fetch_digits`) into the model cache, or
+    :func:`chainer_finetune.hub.fetch_digits`) into the model cache, or
     read from ``data_dir/digits.csv.gz`` when ``data_dir`` is given.
 
 ``'fashion-mnist'``
@@ -546,8 +546,8 @@ def _load_digits(data_dir: Optional[PathLike],
                 '{} not found; without data_dir, the digits are fetched from '
                 "scikit-learn's wheel on PyPI".format(path))
     else:
-        from chainer_finetune import models
-        path = models.fetch_digits(cache_dir, pip_args=pip_args)
+        from chainer_finetune import hub
+        path = hub.fetch_digits(cache_dir, pip_args=pip_args)
     images, labels = read_digits_csv(path)
     logger.info('digits: %d images from %s', len(images), path)
     return ImageSet.from_array(images, labels, DIGITS_CLASSES, name='digits')
@@ -644,7 +644,7 @@ def load_images(spec: PathLike, data_dir: Optional[PathLike] = None, *,
             fetched); for a list file, the directory its paths are relative
             to (default: the list file's). Unused for a directory.
         cache_dir: For ``'digits'``, the fetch cache (default
-            :func:`chainer_finetune.models.default_cache_dir`).
+            :func:`chainer_finetune.hub.default_cache_dir`).
         pip_args: For ``'digits'``, extra ``pip download`` arguments.
 
     Returns:

@@ -2,7 +2,7 @@
 
 One home for the file facts that the converted-net cache
 (:mod:`chainer_finetune.caffe.cache`), the fetcher of pretrained files
-(:mod:`chainer_finetune.models`) and the weight writer
+(:mod:`chainer_finetune.hub`) and the weight writer
 (:func:`chainer_finetune.save_weights`) share:
 
 * :func:`cache_root`: where the per-user cache lives

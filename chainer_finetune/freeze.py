@@ -34,7 +34,7 @@ from typing import Any, List, Optional, Tuple
 import chainer
 import chainer.links as L
 
-from chainer_finetune.caffe.function import CaffeNet
+from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.paths import Patterns
 from chainer_finetune.paths import as_list
 from chainer_finetune.paths import link_paths

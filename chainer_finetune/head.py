@@ -25,7 +25,7 @@ import chainer
 import chainer.links as L
 import numpy
 
-from chainer_finetune.caffe.function import CaffeNet
+from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.caffe.layers import output_param
 from chainer_finetune.errors import HeadError
 from chainer_finetune.lr_mult import MultipliedHyperparameter

@@ -55,7 +55,7 @@ from chainer.backends import cuda
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.function import CaffeNet
+from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.caffe.layers import find_layer_type
 from chainer_finetune.caffe.layers import learnable_blob_names
 from chainer_finetune.caffe.reader import read_prototxt

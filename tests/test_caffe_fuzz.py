@@ -31,7 +31,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from chainer_finetune import CaffeModelError  # noqa: E402
 from chainer_finetune.caffe import caffe_pb2  # noqa: E402
-from chainer_finetune.caffe.function import CaffeNet  # noqa: E402
+from chainer_finetune.caffe.net import CaffeNet  # noqa: E402
 from chainer_finetune.caffe.loader import load_caffe  # noqa: E402
 from chainer_finetune.caffe.loader import load_mean  # noqa: E402
 from chainer_finetune.caffe.wire import encode_varint as varint  # noqa: E402

@@ -27,7 +27,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from chainer_finetune import data  # noqa: E402
-from chainer_finetune import models  # noqa: E402
+from chainer_finetune import hub  # noqa: E402
 from chainer_finetune.caffe.preprocessing import (  # noqa: E402
     CaffePreprocessor)
 from chainer_finetune.data import CaffeTransform  # noqa: E402
@@ -493,7 +493,7 @@ FIRST_DIGIT = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0,
 def test_real_digits(monkeypatch):
     try:
         images = load_images('digits', cache_dir=_cache_dir())
-    except models.ModelFetchError as e:
+    except hub.ModelFetchError as e:
         pytest.fail('cannot fetch the digits (needs PyPI the first time; '
                     "deselect with -m 'not network'): {}".format(e))
     assert len(images) == 1797
@@ -507,9 +507,9 @@ def test_real_digits(monkeypatch):
     for c in range(3):
         assert first[:, :, c].ravel().tolist() == want.tolist()
     # The cache entry holds the verified CSV and its description.
-    entry = os.path.join(_cache_dir() or models.default_cache_dir(),
+    entry = os.path.join(_cache_dir() or hub.default_cache_dir(),
                          'digits')
-    with open(os.path.join(entry, models.MANIFEST)) as f:
+    with open(os.path.join(entry, hub.MANIFEST)) as f:
         manifest = json.load(f)
     assert manifest['dataset'] == 'digits'
     assert manifest['requirement'] == 'scikit-learn==1.5.2'
@@ -517,7 +517,7 @@ def test_real_digits(monkeypatch):
         assert 'Number of Instances: 1797' in f.read()
     # Once cached, nothing is run.
     monkeypatch.setattr(subprocess, 'run', _no_subprocess)
-    assert models.fetch_digits(_cache_dir()) == os.path.join(
+    assert hub.fetch_digits(_cache_dir()) == os.path.join(
         entry, 'digits.csv.gz')
 
 
@@ -526,7 +526,7 @@ def _no_subprocess(*args, **kwargs):
 
 
 def test_digits_spec_pins_one_platform_wheel():
-    spec = models.DATASETS['digits']
+    spec = hub.DATASETS['digits']
     assert spec.kind == 'dataset'
     assert spec.wheel.endswith('manylinux2014_x86_64.whl')
     args = ' '.join(spec.download_args)
@@ -558,32 +558,32 @@ def test_dataset_fetch_offline_with_platform_wheel(tmp_path, monkeypatch):
     index = tmp_path / 'index'
     index.mkdir()
     (index / name).write_bytes(buf.getvalue())
-    spec = models.KnownDataset(
+    spec = hub.KnownDataset(
         name='fake-digits', requirement='fake-data==0.1', wheel=name,
         wheel_sha256=hashlib.sha256(buf.getvalue()).hexdigest(),
-        files=(models.WheelMember('fake_data/digits.csv.gz', 'digits.csv.gz',
+        files=(hub.WheelMember('fake_data/digits.csv.gz', 'digits.csv.gz',
                                   hashlib.sha256(csv_gz).hexdigest()),),
-        download_args=models.DATASETS['digits'].download_args)
-    monkeypatch.setitem(models.DATASETS, 'fake-digits', spec)
+        download_args=hub.DATASETS['digits'].download_args)
+    monkeypatch.setitem(hub.DATASETS, 'fake-digits', spec)
     for var in ('PIP_INDEX_URL', 'PIP_EXTRA_INDEX_URL', 'PIP_FIND_LINKS',
                 'PIP_NO_INDEX', 'PIP_REQUIRE_HASHES'):
         monkeypatch.delenv(var, raising=False)
     cache = str(tmp_path / 'cache')
     pip_args = ['--no-index', '--find-links', str(index)]
-    files = models.fetch_dataset('fake-digits', cache, pip_args=pip_args)
+    files = hub.fetch_dataset('fake-digits', cache, pip_args=pip_args)
     assert files == {'digits.csv.gz': os.path.join(cache, 'fake-digits',
                                                    'digits.csv.gz')}
     assert os.listdir(cache) == ['fake-digits']
-    with open(os.path.join(cache, 'fake-digits', models.MANIFEST)) as f:
+    with open(os.path.join(cache, 'fake-digits', hub.MANIFEST)) as f:
         assert json.load(f)['dataset'] == 'fake-digits'
     images, labels = data.read_digits_csv(files['digits.csv.gz'])
     assert labels.tolist() == [2] and (images == 16).all()
-    assert models.cached_datasets(cache) == {'fake-digits': files}
+    assert hub.cached_datasets(cache) == {'fake-digits': files}
     monkeypatch.setattr(subprocess, 'run', _no_subprocess)
-    assert models.fetch_dataset('fake-digits', cache,
+    assert hub.fetch_dataset('fake-digits', cache,
                                 pip_args=pip_args) == files
-    with pytest.raises(models.ModelFetchError, match='known data sets'):
-        models.fetch_dataset('no-such-data', cache)
+    with pytest.raises(hub.ModelFetchError, match='known data sets'):
+        hub.fetch_dataset('no-such-data', cache)
 
 
 # --------------------------------------------------------------------------

@@ -50,11 +50,11 @@ def test_cache_root_from_environment(tmp_path, monkeypatch):
 
 
 def test_net_cache_and_fetcher_share_the_root(tmp_path, monkeypatch):
-    from chainer_finetune import models
+    from chainer_finetune import hub
     from chainer_finetune.caffe import cache
     monkeypatch.setenv('CHAINER_FINETUNE_CACHE', str(tmp_path))
     assert cache.cache_dir().parent == files.cache_root()
-    assert pathlib.Path(models.default_cache_dir()).parent == \
+    assert pathlib.Path(hub.default_cache_dir()).parent == \
         files.cache_root()
 
 
@@ -235,10 +235,10 @@ def test_sha256_matches_hashlib(tmp_path, size):
 
 
 def test_fetcher_and_cache_hash_with_the_shared_function(tmp_path):
-    from chainer_finetune import models
+    from chainer_finetune import hub
     from chainer_finetune.caffe import cache
     path = tmp_path / 'data'
     path.write_bytes(b'abc' * 1000)
     expected = hashlib.sha256(b'abc' * 1000).hexdigest()
-    assert models.sha256_of is files.sha256_of
+    assert hub.sha256_of is files.sha256_of
     assert cache.file_sha256(path) == expected

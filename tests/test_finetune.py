@@ -299,8 +299,8 @@ def test_demo_on_open_nsfw_and_digits_reduced(tmp_path, monkeypatch):
     models_cache = os.path.join(os.path.dirname(__file__), '..', '.cache',
                                 'models')
     monkeypatch.setenv('CHAINER_FINETUNE_CACHE', str(tmp_path / 'cache'))
-    from chainer_finetune import models
-    monkeypatch.setattr(models, 'default_cache_dir',
+    from chainer_finetune import hub
+    monkeypatch.setattr(hub, 'default_cache_dir',
                         lambda: os.path.abspath(models_cache))
     values = dict(finetune.DEMO)
     values.update(train_per_class=3, test_per_class=5, epochs=1,
@@ -390,10 +390,10 @@ def test_finetune_error_lives_in_errors():
 def known_tiny(tmp_path, monkeypatch):
     """'tiny' registered as a known model; fetch_model counts its calls and
     serves a generated net."""
-    from chainer_finetune import models
+    from chainer_finetune import hub
     model, prototxt = _write_net(str(tmp_path), aux=True)
-    member = models.WheelMember('tiny/x', 'x', '0' * 64)
-    monkeypatch.setitem(models.MODELS, 'tiny', models.KnownModel(
+    member = hub.WheelMember('tiny/x', 'x', '0' * 64)
+    monkeypatch.setitem(hub.MODELS, 'tiny', hub.KnownModel(
         name='tiny', requirement='tiny==0', wheel='tiny-0.whl',
         wheel_sha256='0' * 64, caffemodel=member, prototxt=member,
         mean_bgr=(10.0, 20.0, 30.0), input_size=12, input_blob='data',
@@ -402,9 +402,9 @@ def known_tiny(tmp_path, monkeypatch):
 
     def fetch_model(name, *args, **kwargs):
         calls.append(name)
-        return models.ModelFiles(model, prototxt)
+        return hub.ModelFiles(model, prototxt)
 
-    monkeypatch.setattr(models, 'fetch_model', fetch_model)
+    monkeypatch.setattr(hub, 'fetch_model', fetch_model)
     return calls
 
 
@@ -472,14 +472,14 @@ def test_a_job_locates_a_known_model_once(material, tmp_path, known_tiny):
 @pytest.mark.network
 def test_open_nsfw_declaration_matches_its_prototxt(monkeypatch):
     """The declared blobs and layer exist in the real deploy.prototxt."""
-    from chainer_finetune import models
+    from chainer_finetune import hub
     from chainer_finetune.caffe.reader import read_prototxt
     models_cache = os.path.join(os.path.dirname(__file__), '..', '.cache',
                                 'models')
-    monkeypatch.setattr(models, 'default_cache_dir',
+    monkeypatch.setattr(hub, 'default_cache_dir',
                         lambda: os.path.abspath(models_cache))
-    known = models.MODELS['open_nsfw']
-    net = read_prototxt(models.fetch_model('open_nsfw').prototxt)
+    known = hub.MODELS['open_nsfw']
+    net = read_prototxt(hub.fetch_model('open_nsfw').prototxt)
     data, = [layer for layer in net.layer if layer.type == 'Input']
     assert list(data.top) == [known.input_blob]
     assert list(data.input_param.shape[0].dim[2:]) == [known.input_size] * 2

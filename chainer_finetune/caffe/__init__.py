@@ -6,8 +6,8 @@ per layer (:mod:`.layers`) -> a ``CaffeFunction`` (:mod:`.function`),
 assembled by :func:`load_caffe` (:mod:`.loader`).
 """
 
-from chainer_finetune.caffe.function import CaffeNet  # NOQA
-from chainer_finetune.caffe.function import link_name_for  # NOQA
+from chainer_finetune.caffe.net import CaffeNet  # NOQA
+from chainer_finetune.caffe.net import link_name_for  # NOQA
 from chainer_finetune.caffe.layers import supported_types  # NOQA
 from chainer_finetune.caffe.loader import load_caffe  # NOQA
 from chainer_finetune.caffe.loader import load_mean  # NOQA

@@ -10,11 +10,11 @@ from typing import (Callable, Optional, Sequence, TextIO, Tuple, Union)
 
 import numpy
 
-from chainer_finetune.caffe import export
+from chainer_finetune.caffe import weight_files
 from chainer_finetune.caffe import reader
 from chainer_finetune.caffe import upgrade
-from chainer_finetune.caffe.function import CaffeNet
-from chainer_finetune.caffe.function import select_layers
+from chainer_finetune.caffe.net import CaffeNet
+from chainer_finetune.caffe.net import select_layers
 from chainer_finetune.errors import CaffeModelError
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class _TqdmProgress:
 def _describe(model: Optional[PathLike], prototxt: Optional[PathLike],
               weights: Optional[PathLike], progress: ProgressArg
               ) -> Tuple[upgrade.NetDescription,
-                         Optional[export.WeightsFile]]:
+                         Optional[weight_files.WeightsFile]]:
     if model is not None and weights is not None:
         raise ValueError('pass either model (a caffemodel) or weights (a '
                          'file written by save_weights), not both')
@@ -120,12 +120,12 @@ def _describe(model: Optional[PathLike], prototxt: Optional[PathLike],
     if weights is not None:
         callback, close = _progress_callback(progress, weights, 'reading')
         try:
-            stored = export.read_weights(weights, callback)
+            stored = weight_files.read_weights(weights, callback)
         finally:
             close()
-        binary = export.model_file(stored, with_structure=text is None)
+        binary = weight_files.model_file(stored, with_structure=text is None)
         return upgrade.describe(binary, text, prototxt_path), stored
-    fmt = export.weights_format(model)
+    fmt = weight_files.weights_format(model)
     if fmt is not None:
         raise CaffeModelError(
             '{}: is {} (a file written by save_weights?), not a caffemodel; '
@@ -137,24 +137,6 @@ def _describe(model: Optional[PathLike], prototxt: Optional[PathLike],
     finally:
         close()
     return upgrade.describe(binary, text, prototxt_path), None
-
-
-def describe_model(model: Optional[PathLike] = None,
-                   prototxt: Optional[PathLike] = None, *,
-                   weights: Optional[PathLike] = None,
-                   progress: ProgressArg = None) -> upgrade.NetDescription:
-    """Reads files into a :class:`NetDescription` (structure + weights).
-
-    Args:
-        model: A binary caffemodel (V1 or V2).
-        prototxt: A text net description; with it, the structure comes from
-            here and weights are taken from ``model`` by layer name.
-        weights: Instead of ``model``, a file written by
-            :func:`~chainer_finetune.save_weights` (its stored structure is
-            used when no ``prototxt`` is given).
-        progress: See :func:`load_caffe`.
-    """
-    return _describe(model, prototxt, weights, progress)[0]
 
 
 def build_net(description: upgrade.NetDescription,
@@ -170,7 +152,7 @@ def _load(model: Optional[PathLike], prototxt: Optional[PathLike],
     description, stored = _describe(model, prototxt, weights, progress)
     net = build_net(description, stop_at)
     if stored is not None:
-        export.apply_extras(net, stored)
+        weight_files.apply_extras(net, stored)
     logger.info('loaded %s: %d layers, %d parameters in %.2f s',
                 description.source, len(net.layers),
                 sum(p.size for p in net.params()),

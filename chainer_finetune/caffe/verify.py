@@ -45,7 +45,7 @@ import chainer
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.function import CaffeNet
+from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import ChainerFinetuneError
 from chainer_finetune.errors import OpenCVComparisonError

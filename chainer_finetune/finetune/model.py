@@ -20,7 +20,8 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from chainer_finetune.caffe.function import CaffeNet
+from chainer_finetune.caffe import layers
+from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.copy import CopyReport
 from chainer_finetune.copy import copy_model
@@ -154,11 +155,7 @@ def reinitialize(net: chainer.Link, seed: int = 0,
                 value = numpy.ones(param.shape)
             param.array[...] = xp.asarray(value, dtype=param.dtype)
         if isinstance(link, L.BatchNormalization):
-            link.avg_mean[...] = 0
-            link.avg_var[...] = 1
-            link.N = 0
-            if 'caffe_factor' in link._persistent:
-                link.caffe_factor = 0.0
+            layers.reset_statistics(link)
     if isinstance(net, CaffeNet):
         net.set_global_stats(False)
         net.set_moving_average_fraction(moving_average_fraction)

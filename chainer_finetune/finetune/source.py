@@ -1,6 +1,6 @@
 """The Caffe model a job fine-tunes, located once: :class:`ModelSource`.
 
-A model named by :data:`chainer_finetune.models.MODELS` is fetched (or
+A model named by :data:`chainer_finetune.hub.MODELS` is fetched (or
 found in the cache, its digests checked) by :func:`resolve_source`, once
 per job; building the networks, setting up the optimizer and writing the
 report then read the resulting :class:`ModelSource`. A known model also
@@ -17,7 +17,7 @@ import logging
 import os
 from typing import Any, Optional
 
-from chainer_finetune import models
+from chainer_finetune import hub
 from chainer_finetune.caffe.loader import load_mean
 from chainer_finetune.finetune.config import DEFAULT_INPUT_SIZE
 from chainer_finetune.finetune.config import FinetuneConfig
@@ -36,18 +36,18 @@ class ModelSource:
         caffemodel: Path of the ``.caffemodel``.
         prototxt: Path of the deploy prototxt, or None.
         known: The declaration of a known model
-            (:class:`~chainer_finetune.models.KnownModel`), or None for a
+            (:class:`~chainer_finetune.hub.KnownModel`), or None for a
             model of the user's own.
     """
 
     name: str
     caffemodel: str
     prototxt: Optional[str]
-    known: Optional[models.KnownModel] = None
+    known: Optional[hub.KnownModel] = None
 
     def declared(self, field: str) -> Any:
         """A known model's declaration (a
-        :class:`~chainer_finetune.models.KnownModel` field such as
+        :class:`~chainer_finetune.hub.KnownModel` field such as
         ``'mean_bgr'``, ``'input_size'``, ``'input_blob'``,
         ``'feature_blob'``, ``'classifier_layer'``); None for a model of
         the user's own or a fact it does not declare."""
@@ -58,20 +58,20 @@ def resolve_source(config: FinetuneConfig) -> ModelSource:
     """Locates the configuration's model, fetching a known one by name.
 
     ``config.caffemodel`` names a known model when it is a key of
-    :data:`~chainer_finetune.models.MODELS` and no such file exists; its
+    :data:`~chainer_finetune.hub.MODELS` and no such file exists; its
     files are then fetched (once, into the cache) with
-    :func:`chainer_finetune.models.fetch_model`, and ``config.prototxt``,
+    :func:`chainer_finetune.hub.fetch_model`, and ``config.prototxt``,
     if given, replaces the fetched prototxt.
 
     Raises:
         ModelFetchError: a known model that cannot be fetched.
     """
     name = config.caffemodel
-    if name in models.MODELS and not os.path.exists(name):
-        files = models.fetch_model(name)
+    if name in hub.MODELS and not os.path.exists(name):
+        files = hub.fetch_model(name)
         source = ModelSource(name, files.caffemodel,
                              config.prototxt or files.prototxt,
-                             models.MODELS[name])
+                             hub.MODELS[name])
     else:
         source = ModelSource(name, name, config.prototxt)
     if config.mean is None and source.declared('mean_bgr') is None:

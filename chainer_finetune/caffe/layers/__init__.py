@@ -54,5 +54,6 @@ from chainer_finetune.caffe.layers import losses  # NOQA
 from chainer_finetune.caffe.layers import normalization  # NOQA
 from chainer_finetune.caffe.layers import scale  # NOQA
 from chainer_finetune.caffe.layers import structure  # NOQA
+from chainer_finetune.caffe.layers.normalization import reset_statistics  # NOQA
 from chainer_finetune.caffe.layers.pooling import caffe_pooled_size  # NOQA
 from chainer_finetune.caffe.layers.structure import caffe_reshape  # NOQA

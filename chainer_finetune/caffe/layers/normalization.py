@@ -89,9 +89,23 @@ class _BatchNorm(LinkedFunction):
         new_factor = maf * factor + 1.0
         link.decay = maf * factor / new_factor
         y = link(x)
-        if 'caffe_factor' in link._persistent:
+        if hasattr(link, 'caffe_factor'):
             link.caffe_factor = new_factor
         return y,
+
+
+def reset_statistics(link: L.BatchNormalization) -> None:
+    """Forgets a BatchNormalization link's stored statistics.
+
+    Mean 0, variance 1 and, for a link built from a Caffe BatchNorm layer,
+    Caffe's normalizing factor 0, so that the next training batch's
+    statistics replace the stored ones (see :class:`_BatchNorm`).
+    """
+    link.avg_mean[...] = 0
+    link.avg_var[...] = 1
+    link.N = 0
+    if hasattr(link, 'caffe_factor'):
+        link.caffe_factor = 0.0
 
 
 def _invert_batch_norm(layer: caffe_pb2.LayerParameter, link: chainer.Link

@@ -10,7 +10,7 @@ import h5py
 import numpy
 import pytest
 
-from chainer_finetune.caffe import export
+from chainer_finetune.caffe import weight_files
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.caffe.writer import NetWriter
 from chainer_finetune.errors import CaffeModelError
@@ -96,21 +96,21 @@ def state(net):
     'conv1', 'conv1/7x7_s2', 'a//b/', '/x', 'x%2Fy', '%', '.', '..',
     '.hidden', 'a.b', 'space d', 'ü/ß', 'tab\tname', '~tilde'])
 def test_encode_name_is_unambiguous(name):
-    key = export.encode_name(name)
+    key = weight_files.encode_name(name)
     assert '/' not in key and not key.startswith('.')
-    assert export.decode_name(key) == name
+    assert weight_files.decode_name(key) == name
 
 
 def test_encoded_names_do_not_collide():
     names = ['x/y', 'x%2Fy', 'x%252Fy', '.x', '%2Ex']
-    keys = [export.encode_name(n) for n in names]
+    keys = [weight_files.encode_name(n) for n in names]
     assert len(set(keys)) == len(keys)
-    assert export.encode_name('conv1/7x7_s2') == 'conv1%2F7x7_s2'
+    assert weight_files.encode_name('conv1/7x7_s2') == 'conv1%2F7x7_s2'
 
 
 def test_encode_empty_name_is_refused():
     with pytest.raises(CaffeModelError):
-        export.encode_name('')
+        weight_files.encode_name('')
 
 
 # --------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_every_layer_type_round_trips(tmp_path, fmt):
     caffe_nets.make_all_layers_net(model, prototxt)
     net = load_caffe(model, prototxt)
     out = str(tmp_path / ('all.' + fmt))
-    export.save_weights(net, out)
+    weight_files.save_weights(net, out)
     loaded = load_caffe(prototxt=prototxt, weights=out)
     inputs = caffe_nets.all_layers_inputs()
     outputs = ['prob', 'fc_t', 'loss', 'accuracy']
@@ -165,9 +165,9 @@ def test_caffe_blob_layout_in_hdf5(tmp_path, net_files):
     model, prototxt = net_files
     net = load_caffe(model, prototxt)
     out = tmp_path / 'w.h5'
-    export.save_weights(net, out)
+    weight_files.save_weights(net, out)
     with h5py.File(out, 'r') as f:
-        assert f.attrs['format'] == export.FORMAT
+        assert f.attrs['format'] == weight_files.FORMAT
         conv = f['layers/conv1%2F7x7_s2']
         assert conv.attrs['name'] == 'conv1/7x7_s2'
         assert conv.attrs['type'] == 'Convolution'
@@ -190,7 +190,7 @@ def test_caffe_blob_layout_in_hdf5(tmp_path, net_files):
 def test_npz_holds_no_pickles(tmp_path, net_files):
     model, prototxt = net_files
     out = tmp_path / 'w.npz'
-    export.save_weights(load_caffe(model, prototxt), out)
+    weight_files.save_weights(load_caffe(model, prototxt), out)
     with numpy.load(out, allow_pickle=False) as npz:
         keys = set(npz.files)
         assert 'layers/conv1%2F7x7_s2/blobs/0' in keys
@@ -205,7 +205,7 @@ def test_prototxt_selects_weights_by_name(tmp_path, net_files):
     model, prototxt = net_files
     net = load_caffe(model, prototxt)
     out = tmp_path / 'w.npz'
-    export.save_weights(net, out)
+    weight_files.save_weights(net, out)
     backbone = load_caffe(prototxt=prototxt, weights=out, stop_at='pool1')
     assert 'fc8' not in backbone.link_names
     x = numpy.ones((2, 3, 9, 9), numpy.float32)
@@ -217,7 +217,7 @@ def test_cached_load_of_weights_file(tmp_path, net_files, monkeypatch):
     monkeypatch.setenv('CHAINER_FINETUNE_CACHE', str(tmp_path / 'cache'))
     model, prototxt = net_files
     out = tmp_path / 'w.h5'
-    export.save_weights(load_caffe(model, prototxt), out)
+    weight_files.save_weights(load_caffe(model, prototxt), out)
     first = load_caffe(prototxt=prototxt, weights=out, cache=True)
     second = load_caffe(prototxt=prototxt, weights=out, cache=True)
     x = numpy.ones((2, 3, 9, 9), numpy.float32)
@@ -235,10 +235,10 @@ def test_refuses_to_overwrite(tmp_path, net_files, fmt):
     out = tmp_path / ('mine.' + fmt)
     out.write_bytes(b'precious')
     with pytest.raises(FileExistsError, match='overwrite=True'):
-        export.save_weights(net, out)
+        weight_files.save_weights(net, out)
     assert out.read_bytes() == b'precious'
-    export.save_weights(net, out, overwrite=True)
-    assert export.weights_format(out) == fmt
+    weight_files.save_weights(net, out, overwrite=True)
+    assert weight_files.weights_format(out) == fmt
     assert sorted(os.listdir(tmp_path)) == sorted(
         ['mine.' + fmt, 'net.caffemodel', 'net.prototxt'])   # no temp files
 
@@ -246,7 +246,7 @@ def test_refuses_to_overwrite(tmp_path, net_files, fmt):
 def test_output_file_does_not_replace_a_file_created_meanwhile(tmp_path):
     target = tmp_path / 'out.bin'
     with pytest.raises(FileExistsError):
-        with export.output_file(target) as tmp:
+        with weight_files.output_file(target) as tmp:
             with open(tmp, 'wb') as f:
                 f.write(b'new')
             target.write_bytes(b'theirs')   # appears while we write
@@ -257,9 +257,9 @@ def test_output_file_does_not_replace_a_file_created_meanwhile(tmp_path):
 def test_unknown_suffix(tmp_path, net_files):
     net = load_caffe(*net_files)
     with pytest.raises(ValueError, match='.h5 or'):
-        export.save_weights(net, tmp_path / 'w.weights')
-    export.save_weights(net, tmp_path / 'w.weights', format='npz')
-    assert export.weights_format(tmp_path / 'w.weights') == 'npz'
+        weight_files.save_weights(net, tmp_path / 'w.weights')
+    weight_files.save_weights(net, tmp_path / 'w.weights', format='npz')
+    assert weight_files.weights_format(tmp_path / 'w.weights') == 'npz'
 
 
 def test_changed_link_is_not_exported(tmp_path, net_files):
@@ -268,12 +268,12 @@ def test_changed_link_is_not_exported(tmp_path, net_files):
         net['fc8'].gain = chainer.Parameter(numpy.ones(5, numpy.float32))
     out = tmp_path / 'w.h5'
     with pytest.raises(CaffeModelError, match="'fc8'.*gain"):
-        export.save_weights(net, out)
+        weight_files.save_weights(net, out)
     assert not out.exists()
     net = load_caffe(*net_files)
     net['conv1/7x7_s2'].b = None   # the layer says bias_term: true
     with pytest.raises(CaffeModelError, match='conv1/7x7_s2'):
-        export.save_weights(net, out)
+        weight_files.save_weights(net, out)
     assert not out.exists()
 
 
@@ -294,7 +294,7 @@ def test_not_a_weights_file(tmp_path, net_files):
 def test_weights_file_given_as_model_gets_a_hint(tmp_path, net_files):
     model, prototxt = net_files
     out = tmp_path / 'w.npz'
-    export.save_weights(load_caffe(model, prototxt), out)
+    weight_files.save_weights(load_caffe(model, prototxt), out)
     with pytest.raises(CaffeModelError, match='weights='):
         load_caffe(str(out), prototxt)
     with pytest.raises(ValueError, match='not both'):
@@ -305,10 +305,10 @@ def test_missing_layer_in_weights_names_it(tmp_path, net_files):
     model, prototxt = net_files
     net = load_caffe(model, prototxt, stop_at='pool1')
     out = tmp_path / 'backbone.h5'
-    export.save_weights(net, out)
+    weight_files.save_weights(net, out)
     with pytest.raises(CaffeModelError, match='fc/t'):
         load_caffe(prototxt=prototxt, weights=out)
 
 
 def test_public_name():
-    assert chainer_finetune.save_weights is export.save_weights
+    assert chainer_finetune.save_weights is weight_files.save_weights

@@ -1,0 +1,493 @@
+"""The converted network: a ``CaffeFunction`` built from a NetDescription."""
+
+from __future__ import annotations
+
+import copy as copy_module
+import functools
+import keyword
+import logging
+import re
+from typing import (Callable, Dict, Iterable, List, Mapping, Optional,
+                    Sequence, Set, Tuple, Union)
+
+import chainer
+from chainer.links.caffe import CaffeFunction
+
+from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe import layers as layer_builders
+from chainer_finetune.caffe.upgrade import NetDescription
+from chainer_finetune.errors import CaffeModelError
+
+logger = logging.getLogger(__name__)
+
+_ILLEGAL = re.compile(r'[^0-9A-Za-z_]')
+
+
+def link_name_for(caffe_name: str) -> str:
+    """The attribute-safe name a Caffe layer's link gets (before collisions).
+
+    Every character other than ASCII letters, digits and ``_`` becomes
+    ``_`` (``conv1/7x7_s2`` -> ``conv1_7x7_s2``); a leading digit or a
+    Python keyword gets a ``_`` prefix or suffix.
+    """
+    name = _ILLEGAL.sub('_', caffe_name) or '_'
+    if name[0].isdigit():
+        name = '_' + name
+    if keyword.iskeyword(name):
+        name += '_'
+    return name
+
+
+#: A layer wrapper, called as ``wrapper(function, net, *bottoms)`` in place
+#: of ``function(net, *bottoms)``; see :meth:`CaffeNet.wrap_layer_function`.
+LayerWrapper = Callable[..., Tuple[chainer.Variable, ...]]
+
+
+class _WrappedLayer:
+    """A layer function run through named wrappers, innermost first."""
+
+    def __init__(self, function: layer_builders.LayerFunction,
+                 wrappers: Tuple[Tuple[str, LayerWrapper], ...]) -> None:
+        self.function = function
+        self.wrappers = wrappers
+
+    def __call__(self, net: 'CaffeNet', *xs: chainer.Variable
+                 ) -> Tuple[chainer.Variable, ...]:
+        call = self.function
+        for _, wrapper in self.wrappers:
+            call = functools.partial(wrapper, call)
+        return call(net, *xs)
+
+
+class _BoundLayer:
+    """A layer function bound to its net, for ``CaffeFunction.forwards``."""
+
+    def __init__(self, net: 'CaffeNet', function) -> None:
+        self.net = net
+        self.function = function
+
+    def __call__(self, *xs):
+        return self.function(self.net, *xs)
+
+
+def _needed_layers(layers: Sequence[Tuple[str, List[str], List[str]]],
+                   targets: Iterable[str], end: int) -> Set[int]:
+    """Indices of ``layers[:end]`` that compute the blobs ``targets``."""
+    needed_blobs = set(targets)
+    needed = set()
+    for index in range(end - 1, -1, -1):
+        _, bottoms, tops = layers[index]
+        produced = needed_blobs.intersection(tops)
+        if produced:
+            needed.add(index)
+            needed_blobs.difference_update(produced)
+            needed_blobs.update(bottoms)
+    return needed
+
+
+class CaffeNet(CaffeFunction):
+    """A Caffe network converted to Chainer; made by :func:`load_caffe`.
+
+    A :class:`chainer.links.caffe.CaffeFunction` (so code written for
+    Chainer's converter works unchanged), built by chainer_finetune's own
+    reader and layer builders rather than Chainer's. Call it like
+    CaffeFunction: ``y, = net(inputs={'data': x}, outputs=['prob'])``.
+
+    Layers with parameters are child links. A Caffe layer name that is not a
+    valid attribute name is mapped by :func:`link_name_for` (``conv1/7x7_s2``
+    becomes ``conv1_7x7_s2``; clashes get ``_2``, ``_3``...):
+    ``net.link_names`` maps Caffe names to link names and
+    ``net.caffe_names`` the other way; ``net[caffe_name]`` finds a link by
+    either name.
+
+    Attributes:
+        layers: ``(name, bottoms, tops)`` per layer in execution order, as
+            in CaffeFunction (Caffe names).
+        forwards: Layer name to a callable of the bottoms, as in
+            CaffeFunction (the layer functions as they were when the net
+            was built or copied).
+        inputs: Blob names the caller must supply, with the shape the net
+            declares for each (``None`` where a data layer declares none).
+        caffe_layers: The V2 description of each layer (without blobs).
+    """
+
+    def __init__(self, description: NetDescription) -> None:
+        # CaffeFunction.__init__ parses a file with Chainer's own schema;
+        # this class is built from a NetDescription instead.
+        chainer.Chain.__init__(self)
+        self.forwards = {}
+        self.split_map = {}
+        self.layers = []
+        self.name = description.name
+        self.link_names: Dict[str, str] = {}
+        self.caffe_names: Dict[str, str] = {}
+        self.inputs: Dict[str, Optional[Tuple[int, ...]]] = {}
+        self._functions = {}
+        self._caffe_layers_bytes: List[bytes] = []
+        for layer in description.layers:
+            self._add(layer, description)
+        # Blobs used before any layer produces them are inputs too (e.g. a
+        # training net whose TRAIN-only data layer was filtered out).
+        produced = set(self.inputs)
+        for _, bottoms, tops in self.layers:
+            for blob in bottoms:
+                if blob not in produced:
+                    self.inputs[blob] = None
+                    produced.add(blob)
+            produced.update(tops)
+
+    # The layer descriptions are kept serialized: small, and picklable
+    # under every protobuf backend.
+    @property
+    def caffe_layers(self) -> List[caffe_pb2.LayerParameter]:
+        return [caffe_pb2.LayerParameter.FromString(b)
+                for b in self._caffe_layers_bytes]
+
+    def update_caffe_layer(self, layer: caffe_pb2.LayerParameter) -> None:
+        """Replaces the stored description of the layer named ``layer.name``.
+
+        For code that changes a layer's link (e.g.
+        :func:`chainer_finetune.head.replace_head`), so that the description
+        (used by ``save_weights`` and ``inspect``) keeps matching it.
+
+        Raises:
+            KeyError: if the net has no layer of that name.
+        """
+        stored = caffe_pb2.LayerParameter()
+        stored.CopyFrom(layer)
+        del stored.blobs[:]
+        for i, raw in enumerate(self._caffe_layers_bytes):
+            if caffe_pb2.LayerParameter.FromString(raw).name == layer.name:
+                self._caffe_layers_bytes[i] = stored.SerializeToString()
+                return
+        raise KeyError('no layer named {!r}'.format(layer.name))
+
+    def copy(self, mode: str = 'share') -> 'CaffeNet':
+        """Copies the net as :meth:`chainer.Link.copy` does.
+
+        The layer functions are copied too: they hold per-layer settings
+        (BatchNorm's ``global_stats``, ``moving_average_fraction``) that a
+        change on the copy must not make on the original, and
+        ``forwards`` is bound to the copy. So are the name maps and layer
+        descriptions (:func:`~chainer_finetune.replace_head` on a copy
+        updates the copy's).
+        """
+        ret = super().copy(mode)
+        ret.layers = list(self.layers)
+        ret.inputs = dict(self.inputs)
+        ret.link_names = dict(self.link_names)
+        ret.caffe_names = dict(self.caffe_names)
+        ret.split_map = dict(self.split_map)
+        ret._caffe_layers_bytes = list(self._caffe_layers_bytes)
+        ret._functions = {name: copy_module.deepcopy(function)
+                          for name, function in self._functions.items()}
+        ret.forwards = {name: _BoundLayer(ret, function)
+                        for name, function in ret._functions.items()}
+        return ret
+
+    # ------------------------------------------------------------------
+    # Layer functions and their wrappers
+    # ------------------------------------------------------------------
+
+    def layer_function(self, layer: str) -> layer_builders.LayerFunction:
+        """The function that computes a layer, as built (without wrappers).
+
+        A layer function is called as ``function(net, *bottoms)`` and
+        returns a tuple of tops; one with parameters finds its link on the
+        net (``net[layer]``).
+
+        Args:
+            layer (str): The Caffe layer name.
+
+        Raises:
+            KeyError: if the net has no such layer, or it is an input
+                layer (which has no function).
+        """
+        function = self._functions[layer]
+        if isinstance(function, _WrappedLayer):
+            return function.function
+        return function
+
+    def layer_wrappers(self, layer: str) -> Dict[str, LayerWrapper]:
+        """The wrappers of a layer by name, innermost first (a new dict).
+
+        Raises:
+            KeyError: if the net has no such layer, or it is an input
+                layer.
+        """
+        function = self._functions[layer]
+        if isinstance(function, _WrappedLayer):
+            return dict(function.wrappers)
+        return {}
+
+    def wrap_layer_function(self, layer: str, name: str,
+                            wrapper: LayerWrapper) -> None:
+        """Runs a layer through ``wrapper``, outside its other wrappers.
+
+        :meth:`forward` then calls ``wrapper(function, net, *bottoms)``
+        instead of ``function(net, *bottoms)``, where ``function`` is the
+        layer's function with the wrappers added before (call it to run
+        the layer). A wrapper can change the configuration the layer runs
+        under, its inputs or its outputs; :func:`chainer_finetune.freeze`
+        wraps the layers of frozen links so that they build no graph.
+
+        Wrappers are kept by the net: :meth:`copy` deep-copies them along
+        with the layer functions, and pickling the net pickles them, so a
+        wrapper should be picklable (a module-level function or an instance
+        of a module-level class) and find what it needs through ``net``
+        rather than hold the net itself. :attr:`forwards` keeps the
+        functions as they were when the net was built or copied.
+
+        .. admonition:: Example
+
+            >>> def doubled(function, net, *xs):
+            ...     return tuple(2 * y for y in function(net, *xs))
+            >>> net.wrap_layer_function('fc8', 'double', doubled)
+            >>> y, = net(inputs={'data': x}, outputs=['fc8'])  # doubled
+            >>> net.unwrap_layer_function('fc8', 'double') is doubled
+            True
+
+        Args:
+            layer (str): The Caffe layer name.
+            name (str): The wrapper's name, to find or remove it by.
+            wrapper: A callable ``wrapper(function, net, *bottoms)`` that
+                returns the tops as a tuple.
+
+        Raises:
+            KeyError: if the net has no such layer, it is an input layer,
+                or the layer already has a wrapper of that name.
+        """
+        wrappers = self.layer_wrappers(layer)
+        if name in wrappers:
+            raise KeyError('layer {!r} already has a wrapper named '
+                           '{!r}'.format(layer, name))
+        wrappers[name] = wrapper
+        self._set_wrappers(layer, wrappers)
+
+    def unwrap_layer_function(self, layer: str, name: str) -> LayerWrapper:
+        """Removes a wrapper that :meth:`wrap_layer_function` added.
+
+        Args:
+            layer (str): The Caffe layer name.
+            name (str): The wrapper's name.
+
+        Returns:
+            The wrapper removed.
+
+        Raises:
+            KeyError: if the layer has no wrapper of that name.
+        """
+        wrappers = self.layer_wrappers(layer)
+        if name not in wrappers:
+            raise KeyError('layer {!r} has no wrapper named {!r}'.format(
+                layer, name))
+        wrapper = wrappers.pop(name)
+        self._set_wrappers(layer, wrappers)
+        return wrapper
+
+    def _set_wrappers(self, layer: str,
+                      wrappers: Dict[str, LayerWrapper]) -> None:
+        function = self.layer_function(layer)
+        functions = dict(self._functions)
+        # Without wrappers the bare function is stored, as at build time.
+        functions[layer] = _WrappedLayer(function, tuple(wrappers.items())) \
+            if wrappers else function
+        # A new dict: a shallow copy of the net keeps the old one.
+        self._functions = functions
+
+    def _batchnorm_functions(self):
+        """(description, forward function) of every BatchNorm layer."""
+        for layer in self.caffe_layers:
+            if layer.type == 'BatchNorm':
+                yield layer, self.layer_function(layer.name)
+
+    def set_global_stats(self, value: Optional[bool]) -> None:
+        """Sets how every BatchNorm layer normalizes in training mode.
+
+        Args:
+            value: True: always with the stored statistics (Caffe's
+                ``use_global_stats: true``); False: with the batch's in
+                training (and the stored ones otherwise); None: as the
+                model file says.
+        """
+        for layer, function in self._batchnorm_functions():
+            p = layer.batch_norm_param
+            function.global_stats = (
+                p.HasField('use_global_stats') and p.use_global_stats
+                if value is None else bool(value))
+
+    def set_moving_average_fraction(self, value: Optional[float]) -> None:
+        """Sets Caffe's ``moving_average_fraction`` of every BatchNorm layer.
+
+        The stored statistics average the batches' with weights decaying by
+        this fraction per step (0.999 by default in Caffe: over about the
+        last thousand steps). A short run from scratch needs a smaller one
+        (0.9), or its statistics remember the first, meaningless steps.
+
+        Args:
+            value: The fraction, in [0, 1]; None: as the model file says.
+        """
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError('moving_average_fraction must be in [0, 1], got '
+                             '{!r}'.format(value))
+        for layer, function in self._batchnorm_functions():
+            function.moving_average_fraction = (
+                layer.batch_norm_param.moving_average_fraction
+                if value is None else float(value))
+
+    def _unique_link_name(self, caffe_name: str) -> str:
+        base = link_name_for(caffe_name)
+        name, i = base, 1
+        while (name in self.caffe_names or hasattr(type(self), name) or
+               name in self.__dict__):
+            i += 1
+            name = '{}_{}'.format(base, i)
+        return name
+
+    def _add(self, layer: caffe_pb2.LayerParameter,
+             description: NetDescription) -> None:
+        if any(name == layer.name for name, _, _ in self.layers):
+            raise CaffeModelError('{}: two layers are named {!r}'.format(
+                description.source, layer.name))
+        blobs = description.weights.get(layer.name, [])
+        ctx = layer_builders.BuildContext(layer, blobs, description.source)
+        built = layer_builders.build(ctx)
+        stored = caffe_pb2.LayerParameter()
+        stored.CopyFrom(layer)
+        del stored.blobs[:]
+        self._caffe_layers_bytes.append(stored.SerializeToString())
+        self.layers.append((layer.name, list(layer.bottom), list(layer.top)))
+        if built.function is None:   # an input layer
+            shapes = [tuple(s.dim) for s in layer.input_param.shape]
+            for i, top in enumerate(layer.top):
+                if len(shapes) == 1:
+                    shape = shapes[0]
+                elif i < len(shapes):
+                    shape = shapes[i]
+                else:
+                    shape = None
+                self.inputs[top] = shape
+            return
+        function = built.function
+        if built.link is not None:
+            link_name = self._unique_link_name(layer.name)
+            self.add_link(link_name, built.link)
+            self.link_names[layer.name] = link_name
+            self.caffe_names[link_name] = layer.name
+            function.link_name = link_name
+        self._functions[layer.name] = function
+        self.forwards[layer.name] = _BoundLayer(self, function)
+
+    def __getitem__(self, name: str) -> chainer.Link:
+        """The link of a layer, by Caffe name or link name."""
+        link_name = self.link_names.get(name, name)
+        if link_name not in self.caffe_names:
+            raise KeyError('no layer with parameters named {!r}'.format(name))
+        return getattr(self, link_name)
+
+    def forward(self, inputs: Mapping[str, object],
+                outputs: Sequence[str], disable: Iterable[str] = (),
+                **kwargs) -> Tuple[chainer.Variable, ...]:
+        """forward(inputs, outputs, disable=())
+
+        Computes the blobs ``outputs`` from the blobs ``inputs``.
+
+        Only the layers the outputs depend on run (CaffeFunction runs every
+        layer it can). Layers whose bottoms are not all available, such as a
+        loss head without its ``label``, are skipped; asking for an output
+        that then cannot be computed is an error.
+
+        Args:
+            inputs (dict): Blob name to :class:`~chainer.Variable` or array.
+            outputs (Iterable of str): Blob names to return.
+            disable (Iterable of str): Layer names to skip.
+
+        Returns:
+            tuple: One :class:`~chainer.Variable` per name in ``outputs``.
+        """
+        if kwargs:
+            raise TypeError('unexpected arguments {}; use '
+                            'chainer.using_config for train/test'.format(
+                                sorted(kwargs)))
+        outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        disable = set(disable)
+        variables = {}
+        for name, value in inputs.items():
+            variables[name] = value if isinstance(value, chainer.Variable) \
+                else chainer.Variable(value, requires_grad=False)
+        needed = _needed_layers(self.layers, outputs, len(self.layers))
+        for index, (name, bottoms, tops) in enumerate(self.layers):
+            if (index not in needed or name in disable or
+                    name not in self._functions):
+                continue
+            if any(b not in variables for b in bottoms):
+                continue
+            ys = self._functions[name](self, *(variables[b] for b in bottoms))
+            for top, y in zip(tops, ys):
+                variables[top] = y
+        self.variables = variables
+        missing = [o for o in outputs if o not in variables]
+        if missing:
+            blobs = set(self.inputs)
+            tops_of = {}
+            for name, _, tops in self.layers:
+                blobs.update(tops)
+                tops_of[name] = tops
+            unknown = [o for o in missing if o not in blobs]
+            if unknown:
+                # Outputs are blobs, as in CaffeFunction; a layer name is a
+                # common slip (in-place layers such as ReLU have no blob of
+                # their own).
+                hints = ['{!r} is a layer; its output blob is {}'.format(
+                    o, ', '.join(repr(t) for t in tops_of[o]))
+                    for o in unknown if o in tops_of]
+                raise CaffeModelError(
+                    'the net has no blob named {}{}'.format(
+                        ', '.join(repr(o) for o in unknown),
+                        ' ({})'.format('; '.join(hints)) if hints else ''))
+            raise CaffeModelError(
+                'cannot compute {} from the given inputs {}; the net needs '
+                '{}'.format(missing, sorted(inputs), sorted(self.inputs)))
+        return tuple(variables[o] for o in outputs)
+
+
+def select_layers(description: NetDescription,
+                  stop_at: Union[str, Sequence[str], None]
+                  ) -> NetDescription:
+    """Keeps only the layers needed to compute ``stop_at``.
+
+    Args:
+        description: The full net.
+        stop_at: A layer name (keep everything that layer needs, up to and
+            including it) or a list of layer or blob names.
+
+    Raises:
+        CaffeModelError: if a name is neither a layer nor a blob of the net.
+    """
+    if stop_at is None:
+        return description
+    wanted = [stop_at] if isinstance(stop_at, str) else list(stop_at)
+    entries = [(layer.name, list(layer.bottom), list(layer.top))
+               for layer in description.layers]
+    layer_index = {name: i for i, (name, _, _) in enumerate(entries)}
+    keep: Set[int] = set()
+    for target in wanted:
+        if target in layer_index:
+            end = layer_index[target] + 1
+            blobs = entries[end - 1][2]
+        else:
+            producers = [i for i, (_, _, tops) in enumerate(entries)
+                         if target in tops]
+            if not producers:
+                raise CaffeModelError(
+                    '{}: stop_at {!r} is neither a layer nor a blob of the '
+                    'net'.format(description.source, target))
+            end = producers[-1] + 1
+            blobs = [target]
+        keep |= _needed_layers(entries, blobs, end)
+    layers = [layer for i, layer in enumerate(description.layers)
+              if i in keep]
+    dropped = len(description.layers) - len(layers)
+    logger.debug('stop_at=%r keeps %d layers, drops %d', stop_at,
+                 len(layers), dropped)
+    return description._replace(layers=layers)

