@@ -1,20 +1,10 @@
-"""Make Chainer 7.8.1 run on a current stack (NumPy 2, protobuf >= 4, Python 3.12+).
-
-Chainer 7.8.1 is the last Chainer release and predates NumPy 2, protobuf 4
-and the removal of ``pkg_resources`` / ``numpy.distutils``. :func:`apply`
-patches exactly the places that break, and nothing else:
-
-* every patch is guarded by a feature test of the installed stack (never by
-  a version number), so on a stack where Chainer works unmodified (NumPy
-  1.x with ``numpy.distutils`` and ``pkg_resources``) the patch is not
-  applied and Chainer behaves as shipped;
-* NumPy itself is never modified for other code: where a Chainer function
-  needs a NumPy name that NumPy 2 removed, that one function is rebound to
-  a view of NumPy with the name added back.
+"""Make Chainer 7.8.1 run on NumPy 2, protobuf >= 4 and Python 3.12+.
 
 :func:`apply` runs when :mod:`chainer_finetune` is imported, before Chainer
-is first imported. :data:`APPLIED` lists what it did, for ``chainer-finetune
-info`` and bug reports.
+is, and patches exactly the places that break: each patch is guarded by a
+feature test (never a version number), and NumPy itself is never modified
+(a Chainer function that needs a removed name sees a view of NumPy with it
+added back). :data:`APPLIED` lists what it did. See ``docs/compat.rst``.
 """
 
 from __future__ import annotations
@@ -26,7 +16,8 @@ import logging
 import sys
 import types
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
+                    Sequence)
 
 import numpy
 
@@ -140,13 +131,11 @@ def _with_numpy_view(module_name: str, qualname: str,
 def _environment_check_module() -> types.ModuleType:
     """A stand-in for ``chainer/_environment_check.py``.
 
-    Chainer's module imports ``numpy.distutils`` (gone in NumPy 2 and on
-    Python >= 3.12) and ``pkg_resources`` (gone in setuptools >= 82) at
-    import time, only to warn about macOS Accelerate and CuPy versions. The
-    stand-in keeps the check that still means something on a current stack
-    (two CuPy packages installed side by side) using importlib.metadata.
-    Chainer's CuPy version window (>=7.7,<8) is not re-checked: every CuPy
-    released since is outside it, see docs/gpu.rst.
+    Chainer's imports ``numpy.distutils`` and ``pkg_resources`` only to warn
+    about macOS Accelerate and CuPy versions. The stand-in keeps the one
+    check that still means something (two CuPy packages installed side by
+    side); Chainer's CuPy window (>=7.7,<8) excludes every CuPy released
+    since, see docs/gpu.rst.
     """
     module = types.ModuleType('chainer._environment_check')
     module.__doc__ = _environment_check_module.__doc__
@@ -200,24 +189,19 @@ def _install_caffe_schema_finder() -> None:
         sys.meta_path.insert(0, _CaffeSchemaFinder())
 
 
-class _Patch:
+class _Patch(NamedTuple):
     """One compatibility patch: when it is needed and what it does."""
 
-    def __init__(self, name: str, needed: Callable[[], bool],
-                 before_import: Optional[Callable[[], None]] = None,
-                 after_import: Optional[Callable[[], None]] = None,
-                 must_precede_chainer: bool = True,
-                 tested_after_import: bool = False) -> None:
-        self.name = name
-        self.needed = needed
-        # A bug in Chainer's own code is tested by running that code, so the
-        # test runs once Chainer is imported (and before_import is unused).
-        self.tested_after_import = tested_after_import
-        # Run before `import chainer`; may leave temporary state that
-        # after_import cleans up whether or not the import succeeded.
-        self.before_import = before_import
-        self.after_import = after_import
-        self.must_precede_chainer = must_precede_chainer
+    name: str
+    needed: Callable[[], bool]
+    # Run before `import chainer`; may leave temporary state that
+    # after_import cleans up whether or not the import succeeded.
+    before_import: Optional[Callable[[], None]] = None
+    after_import: Optional[Callable[[], None]] = None
+    must_precede_chainer: bool = True
+    # A bug in Chainer's own code is tested by running that code, so the
+    # test runs once Chainer is imported (and before_import is unused).
+    tested_after_import: bool = False
 
 
 def _set_temporary_sctypes() -> None:
@@ -251,19 +235,16 @@ def _deconvolution_backward_fails() -> bool:
     return False
 
 
-def _set_cover_all_from_shapes(original: Callable[..., None]
-                               ) -> Callable[..., None]:
+def _patch_deconvolution_cover_all() -> None:
+    from chainer.functions.connection import deconvolution_2d
+    cls = deconvolution_2d.Deconvolution2DFunction
+    original = cls._set_cover_all
+
     def _set_cover_all(self: Any, x_shape: Any, w_shape: Any) -> None:
         original(self, getattr(x_shape, 'shape', x_shape),
                  getattr(w_shape, 'shape', w_shape))
     _set_cover_all.__wrapped__ = original  # type: ignore[attr-defined]
-    return _set_cover_all
-
-
-def _patch_deconvolution_cover_all() -> None:
-    from chainer.functions.connection import deconvolution_2d
-    cls = deconvolution_2d.Deconvolution2DFunction
-    cls._set_cover_all = _set_cover_all_from_shapes(cls._set_cover_all)
+    cls._set_cover_all = _set_cover_all
 
 
 def _install_environment_check() -> None:
@@ -292,7 +273,8 @@ _PATCHES = [
                'compute_indices_and_weights', {'float': float})),
     # chainer/distributions/categorical.py: Categorical.log_prob does
     # `meshgrid(...) + [x]`; NumPy 2's meshgrid returns a tuple.
-    _Patch('list-returning numpy.meshgrid for chainer.distributions.categorical',
+    _Patch('list-returning numpy.meshgrid for '
+           'chainer.distributions.categorical',
            needed=lambda: isinstance(numpy.meshgrid([0], [0]), tuple),
            after_import=lambda: _with_numpy_view(
                'chainer.distributions.categorical', 'Categorical.log_prob',

@@ -1,40 +1,9 @@
 """Copying pretrained values into a model of another shape: :func:`copy_model`.
 
-Fine-tuning starts from a pretrained net (often a
-:class:`~chainer_finetune.CaffeNet`) and a model of one's own that differs
-from it somewhere: a new last layer, fewer layers, one layer with another
-channel count. :func:`copy_model` copies every parameter and persistent
-value that the two have in common, by link path and name, and reports each
-one it copied or skipped, with the reason::
-
-    net = load_caffe('bvlc_alexnet.caffemodel')
-    model = AlexNet(n_class=10)
-    report = copy_model(net, model)
-    print(report)              # a table: copied / skipped, paths, reasons
-    report.skipped_links       # ['fc8']
-
-It replaces the ``copy_model`` recipe that circulated with Chainer's
-fine-tuning examples, which assigned ``dst.data = src.data`` (the two models
-then shared arrays: training one changed the other), zipped the parameter
-lists of two links (a missing parameter silently shifted the rest), ignored
-persistent values (BatchNormalization statistics) and could not copy
-between devices. Here values are always copied, into the destination's
-device and dtype.
-
-Matching rules (see :func:`copy_model` for the details):
-
-* A link's path is its name relative to the root, components joined by
-  ``/`` (``features/conv1``; ChainList and Sequential children by their
-  index among the child links, ``layers/0``; see
-  :mod:`chainer_finetune.paths`). Links are paired by path, after
-  ``mapping`` (if given) has renamed the source paths.
-* Within a pair, values are matched by name and shape. A pair is copied
-  whole or not at all: when a value both links have cannot be copied
-  (shapes or types differ), the other values of the pair are held back,
-  since half a layer (a bias without its weights) is no pretrained layer.
-  Values that only one of the two links has (``gamma`` of a
-  BatchNormalization fed from Caffe's affine-free BatchNorm) do not hold
-  the rest back.
+Every parameter and persistent value that two models have in common, by
+link path and name, is copied (never shared), and a :class:`CopyReport`
+says what was copied or skipped and why. The matching rules and the faults
+of the old ``copy_model`` recipe are told in ``docs/copy_model.rst``.
 """
 
 from __future__ import annotations
@@ -136,16 +105,12 @@ class CopyEntry(NamedTuple):
     @property
     def src_path(self) -> Optional[str]:
         """The value's path in the source (``conv1/W``)."""
-        if self.src is None:
-            return None
-        return join_path(self.src, self.name)
+        return None if self.src is None else join_path(self.src, self.name)
 
     @property
     def dst_path(self) -> Optional[str]:
         """The value's path in the destination."""
-        if self.dst is None:
-            return None
-        return join_path(self.dst, self.name)
+        return None if self.dst is None else join_path(self.dst, self.name)
 
     @property
     def link(self) -> str:
@@ -200,7 +165,8 @@ class CopyReport:
     @property
     def copied_links(self) -> List[str]:
         """Paths of the destination links that received values, in order."""
-        return _unique(e.dst for e in self.entries if e.status == COPIED)
+        return list(dict.fromkeys(e.dst for e in self.entries
+                                  if e.status == COPIED))
 
     @property
     def skipped_links(self) -> List[str]:
@@ -212,9 +178,9 @@ class CopyReport:
         """
         copied_pairs = {(e.src, e.dst) for e in self.entries
                         if e.status == COPIED}
-        return _unique(e.src if e.src is not None else e.dst
-                       for e in self.entries
-                       if (e.src, e.dst) not in copied_pairs)
+        return list(dict.fromkeys(e.src if e.src is not None else e.dst
+                                  for e in self.entries
+                                  if (e.src, e.dst) not in copied_pairs))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -273,20 +239,6 @@ class CopyReport:
         return '<CopyReport: {}>'.format(self.summary())
 
 
-# --------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------
-
-def _unique(items) -> List[Any]:
-    seen: Set[Any] = set()
-    out = []
-    for item in items:
-        if item not in seen:
-            seen.add(item)
-            out.append(item)
-    return out
-
-
 def _label(path: Optional[str]) -> str:
     return '/' if path == '' else str(path)
 
@@ -324,11 +276,9 @@ def _describe(value: Any) -> str:
 def _own_values(link: chainer.Link) -> Dict[str, Tuple[str, Any]]:
     """name -> (kind, value) of the link's own parameters and persistents."""
     d = link.__dict__
-    values: Dict[str, Tuple[str, Any]] = {}
-    for name in sorted(link._params):
-        values[name] = (_PARAM, d[name])
-    for name in sorted(link._persistent):
-        values[name] = (_PERSISTENT, d.get(name))
+    values = {name: (_PARAM, d[name]) for name in sorted(link._params)}
+    values.update((name, (_PERSISTENT, d.get(name)))
+                  for name in sorted(link._persistent))
     return values
 
 
@@ -347,7 +297,7 @@ def _declared_shape(link: chainer.Link, name: str,
         return planned[name]
     if isinstance(link, L.DepthwiseConvolution2D):
         if name == 'W':
-            return (link.channel_multiplier, None) + _pair(link.ksize)
+            return (link.channel_multiplier, None) + _ksize(link.ksize)
         if name == 'b':
             W = link.W.array
             in_channels = W.shape[1] if W is not None else \
@@ -360,22 +310,18 @@ def _declared_shape(link: chainer.Link, name: str,
         return None
     if isinstance(link, L.Linear):
         return (link.out_size, None)
-    if isinstance(link, L.Deconvolution2D):
-        return (None, link.out_channels // link.groups) + _pair(link.ksize)
-    if isinstance(link, L.DeconvolutionND):
-        return (None, link.out_channels // link.groups) + tuple(link.ksize)
-    if isinstance(link, L.Convolution2D):
-        return (link.out_channels, None) + _pair(link.ksize)
-    if isinstance(link, L.DilatedConvolution2D):
-        return (link.out_channels, None) + _pair(link.ksize)
-    if isinstance(link, L.ConvolutionND):
-        return (link.out_channels, None) + tuple(link.ksize)
+    if isinstance(link, (L.Deconvolution2D, L.DeconvolutionND)):
+        return (None, link.out_channels // link.groups) + _ksize(link.ksize)
+    if isinstance(link, (L.Convolution2D, L.DilatedConvolution2D,
+                         L.ConvolutionND)):
+        return (link.out_channels, None) + _ksize(link.ksize)
     return None
 
 
-def _pair(x) -> Tuple[int, int]:
+def _ksize(x) -> Tuple[int, ...]:
+    # 2D links keep ksize as given (an int or a pair), ND links a tuple.
     if hasattr(x, '__getitem__'):
-        return int(x[0]), int(x[1])
+        return tuple(int(k) for k in x)
     return int(x), int(x)
 
 
@@ -430,10 +376,6 @@ def _copy_persistent(src_link: chainer.Link, dst_link: chainer.Link,
         setattr(dst_link, name,
                 value.item() if isinstance(value, numpy.generic) else value)
 
-
-# --------------------------------------------------------------------------
-# Mapping source paths to destination paths
-# --------------------------------------------------------------------------
 
 class _Mapper:
     """Source link path -> destination link path (or None: dropped)."""
@@ -491,10 +433,6 @@ class _Mapper:
     def unused_keys(self) -> List[str]:
         return [self._spelling[k] for k in self._dict if k not in self._used]
 
-
-# --------------------------------------------------------------------------
-# Planning a link pair
-# --------------------------------------------------------------------------
 
 class _Plan:
     """The entries of one link pair and the actions that copy its values."""
@@ -565,16 +503,12 @@ def _plan_pair(slink: chainer.Link, dlink: chainer.Link, plan: _Plan) -> None:
 
     for name in names:
         if name not in dvals:
-            kind, value = svals[name]
-            plan.add(name, kind, code=MISSING_IN_DST, reason='missing in dst',
-                     src_shape=_shape_of(value.array if kind == _PARAM
-                                         else value))
+            _add_one_side(plan, name, *svals[name], MISSING_IN_DST,
+                          'missing in dst', 'src')
             continue
         if name not in svals:
-            kind, value = dvals[name]
-            plan.add(name, kind, code=MISSING_IN_SRC, reason='missing in src',
-                     dst_shape=_shape_of(value.array if kind == _PARAM
-                                         else value))
+            _add_one_side(plan, name, *dvals[name], MISSING_IN_SRC,
+                          'missing in src', 'dst')
             continue
         skind, svalue = svals[name]
         dkind, dvalue = dvals[name]
@@ -651,9 +585,6 @@ def _plan_persistent(plan: _Plan, slink: chainer.Link, dlink: chainer.Link,
     def add(action=None, code='', reason=''):
         plan.add(name, _PERSISTENT, action, code, reason, sshape, dshape)
 
-    def copy() -> None:
-        _copy_persistent(slink, dlink, name)
-
     if svalue is None and dvalue is None:
         add(code=UNINITIALIZED_IN_BOTH, reason='uninitialized in both')
     elif svalue is None:
@@ -669,10 +600,10 @@ def _plan_persistent(plan: _Plan, slink: chainer.Link, dlink: chainer.Link,
             add(code=SHAPE_MISMATCH, reason='shape {} != {}'.format(
                 _format_shape(sshape), _format_shape(dshape)))
         else:
-            add(copy)
+            add(lambda: _copy_persistent(slink, dlink, name))
     elif _is_scalar(svalue):
         if _is_scalar(dvalue) or dvalue is None:
-            add(copy)
+            add(lambda: _copy_persistent(slink, dlink, name))
         else:
             add(code=TYPE_MISMATCH, reason='type mismatch: {} in src, {} in '
                 'dst'.format(_describe(svalue), _describe(dvalue)))
@@ -681,18 +612,19 @@ def _plan_persistent(plan: _Plan, slink: chainer.Link, dlink: chainer.Link,
             _describe(svalue)))
 
 
+def _add_one_side(plan: _Plan, name: str, kind: str, value: Any, code: str,
+                  reason: str, side: str) -> None:
+    shape = _shape_of(value.array if kind == _PARAM else value)
+    plan.add(name, kind, code=code, reason=reason,
+             src_shape=shape if side == 'src' else None,
+             dst_shape=shape if side == 'dst' else None)
+
+
 def _plan_one_side(link: chainer.Link, plan: _Plan, code: str,
                    reason: str, side: str) -> None:
     for name, (kind, value) in _own_values(link).items():
-        shape = _shape_of(value.array if kind == _PARAM else value)
-        plan.add(name, kind, code=code, reason=reason,
-                 src_shape=shape if side == 'src' else None,
-                 dst_shape=shape if side == 'dst' else None)
+        _add_one_side(plan, name, kind, value, code, reason, side)
 
-
-# --------------------------------------------------------------------------
-# copy_model
-# --------------------------------------------------------------------------
 
 def copy_model(src: chainer.Link, dst: chainer.Link,
                mapping: PathMapping = None,
@@ -700,31 +632,16 @@ def copy_model(src: chainer.Link, dst: chainer.Link,
     """Copies the parameters and persistent values ``src`` and ``dst`` share.
 
     Links are paired by their path relative to each root (``conv1``,
-    ``features/conv1``; children of a :class:`~chainer.ChainList` or
-    :class:`~chainer.Sequential` by index among its links, ``layers/0``),
-    through any depth of :class:`~chainer.Chain` and ChainList. Within a
-    pair each parameter, and each persistent value that is an array or a
-    scalar (BatchNormalization's ``avg_mean``, ``avg_var`` and ``N``), is
-    matched by name and shape and copied, never shared: arrays of ``dst``
-    are written in place, on ``dst``'s device (NumPy or CuPy, whatever
-    ``src``'s) and in ``dst``'s dtype (float32 into float16, say).
-
-    A pair whose links differ in type (neither class derives from the
-    other: a Linear and a Convolution2D of the same name) is skipped. A
-    pair is copied whole or not at all: when a value both have cannot be
-    copied, the pair's other values are *held back*.
-
-    Parameters of ``dst`` not yet initialized (links built with the input
-    size ``None``, e.g. ``L.Linear(None, 10)``) are initialized from the
-    source's shape where it agrees with what the link declares (a
-    ``Linear(None, 10)`` takes a ``(10, 4096)`` weight, never a
-    ``(1000, 4096)`` one; Convolution2D, DilatedConvolution2D,
-    ConvolutionND, Deconvolution2D, DeconvolutionND and
-    DepthwiseConvolution2D declare their output channels and kernel size);
-    a BatchNormalization built without a size takes the source's statistics'
-    shape. Other uninitialized parameters are skipped (``uninitialized in
-    dst, shape unknown``) rather than guessed. As at the link's first call,
-    the new array's dtype is its initializer's or ``chainer.config.dtype``.
+    ``features/conv1``, ``layers/0``), values within a pair by name and
+    shape: parameters, and persistent values that are arrays or scalars
+    (BatchNormalization's ``avg_mean``, ``avg_var``, ``N``). Arrays are
+    written into ``dst``'s own (its device, its dtype), never shared. Links
+    of unrelated types are not paired, and a pair is copied whole or not at
+    all: when a value both have cannot be copied, the pair's other values
+    are *held back*. Uninitialized parameters of ``dst`` (``L.Linear(None,
+    10)``) are created from the source's shape where it agrees with the
+    shape the link declares, and skipped otherwise. The rules in full:
+    :doc:`copy_model`.
 
     Args:
         src (~chainer.Link): The pretrained model (a
@@ -792,31 +709,26 @@ def copy_model(src: chainer.Link, dst: chainer.Link,
 
     plans: List[_Plan] = []
     for path, slink, target, _ in routes:
-        if target is None:
-            plan = _Plan(path, path if path in twins else None)
-            if path in twins:
-                names = dict((n, k) for n, (k, _) in
-                             _own_values(dst_links[path]).items())
-                names.update((n, k) for n, (k, _) in
-                             _own_values(slink).items())
-                plan.skip_all(names.items(), DROPPED, 'dropped by mapping')
-            else:
-                _plan_one_side(slink, plan, DROPPED, 'dropped by mapping',
-                               'src')
+        twin = target is None and path in twins
+        plan = _Plan(path, path if twin else target)
+        plans.append(plan)
+        if twin:
+            names = dict((n, k) for n, (k, _) in
+                         _own_values(dst_links[path]).items())
+            names.update((n, k) for n, (k, _) in _own_values(slink).items())
+            plan.skip_all(names.items(), DROPPED, 'dropped by mapping')
+        elif target is None:
+            _plan_one_side(slink, plan, DROPPED, 'dropped by mapping', 'src')
         elif owner.get(target) == path:
-            plan = _Plan(path, target)
             _plan_pair(slink, dst_links[target], plan)
         elif target in dst_links:
-            plan = _Plan(path, target)
             _plan_one_side(slink, plan, DUPLICATE,
                            'dst {} already filled from {}'.format(
                                _label(target), _label(owner[target])),
                            'src')
         else:
-            plan = _Plan(path, target)
             _plan_one_side(slink, plan, MISSING_IN_DST, 'missing in dst',
                            'src')
-        plans.append(plan)
     for path, dlink in dst_links.items():
         if path not in owner and path not in twins:
             plan = _Plan(None, path)

@@ -1,35 +1,17 @@
 """Freezing parts of a model while fine-tuning.
 
-Two tools, both naming links by path or glob (see
-:mod:`chainer_finetune.paths`: ``conv1`` never names ``conv10`` or
-``conv1_1``; ``conv*`` names them all):
-
-* :class:`DelGradient`, an optimizer hook: the classic recipe, made
-  airtight. The full backward pass still runs; the hook zeroes the
-  gradients of the targeted parameters in place and disables their update
-  rules, so that nothing (momentum, weight decay, Adam's decoupled weight
-  decay) moves them.
-* :func:`freeze` / :func:`unfreeze`, on the model: the update rules are
-  disabled, BatchNormalization links in the frozen part use their stored
-  statistics (Caffe's ``use_global_stats``) and leave them alone, and a
-  frozen link whose inputs need no gradient runs without building a graph,
-  so the backward pass stops at the end of a frozen prefix (that is where
-  fine-tuning gets its speed; see ``benchmarks/finetune_step.py``).
-
-Usage::
-
-    optimizer = chainer.optimizers.MomentumSGD(lr=0.01).setup(net)
-    freeze(net, ['conv*'])                  # or:
-    optimizer.add_hook(DelGradient(['conv*']))
-
-See ``docs/freezing.rst`` for how the two compare and for the pitfalls.
+:func:`freeze` / :func:`unfreeze` act on the model (update rules disabled,
+BatchNormalization on its stored statistics, no graph built over a frozen
+prefix); :class:`DelGradient` is the optimizer-hook recipe, made airtight.
+Both name links as :mod:`chainer_finetune.paths` does. How the two compare,
+and the pitfalls: ``docs/freezing.rst``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import chainer
 import chainer.links as L
@@ -61,38 +43,17 @@ def _disable_rules(params) -> List[chainer.Parameter]:
     return changed
 
 
-def _enable_rules(params) -> None:
-    for param in params:
-        rule = param.update_rule
-        if rule is not None:
-            rule.enabled = True
-
-
-# --------------------------------------------------------------------------
-# DelGradient
-# --------------------------------------------------------------------------
-
 class DelGradient(object):
 
     """Optimizer hook function that keeps the targeted parameters still.
 
-    The hook is the optimizer-hook form of freezing layers: backward runs
-    through the whole model as usual, and before each update this hook
-    zeroes the gradients of every parameter under the target links, *in
-    place* (a hook that rebinds ``grad = 0`` to a local name freezes
-    nothing), on NumPy and CuPy arrays alike. ``None`` gradients are left
-    as they are.
-
-    Zeroed gradients alone do not freeze a parameter: MomentumSGD keeps
-    moving it while its velocity is non-zero, a ``WeightDecay`` hook added
-    before this one adds ``rate * param`` back, and Adam's
-    ``weight_decay_rate`` shrinks parameters whatever their gradient. So the
-    hook also sets ``update_rule.enabled = False`` for the targeted
-    parameters (re-asserted on every call, so ``link.enable_update()``
-    elsewhere does not thaw them): a disabled rule returns before momentum,
-    decay, per-parameter hooks or the update, whatever order hooks were
-    added in. Their gradients are still zeroed, so that code reading them
-    (a ``GradientClipping`` hook added after this one, logging) sees zeros.
+    Backward runs through the whole model as usual; before each update the
+    hook zeroes, in place, the gradients of every parameter under the
+    target links (``None`` gradients stay ``None``), so that later hooks
+    and logging see zeros, and disables their update rules, again on every
+    call (so ``link.enable_update()`` elsewhere does not thaw them): zeroed
+    gradients alone leave momentum and weight decay moving the parameters
+    (see :doc:`freezing`).
 
     Disabled rules do not step: their ``t`` and state (momentum, Adam's
     moments) stay as they were until :meth:`release`.
@@ -167,9 +128,8 @@ class DelGradient(object):
         self._disabled.extend(_disable_rules(p for _, p in params))
 
     def __call__(self, optimizer: chainer.Optimizer) -> None:
-        params = self._resolve(optimizer.target)
-        self._disabled.extend(_disable_rules(p for _, p in params))
-        for _, param in params:
+        self.resolve(optimizer)
+        for _, param in self._params:
             grad = param.grad
             if grad is None:
                 continue
@@ -197,15 +157,13 @@ class DelGradient(object):
         except KeyError:
             logger.debug('DelGradient %r was not registered in the '
                          'optimizer', self.name)
-        _enable_rules(self._disabled)
+        for param in self._disabled:
+            if param.update_rule is not None:
+                param.update_rule.enabled = True
         self._disabled = []
         self._target = None
         self._params = []
 
-
-# --------------------------------------------------------------------------
-# freeze / unfreeze
-# --------------------------------------------------------------------------
 
 def _direct_params(link: chainer.Link) -> List[chainer.Parameter]:
     """The link's own parameters, not its descendants'."""
@@ -247,6 +205,19 @@ def _without_graph(value: Any) -> Any:
     return value
 
 
+def _run_frozen(link: chainer.Link, cut: bool, run: Callable[[], Any]
+                ) -> Any:
+    """Runs ``run()`` with the frozen ``link``'s rules: statistics as
+    stored, and, if ``cut``, no graph."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(link, _STATISTICS_LINKS):
+            stack.enter_context(chainer.using_config('train', False))
+        if cut:
+            stack.enter_context(chainer.no_backprop_mode())
+        out = run()
+    return _without_graph(out) if cut else out
+
+
 class _FrozenForward(object):
     """The ``forward`` of a frozen link (an instance attribute, picklable).
 
@@ -263,13 +234,8 @@ class _FrozenForward(object):
         _disable_rules(_direct_params(link))
         cut = (not _needs_grad(args) and not _needs_grad(kwargs) and
                all(_is_frozen(child) for child in link.links(skipself=True)))
-        with contextlib.ExitStack() as stack:
-            if isinstance(link, _STATISTICS_LINKS):
-                stack.enter_context(chainer.using_config('train', False))
-            if cut:
-                stack.enter_context(chainer.no_backprop_mode())
-            out = type(link).forward(link, *args, **kwargs)
-        return _without_graph(out) if cut else out
+        return _run_frozen(
+            link, cut, lambda: type(link).forward(link, *args, **kwargs))
 
 
 class _FrozenCopy(object):
@@ -308,14 +274,8 @@ class _FrozenLayer(object):
             return function(net, *xs)
         # The link itself may never be called (Scale): disable here too.
         _disable_rules(link.params())
-        cut = not _needs_grad(xs)
-        with contextlib.ExitStack() as stack:
-            if isinstance(link, _STATISTICS_LINKS):
-                stack.enter_context(chainer.using_config('train', False))
-            if cut:
-                stack.enter_context(chainer.no_backprop_mode())
-            ys = function(net, *xs)
-        return _without_graph(ys) if cut else ys
+        return _run_frozen(link, not _needs_grad(xs),
+                           lambda: function(net, *xs))
 
 
 def _sync_caffe_layers(model: chainer.Link) -> None:
@@ -353,33 +313,6 @@ def _unwrap(link: chainer.Link) -> None:
         del link.__dict__['copy']
 
 
-def _freeze_link(link: chainer.Link) -> Tuple[bool, int]:
-    """Freezes one link (not its children).
-
-    Returns:
-        Whether its forward was newly replaced, and how many of its own
-        parameters have no update rule yet.
-    """
-    newly_wrapped = False
-    if not _calls_forward(link):
-        logger.warning('%s defines __call__ instead of forward: its update '
-                       'rules are disabled, but its batch normalization and '
-                       'graph are not frozen', type(link).__name__)
-    elif not _is_frozen(link):
-        _wrap(link)
-        newly_wrapped = True
-    without_rule = sum(1 for param in _direct_params(link)
-                       if param.update_rule is None)
-    link.disable_update()
-    return newly_wrapped, without_rule
-
-
-def _unfreeze_link(link: chainer.Link) -> None:
-    """Undoes :func:`_freeze_link` for one link (not its children)."""
-    _unwrap(link)
-    link.enable_update()
-
-
 def _set_frozen(model: chainer.Link, patterns: Patterns,
                 frozen: bool) -> List[str]:
     """The body of :func:`freeze` (``frozen=True``) and :func:`unfreeze`."""
@@ -388,12 +321,21 @@ def _set_frozen(model: chainer.Link, patterns: Patterns,
     unset = 0
     for _, top in matched:
         for link in top.links():
-            if frozen:
-                newly_wrapped, without_rule = _freeze_link(link)
-                n_links += newly_wrapped
-                unset += without_rule
-            else:
-                _unfreeze_link(link)
+            if not frozen:
+                _unwrap(link)
+                link.enable_update()
+                continue
+            if not _calls_forward(link):
+                logger.warning('%s defines __call__ instead of forward: its '
+                               'update rules are disabled, but its batch '
+                               'normalization and graph are not frozen',
+                               type(link).__name__)
+            elif not _is_frozen(link):
+                _wrap(link)
+                n_links += 1
+            unset += sum(1 for param in _direct_params(link)
+                         if param.update_rule is None)
+            link.disable_update()
     if unset:
         logger.debug('%d frozen parameters have no update rule yet; those '
                      'created by optimizer.setup are disabled at their '
@@ -410,30 +352,23 @@ def _set_frozen(model: chainer.Link, patterns: Patterns,
 def freeze(model: chainer.Link, patterns: Patterns) -> List[str]:
     """Freezes the matched links and everything under them.
 
-    Three things, for every link under a matched one:
+    For every link under a matched one:
 
-    * its parameters' update rules are disabled
-      (:meth:`chainer.Link.disable_update`), so that no optimizer moves
-      them, whatever its momentum, weight decay or hooks. Rules created
-      later by ``optimizer.setup`` are disabled when the link (or its
-      CaffeNet layer) next runs forward; freeze after ``setup`` to cover a
-      link whose parameters its parent reads without calling it;
-    * a :class:`~chainer.links.BatchNormalization` (or
-      ``DecorrelatedBatchNormalization``) normalizes with its stored
-      statistics and does not update them, even with
-      ``chainer.config.train`` on (Caffe's ``use_global_stats: true``);
-    * if none of its inputs needs a gradient (arrays, Variables with
-      ``requires_grad=False``, outputs of other such links), it runs under
-      :func:`chainer.no_backprop_mode` and returns Variables with
-      ``requires_grad=False``: no graph is built, and the backward pass of
-      the trainable part stops where the frozen prefix ends. A frozen link
-      after a trainable one still passes gradients through to it. (A
-      ``chainer.Variable(x)`` input asks for its own gradient, so the
-      frozen links it flows into are backpropagated; pass arrays.)
+    * its parameters' update rules are disabled, so that no optimizer
+      moves them; rules that a later ``optimizer.setup`` creates are
+      disabled when the link (or its CaffeNet layer) next runs forward, so
+      freeze after ``setup`` to cover a link whose parameters its parent
+      reads without calling it;
+    * a BatchNormalization (or DecorrelatedBatchNormalization) normalizes
+      with its stored statistics and leaves them alone, even in training
+      mode (Caffe's ``use_global_stats: true``);
+    * if none of its inputs needs a gradient, it runs without building a
+      graph, so backward stops where the frozen prefix ends (pass arrays:
+      a ``chainer.Variable(x)`` input asks for its own gradient).
 
-    The links' ``forward`` (and ``copy``, so that ``Link.copy()`` works)
-    are replaced per instance; a frozen model pickles, deep-copies and
-    copies. Freezing a frozen link again changes nothing.
+    The links' ``forward`` and ``copy`` are replaced per instance; a frozen
+    model pickles and copies. Freezing twice changes nothing. See
+    :doc:`freezing`.
 
     Args:
         model (~chainer.Link): The model.

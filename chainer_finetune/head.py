@@ -1,19 +1,9 @@
 """Replacing a pretrained network's classifier with a fresh one.
 
-Fine-tuning on new classes starts by swapping the last classifier (fc8 of
-AlexNet/CaffeNet/VGG, ``loss3/classifier`` of GoogLeNet, the 1x1 ``conv10``
-of SqueezeNet) for a freshly initialised layer with as many outputs as the
-new task has classes::
-
-    net = load_caffe('bvlc_reference_caffenet.caffemodel', 'deploy.prototxt')
-    replace_head(net, 'fc8', 20, seed=0)
-    optimizer.setup(net)
-    set_lr_mult(net, {'fc8': {'W': 10.0, 'b': 20.0}})
-
-The new link keeps the old one's name and place, so everything that refers
-to it (a :class:`~chainer_finetune.CaffeNet`'s layer function, a Chain's
-``forward``, link patterns) uses it unchanged, and so does everything after
-it (``prob``, a loss).
+:func:`replace_head` swaps the last classifier (fc8, ``loss3/classifier``,
+SqueezeNet's 1x1 ``conv10``) for a freshly initialised layer with as many
+outputs as the new task has classes, under the old one's name and place;
+see ``docs/training.rst``.
 """
 
 from __future__ import annotations
@@ -63,22 +53,18 @@ def _initializers(initialW: Any, initial_bias: Any, seed: Optional[int]):
         raise ValueError('seed seeds the default initializer; give initialW '
                          'its own rng instead')
     if initialW is None:
-        if seed is None:
-            initialW = chainer.initializers.Normal(DEFAULT_STD)
-        else:
-            initialW = chainer.initializers.Normal(
-                DEFAULT_STD, rng=numpy.random.RandomState(seed))
-    if initial_bias is None:
-        initial_bias = 0
-    return initialW, initial_bias
+        rng = None if seed is None else numpy.random.RandomState(seed)
+        initialW = chainer.initializers.Normal(DEFAULT_STD, rng=rng)
+    return initialW, 0 if initial_bias is None else initial_bias
 
 
 def _check_head(old: chainer.Link, where: str) -> None:
     if isinstance(old, L.Linear):
         return
     if isinstance(old, L.Convolution2D):
-        ksize = old.W.shape[2:] if old.W.array is not None else \
-            _pair(old.ksize)
+        ksize = old.W.shape[2:] if old.W.array is not None else old.ksize
+        if not hasattr(ksize, '__len__'):
+            ksize = (ksize, ksize)
         if tuple(ksize) != (1, 1) or old.groups != 1:
             raise HeadError(
                 '{}: a Convolution2D head must be 1x1 without groups, this '
@@ -102,25 +88,18 @@ def _new_link(old: chainer.Link, n_out: int, initialW: Any,
                            initial_bias=initial_bias)
 
 
-def _pair(value):
-    return tuple(value) if hasattr(value, '__len__') else (value, value)
-
-
 def _update_description(net: CaffeNet, caffe_name: str,
                         link: chainer.Link, n_out: int) -> None:
     # The stored layer description must match the new link, or exporting
     # the net (save_weights, the layer checks) would see a 1000-way layer
     # with 10 rows of weights.
-    for layer in net.caffe_layers:
-        if layer.name != caffe_name:
-            continue
-        param = output_param(layer)
-        if param is None:
-            return
+    layer = next((layer for layer in net.caffe_layers
+                  if layer.name == caffe_name), None)
+    param = None if layer is None else output_param(layer)
+    if param is not None:
         param.num_output = n_out
         param.bias_term = getattr(link, 'b', None) is not None
         net.update_caffe_layer(layer)
-        return
 
 
 def _give_update_rules(old: chainer.Link, new: chainer.Link,

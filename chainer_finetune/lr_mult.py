@@ -1,43 +1,11 @@
 """Per-parameter learning-rate and weight-decay multipliers, as in Caffe.
 
-Caffe fine-tuning recipes give each blob of a layer its own ``lr_mult`` and
-``decay_mult`` (``param { lr_mult: 10 decay_mult: 1 } param { lr_mult: 20
-decay_mult: 0 }``: weights first, bias second). :func:`set_lr_mult` gives a
-Chainer model the same, after ``optimizer.setup(model)``::
-
-    optimizer = chainer.optimizers.MomentumSGD(lr=0.001)
-    optimizer.setup(net)
-    optimizer.add_hook(WeightDecayMult(5e-4))     # honours decay_mult
-    set_lr_mult(net, lr_mults_from_prototxt('train_val.prototxt'))
-    set_lr_mult(net, {'fc8': {'W': 10.0, 'b': 20.0}}, decay_mults={'fc8/b': 0})
-
-How it works: each selected parameter's update rule gets a
-:class:`MultipliedHyperparameter` whose parent is the rule's previous
-hyperparameter (itself a child of the optimizer's). The learning rate it
-gives is computed on every read as *parent's current value x multiplier*,
-so learning-rate schedules that change the optimizer's value
-(``ExponentialShift('lr', ...)``, ``LinearShift``, ``optimizer.lr = x``)
-keep applying to every parameter, multiplied or not.
-
-Which value is multiplied depends on the optimizer:
-
-* ``lr`` for SGD, MomentumSGD and the other optimizers with an ``lr``
-  (NesterovAG, RMSprop, AdaGrad, ...).
-* ``alpha`` for Adam and its variants (AdamW, AMSGrad, AdaBound: the
-  AdaBound bounds follow ``alpha``, so they are scaled too). Adam's ``eta``
-  is *not* multiplied: it scales the decoupled weight decay as well, which
-  is ``decay_mult``'s business.
-
-``decay_mult`` scales, for each parameter, the rate of :class:`WeightDecayMult`
-(an optimizer hook to use instead of Chainer's ``WeightDecay``, which has one
-rate for all parameters and ignores ``decay_mult``) and Adam's decoupled
-``weight_decay_rate``. As in Caffe, a parameter with ``lr_mult`` 0 does not
-learn: its Adam ``weight_decay_rate`` is 0 too (the L2 gradient added by
-:class:`WeightDecayMult` is multiplied by a learning rate of 0 anyway).
-
-Multipliers live in the update rules, which ``optimizer.setup`` creates and
-a snapshot does not hold: apply them after every ``setup`` (including when
-resuming from a snapshot).
+:func:`set_lr_mult` gives parameters Caffe's per-blob ``lr_mult`` and
+``decay_mult`` (after ``optimizer.setup``, and again after every
+``setup``: a snapshot does not hold them), :func:`lr_mults_from_prototxt`
+reads them from a recipe, and :class:`WeightDecayMult` honours
+``decay_mult``. Which hyperparameter is scaled (``lr``, Adam's ``alpha``)
+and how schedules keep applying: ``docs/training.rst``.
 """
 
 from __future__ import annotations
@@ -46,7 +14,7 @@ import logging
 import math
 import numbers
 import os
-from typing import (Any, Dict, Iterable, List, Mapping, NamedTuple,
+from typing import (Any, Dict, List, Mapping, NamedTuple,
                     Optional, Tuple, Union)
 
 import chainer
@@ -207,10 +175,6 @@ class WeightDecayMult(chainer.optimizer_hooks.WeightDecay):
                 g += rate * p
 
 
-# --------------------------------------------------------------------------
-# Setting multipliers
-# --------------------------------------------------------------------------
-
 def _check_mult(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError('{} must be a number, got {!r}'.format(what, value))
@@ -237,27 +201,18 @@ def _params_of_key(model: chainer.Link, key: str
             raise LinkNotFoundError(
                 '{!r} names no link, nor a parameter of one'.format(key)) \
                 from None
-        found = [(path, link, path + '/' + name, param)
+        # namedparams() names are '/W', '/conv/b'.
+        found = [(path, link, path + name, param)
                  for path, link in links
-                 for name, param in _params_relative_to(link)
-                 if path_matches(tail, name)]
+                 for name, param in link.namedparams()
+                 if path_matches(tail, name.lstrip('/'))]
         if not found:
             raise LinkNotFoundError(
                 '{!r}: no link {!r} has a parameter {!r}'.format(
                     key, head, tail)) from None
         return found
-    found = []
-    for path, link in links:
-        for name, param in link.namedparams():
-            found.append((path, link, path + name, param))
-    return found
-
-
-def _params_relative_to(link: chainer.Link
-                        ) -> Iterable[Tuple[str, chainer.Parameter]]:
-    # The parameters of the link and its descendants, by their paths
-    # relative to it: 'W', 'conv/b'.
-    return ((name.lstrip('/'), param) for name, param in link.namedparams())
+    return [(path, link, path + name, param) for path, link in links
+            for name, param in link.namedparams()]
 
 
 def _expand(model: chainer.Link, mults: Mapping[str, Any], kind: str
@@ -318,8 +273,8 @@ def set_lr_mult(model: chainer.Link, lr_mults: Mapping[str, MultValue],
     """Sets learning-rate (and weight-decay) multipliers of parameters.
 
     Call it after ``optimizer.setup(model)``: the multipliers are kept in
-    the parameters' update rules (see the module documentation). Parameters
-    not named keep theirs (1 unless set before).
+    the parameters' update rules (see :doc:`training`). Parameters not
+    named keep theirs (1 unless set before).
 
     Args:
         model (~chainer.Link): The model the optimizer was set up with.
@@ -407,17 +362,12 @@ def get_lr_mults(model: chainer.Link) -> Dict[str, ParamMults]:
     """
     result = {}
     for path, param in params_under([('', model)]):
-        rule = param.update_rule
-        hyperparam = None if rule is None else rule.hyperparam
+        hyperparam = getattr(param.update_rule, 'hyperparam', None)
         if isinstance(hyperparam, MultipliedHyperparameter):
             result[path.lstrip('/')] = ParamMults(hyperparam.lr_mult,
                                                   hyperparam.decay_mult)
     return result
 
-
-# --------------------------------------------------------------------------
-# Reading Caffe's ParamSpecs
-# --------------------------------------------------------------------------
 
 def caffe_param_names(layer: caffe_pb2.LayerParameter) -> Optional[List[str]]:
     """The Chainer parameter names of a Caffe layer's blobs, in blob order.
@@ -519,15 +469,12 @@ def lr_mults_from_prototxt(source: Union[PathLike, caffe_pb2.NetParameter,
             link = getattr(source, link_names[layer.name])
             have = {name.lstrip('/') for name, _ in link.namedparams()}
             names = [n if n in have else None for n in names]
-        entry = {}
-        for i, name in enumerate(names):
-            if name is None:
-                continue
-            # Unset fields read as ParamSpec's defaults, lr_mult 1 and
-            # decay_mult 1.
-            spec = specs[i] if i < len(specs) else caffe_pb2.ParamSpec()
-            entry[name] = ParamMults(_as_written(spec.lr_mult),
-                                     _as_written(spec.decay_mult))
+        # Missing specs, and unset fields, read as ParamSpec's defaults:
+        # lr_mult 1 and decay_mult 1.
+        specs += [caffe_pb2.ParamSpec()] * (len(names) - len(specs))
+        entry = {name: ParamMults(_as_written(spec.lr_mult),
+                                  _as_written(spec.decay_mult))
+                 for name, spec in zip(names, specs) if name is not None}
         if entry:
             result[layer.name] = entry
     logger.debug('%s: multipliers of %d layers', where, len(result))

@@ -84,12 +84,6 @@ def caffe_link_names(model: chainer.Link) -> Dict[str, str]:
     return dict(names) if isinstance(names, dict) else {}
 
 
-def _translate(model: chainer.Link, pattern: str) -> str:
-    # A CaffeNet knows its layers' Caffe names ('conv1/7x7_s2').
-    link_name = caffe_link_names(model).get(pattern)
-    return pattern if link_name is None else '/' + link_name
-
-
 def path_matches(pattern: str, path: str) -> bool:
     """Whether ``pattern`` names the link at ``path`` (see module doc)."""
     anchored = pattern.startswith('/')
@@ -117,11 +111,14 @@ def match_links(model: chainer.Link, patterns: Patterns
             otherwise silently freeze or boost nothing).
     """
     paths = link_paths(model)
+    # A CaffeNet knows its layers' Caffe names ('conv1/7x7_s2').
+    caffe_names = caffe_link_names(model)
     matched: Dict[str, chainer.Link] = {}
     for pattern in as_list(patterns):
         if not pattern.strip('/'):
             raise LinkNotFoundError('empty link pattern {!r}'.format(pattern))
-        translated = _translate(model, pattern)
+        translated = ('/' + caffe_names[pattern] if pattern in caffe_names
+                      else pattern)
         hits = [(p, link) for p, link in paths
                 if path_matches(translated, p)]
         if not hits:

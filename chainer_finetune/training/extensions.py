@@ -45,19 +45,12 @@ class GradualUnfreeze(extension.Extension):
     :class:`~chainer.training.extensions.LogReport`.
 
     **Snapshots.** The steps done are saved with the trainer
-    (:meth:`serialize`). Chainer restores a trainer snapshot in this order:
-    the updater (with the optimizer's per-parameter state) first, the
-    extensions after, and :meth:`initialize` runs later still, when the
-    training loop starts. A parameter frozen when the snapshot was taken has
-    no optimizer state in it, which Chainer accepts only if the parameter's
-    update rule is disabled while loading. So the extension freezes every
-    scheduled group *when it is created* (create it after
-    ``optimizer.setup``, before loading the snapshot, as usual), and
-    :meth:`initialize` then replays the schedule: everything scheduled
-    frozen, the steps done unfrozen in order, then any step already due.
-    A resumed run thus has the enabled set it had when the snapshot was
-    taken (overlapping groups included), with the optimizer state of the
-    unfrozen parameters, and continues as the uninterrupted run would.
+    (:meth:`serialize`). Every scheduled group is frozen *when the
+    extension is created* (create it after ``optimizer.setup``, before
+    loading the snapshot: Chainer loads the optimizer state of a frozen
+    parameter only while its update rule is disabled), and
+    :meth:`initialize` replays the schedule, so a resumed run has the
+    enabled set of the snapshot. The details: :doc:`training`.
 
     Args:
         model (~chainer.Link): The model the optimizer updates.
@@ -116,14 +109,10 @@ class GradualUnfreeze(extension.Extension):
         for step in self._steps:
             freeze(self._model, self._groups[step])
 
-    def _count(self, trainer) -> float:
-        updater = trainer.updater
-        if self._unit == 'iteration':
-            return updater.iteration
-        return updater.epoch_detail
-
     def _apply_due(self, trainer) -> None:
-        count = self._count(trainer)
+        updater = trainer.updater
+        count = (updater.iteration if self._unit == 'iteration'
+                 else updater.epoch_detail)
         n_links = 0
         for step in self._steps:
             if step in self._done or count < step:
@@ -132,7 +121,7 @@ class GradualUnfreeze(extension.Extension):
             self._done.append(step)
             n_links += len(paths)
             logger.info('%s %s, iteration %d: unfroze %s', self._unit,
-                        _plain(step), trainer.updater.iteration,
+                        _plain(step), updater.iteration,
                         ', '.join(paths))
         if n_links:
             # Once per call: several steps due at once (a step at 0 and
