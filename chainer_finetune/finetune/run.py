@@ -27,10 +27,10 @@ from chainer_finetune.finetune.model import build_classifier
 from chainer_finetune.finetune.model import CaffeClassifier
 from chainer_finetune.finetune.report import plot_accuracy
 from chainer_finetune.finetune.report import write_report
-from chainer_finetune.finetune.results import FinetuneResult
-from chainer_finetune.finetune.results import RunResult
-from chainer_finetune.finetune.source import ModelSource
-from chainer_finetune.finetune.source import resolve_source
+from chainer_finetune.finetune.report import FinetuneResult
+from chainer_finetune.finetune.report import RunResult
+from chainer_finetune.finetune.config import ModelSource
+from chainer_finetune.finetune.config import resolve_source
 from chainer_finetune.freeze import freeze
 from chainer_finetune.freeze import frozen_paths
 from chainer_finetune.freeze import unfreeze
