@@ -13,13 +13,11 @@ arrays). Accepted specs:
 
 ``'fashion-mnist'``
     Zalando's Fashion-MNIST: 70000 grayscale 28x28 images, 10 classes, read
-    (:func:`read_idx`) from the four standard IDX files
-    (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each plain or
-    ``.gz``) where Debian's and Ubuntu's ``dataset-fashion-mnist`` package
-    installs them, or in ``data_dir``. Nothing is downloaded. The 60000
-    training images come first, then the 10000 ``t10k`` ones, whose indices
-    are :attr:`ImageSet.test_indices` (the official split).
+    (:func:`read_idx`) from the four standard IDX files (``train-*`` and
+    ``t10k-*``, plain or ``.gz``) where Debian's ``dataset-fashion-mnist``
+    package installs them, or in ``data_dir``. Nothing is downloaded. The
+    60000 training images come first, then the 10000 ``t10k`` ones, whose
+    indices are :attr:`ImageSet.test_indices` (the official split).
 
 a directory ``root/<class>/<image>``
     One subdirectory per class (class names sorted, labels in that order;
@@ -145,8 +143,7 @@ def read_image(path: PathLike) -> numpy.ndarray:
     replicated, alpha dropped, palette expanded).
 
     Raises:
-        DataError: The file cannot be opened or decoded; the message names
-            it.
+        DataError: The file (named) cannot be opened or decoded.
     """
     from PIL import Image, ImageOps
     path = os.fspath(path)
@@ -395,8 +392,8 @@ def read_idx(path: PathLike) -> numpy.ndarray:
         (uint8 for ``0x08``) and dimensions.
 
     Raises:
-        DataError: The file cannot be read, is no IDX file, or is truncated
-            or too long; the message names it.
+        DataError: The file (named) is unreadable, no IDX file, truncated
+            or too long.
     """
     path = os.fspath(path)
     return numpy.array(_parse_idx(_read_bytes(path), path))
@@ -670,9 +667,8 @@ def split_per_class(images: ImageSet, n_train: Optional[int],
         increasing order in each.
 
     Raises:
-        DataError: A class has fewer images than asked for (the message
-            names it and the count), or, without an official split, both
-            counts are None.
+        DataError: A class (named) has fewer images than asked for, or,
+            without an official split, both counts are None.
         ValueError: A negative count.
     """
     for what, n in (('n_train', n_train), ('n_test', n_test)):
@@ -702,8 +698,7 @@ def split_per_class(images: ImageSet, n_train: Optional[int],
                         ((n_test, 'held-out'), (n_train, 'training'))
                         if n is not None)))
             if n_test is not None:
-                held, train = pool[:n_test], pool[n_test:]
-                train = train if n_train is None else train[:n_train]
+                held, train = pool[:n_test], pool[n_test:][:n_train]
             else:
                 train, held = pool[:n_train], pool[n_train:]
         else:
@@ -727,10 +722,8 @@ def split_per_class(images: ImageSet, n_train: Optional[int],
 
 
 class CaffeTransform:
-    """Preprocesses ``(image, label)`` examples for a Caffe model.
-
-    For :class:`chainer.datasets.TransformDataset` (see
-    :func:`make_dataset`).
+    """Preprocesses ``(image, label)`` examples for a Caffe model (the
+    transform of :func:`make_dataset`).
 
     Args:
         preprocessor: A

