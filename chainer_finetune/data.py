@@ -6,28 +6,24 @@ arrays). Accepted specs:
 
 ``'digits'``
     scikit-learn's bundled copy of the UCI handwritten digits: 1797
-    grayscale 8x8 images, 10 classes ``'0'``..``'9'``. Values 0..16 are
-    scaled to 0..255 (``round(v * 255 / 16)``). The file is fetched once
-    from scikit-learn's wheel on PyPI (never installed nor imported; see
-    :func:`chainer_finetune.hub.fetch_digits`) into the model cache, or
-    read from ``data_dir/digits.csv.gz`` when ``data_dir`` is given.
+    grayscale 8x8 images, 10 classes ``'0'``..``'9'``
+    (:func:`read_digits_csv`), fetched once from scikit-learn's wheel on
+    PyPI (never installed nor imported; see
+    :func:`chainer_finetune.hub.fetch_digits`) into the model cache.
 
 ``'fashion-mnist'``
     Zalando's Fashion-MNIST: 70000 grayscale 28x28 images, 10 classes, read
-    from the four standard IDX files (``train-images-idx3-ubyte``,
-    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-    ``t10k-labels-idx1-ubyte``, each plain or ``.gz``) in ``data_dir``, else
-    in ``/usr/share/datasets/fashion-mnist`` where Debian's and Ubuntu's
-    ``dataset-fashion-mnist`` package installs them. Nothing is downloaded.
-    The 60000 training images come first, then the 10000 ``t10k`` ones,
-    whose indices are :attr:`ImageSet.test_indices` (the official split).
+    (:func:`read_idx`) from the four standard IDX files (``train-*`` and
+    ``t10k-*``, plain or ``.gz``) where Debian's ``dataset-fashion-mnist``
+    package installs them, or in ``data_dir``. Nothing is downloaded. The
+    60000 training images come first, then the 10000 ``t10k`` ones, whose
+    indices are :attr:`ImageSet.test_indices` (the official split).
 
 a directory ``root/<class>/<image>``
     One subdirectory per class (class names sorted, labels in that order;
-    hidden entries skipped), holding ``.jpg``, ``.jpeg``, ``.png``,
-    ``.bmp``, ``.ppm`` or ``.pgm`` files (any case; others are ignored).
-    Images are decoded with Pillow when accessed, EXIF orientation applied
-    and converted to RGB (grayscale replicated, alpha dropped).
+    hidden entries skipped), holding image files
+    (:data:`IMAGE_EXTENSIONS`, any case; others are ignored), decoded by
+    :func:`read_image` when accessed.
 
 a list file
     Caffe's ``ImageData`` format: one ``path label`` per line. The line is
@@ -36,11 +32,9 @@ a list file
     the list file's directory. Blank lines and lines starting with ``#`` are
     skipped. Class names are the label numbers ``'0'`` to ``'<max label>'``.
 
-:func:`split_per_class` draws a per-class training / held-out split,
-:class:`CaffeTransform` applies a
-:class:`~chainer_finetune.caffe.preprocessing.CaffePreprocessor` (random
-crop and mirror for training, centre crop for testing), and
-:func:`make_dataset` makes the Chainer dataset::
+:func:`split_per_class` draws a per-class training / held-out split;
+:func:`make_dataset` with a :class:`CaffeTransform` makes the Chainer
+dataset::
 
     images = load_images('digits')
     train, test = split_per_class(images, n_train=100, n_test=None, seed=0)
@@ -48,8 +42,6 @@ crop and mirror for training, centre crop for testing), and
                              mirror=True)
     train_set = make_dataset(train, CaffeTransform(prep, train=True, seed=0))
     test_set = make_dataset(test, CaffeTransform(prep, train=False))
-    batch = chainer.dataset.concat_examples(
-        next(chainer.iterators.SerialIterator(train_set, 32)))
 
 Every problem with the data raises :class:`~chainer_finetune.errors.DataError`
 naming the file (and line) or class involved.
@@ -61,9 +53,8 @@ import gzip
 import io
 import logging
 import os
-import re
 import zlib
-from typing import (Callable, Dict, List, Optional, Sequence, Tuple, Union)
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import chainer
 import numpy
@@ -104,12 +95,6 @@ _IDX_TYPES = {0x08: '>u1', 0x09: '>i1', 0x0B: '>i2', 0x0C: '>i4',
 # round(v * 255 / 16) for the digits' values 0..16 (halves round up).
 _DIGITS_LUT = ((numpy.arange(17) * 255 + 8) // 16).astype(numpy.uint8)
 
-_LABEL_RE = re.compile(r'[0-9]+\Z')
-
-
-# --------------------------------------------------------------------------
-# Image storage
-# --------------------------------------------------------------------------
 
 class _ArrayImages:
     """Images held in one uint8 array, ``(N, H, W)`` or ``(N, H, W, 3)``."""
@@ -150,15 +135,6 @@ class _FileImages:
 _Source = Union[_ArrayImages, _FileImages]
 
 
-def _pil():
-    try:
-        from PIL import Image, ImageOps
-    except ImportError as e:   # pragma: no cover - Pillow is a requirement
-        raise DataError('reading image files needs Pillow (pip install '
-                        "'Pillow>=10'): {}".format(e)) from e
-    return Image, ImageOps
-
-
 def read_image(path: PathLike) -> numpy.ndarray:
     """Decodes an image file into an ``(H, W, 3)`` uint8 RGB array.
 
@@ -167,10 +143,9 @@ def read_image(path: PathLike) -> numpy.ndarray:
     replicated, alpha dropped, palette expanded).
 
     Raises:
-        DataError: The file cannot be opened or decoded; the message names
-            it.
+        DataError: The file (named) cannot be opened or decoded.
     """
-    Image, ImageOps = _pil()
+    from PIL import Image, ImageOps
     path = os.fspath(path)
     try:
         with Image.open(path) as img:
@@ -185,10 +160,6 @@ def read_image(path: PathLike) -> numpy.ndarray:
         raise DataError('{}: cannot decode the image: {}'.format(
             path, e)) from e
 
-
-# --------------------------------------------------------------------------
-# ImageSet
-# --------------------------------------------------------------------------
 
 class ImageSet:
     """Labelled images: class names, an int32 label and an image per index.
@@ -356,10 +327,6 @@ class ImageDataset(chainer.dataset.DatasetMixin):
         return self.images.image(i), numpy.int32(self.images.labels[i])
 
 
-# --------------------------------------------------------------------------
-# IDX files (MNIST, Fashion-MNIST)
-# --------------------------------------------------------------------------
-
 def _read_bytes(path: str) -> bytes:
     """A file's contents, gunzipped when it starts with gzip's magic."""
     try:
@@ -425,8 +392,8 @@ def read_idx(path: PathLike) -> numpy.ndarray:
         (uint8 for ``0x08``) and dimensions.
 
     Raises:
-        DataError: The file cannot be read, is no IDX file, or is truncated
-            or too long; the message names it.
+        DataError: The file (named) is unreadable, no IDX file, truncated
+            or too long.
     """
     path = os.fspath(path)
     return numpy.array(_parse_idx(_read_bytes(path), path))
@@ -495,10 +462,6 @@ def _load_fashion_mnist(data_dir: Optional[PathLike]) -> ImageSet:
                                name='fashion-mnist', test_indices=test)
 
 
-# --------------------------------------------------------------------------
-# Digits (scikit-learn's CSV)
-# --------------------------------------------------------------------------
-
 def read_digits_csv(path: PathLike) -> Tuple[numpy.ndarray, numpy.ndarray]:
     """Reads scikit-learn's ``digits.csv.gz`` (or a plain ``.csv``).
 
@@ -553,10 +516,6 @@ def _load_digits(data_dir: Optional[PathLike],
     return ImageSet.from_array(images, labels, DIGITS_CLASSES, name='digits')
 
 
-# --------------------------------------------------------------------------
-# Folders and list files
-# --------------------------------------------------------------------------
-
 def _load_folder(root: str) -> ImageSet:
     try:
         classes = sorted(e.name for e in os.scandir(root)
@@ -610,7 +569,7 @@ def _load_list(list_file: str, data_dir: Optional[PathLike]) -> ImageSet:
             raise DataError('{}: expected "path label", got {!r}'.format(
                 where, line))
         name, label = fields
-        if not _LABEL_RE.match(label):
+        if not (label.isascii() and label.isdigit()):
             raise DataError('{}: the label {!r} is not a non-negative '
                             'integer'.format(where, label))
         path = os.path.join(base, name)
@@ -673,10 +632,6 @@ def load_images(spec: PathLike, data_dir: Optional[PathLike] = None, *,
         else 'no such name, file or directory', ACCEPTED_FORMS))
 
 
-# --------------------------------------------------------------------------
-# Splitting
-# --------------------------------------------------------------------------
-
 def _too_few(images: ImageSet, label: int, have: int, kind: str,
              wanted: str) -> DataError:
     return DataError('{}: class {!r} (label {}) has {} {}image{}, {} wanted'
@@ -712,9 +667,8 @@ def split_per_class(images: ImageSet, n_train: Optional[int],
         increasing order in each.
 
     Raises:
-        DataError: A class has fewer images than asked for (the message
-            names it and the count), or, without an official split, both
-            counts are None.
+        DataError: A class (named) has fewer images than asked for, or,
+            without an official split, both counts are None.
         ValueError: A negative count.
     """
     for what, n in (('n_train', n_train), ('n_test', n_test)):
@@ -744,8 +698,7 @@ def split_per_class(images: ImageSet, n_train: Optional[int],
                         ((n_test, 'held-out'), (n_train, 'training'))
                         if n is not None)))
             if n_test is not None:
-                held, train = pool[:n_test], pool[n_test:]
-                train = train if n_train is None else train[:n_train]
+                held, train = pool[:n_test], pool[n_test:][:n_train]
             else:
                 train, held = pool[:n_train], pool[n_train:]
         else:
@@ -760,24 +713,17 @@ def split_per_class(images: ImageSet, n_train: Optional[int],
             train, held = train[:n_train], held[:n_test]
         train_parts.append(train)
         test_parts.append(held)
-    train_idx = numpy.sort(numpy.concatenate(train_parts + [
-        numpy.zeros(0, numpy.int64)]))
-    test_idx = numpy.sort(numpy.concatenate(test_parts + [
-        numpy.zeros(0, numpy.int64)]))
+    empty = [numpy.zeros(0, numpy.int64)]
+    train_idx = numpy.sort(numpy.concatenate(train_parts + empty))
+    test_idx = numpy.sort(numpy.concatenate(test_parts + empty))
     logger.info('%s: split (seed %d) into %d training and %d held-out images',
                 images.name, seed, len(train_idx), len(test_idx))
     return images.subset(train_idx), images.subset(test_idx)
 
 
-# --------------------------------------------------------------------------
-# Preprocessing for Chainer
-# --------------------------------------------------------------------------
-
 class CaffeTransform:
-    """Preprocesses ``(image, label)`` examples for a Caffe model.
-
-    For :class:`chainer.datasets.TransformDataset` (see
-    :func:`make_dataset`).
+    """Preprocesses ``(image, label)`` examples for a Caffe model (the
+    transform of :func:`make_dataset`).
 
     Args:
         preprocessor: A

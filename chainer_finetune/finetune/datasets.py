@@ -15,12 +15,13 @@ import numpy
 
 from chainer_finetune import data
 from chainer_finetune.caffe.preprocessing import CaffePreprocessor
-from chainer_finetune.finetune.config import check_config
+from chainer_finetune.errors import FinetuneError
+from chainer_finetune.finetune.config import AUGMENTATIONS
 from chainer_finetune.finetune.config import FinetuneConfig
-from chainer_finetune.finetune.source import ModelSource
-from chainer_finetune.finetune.source import resolve_input_size
-from chainer_finetune.finetune.source import resolve_mean
-from chainer_finetune.finetune.source import resolve_source
+from chainer_finetune.finetune.config import ModelSource
+from chainer_finetune.finetune.config import resolve_input_size
+from chainer_finetune.finetune.config import resolve_mean
+from chainer_finetune.finetune.config import resolve_source
 
 
 def preprocessors(config: FinetuneConfig, source: ModelSource
@@ -28,12 +29,14 @@ def preprocessors(config: FinetuneConfig, source: ModelSource
     """The training (augmenting) and held-out preprocessors of a job.
 
     The mean and input size are the configuration's, else the known
-    model's declared ones (see :func:`~.source.resolve_mean`).
+    model's declared ones.
 
     Raises:
         FinetuneError: an unknown ``config.augment``.
     """
-    check_config(config)
+    if config.augment not in AUGMENTATIONS:
+        raise FinetuneError('augment must be one of {}, not {!r}'.format(
+            ', '.join(AUGMENTATIONS), config.augment))
     mean = resolve_mean(config, source)
     size = resolve_input_size(config, source)
     if config.augment == 'none':
@@ -61,8 +64,7 @@ def load_split(config: FinetuneConfig
 def transformed(config: FinetuneConfig, train_set: data.ImageSet,
                 test_set: data.ImageSet,
                 source: Optional[ModelSource] = None) -> Tuple[Any, Any]:
-    """Chainer datasets of the preprocessed parts, made anew for each run
-    so that every run draws the same sequence of random crops.
+    """Chainer datasets of the preprocessed parts, for one run.
 
     ``source`` None locates the model from ``config`` (for its declared
     mean and input size).
@@ -89,12 +91,11 @@ def make_iterator(dataset: Any, batchsize: int, train: bool, loaderjob: int,
     run (pretrained, scratch) sees the same batches whatever else uses
     NumPy's global state; ``loaderjob`` > 0 loads in worker processes.
     """
-    kwargs: Dict[str, Any] = dict(repeat=train, shuffle=None)
+    kwargs: Dict[str, Any] = dict(repeat=False, shuffle=False)
     if train:
-        kwargs['order_sampler'] = chainer.iterators.ShuffleOrderSampler(
+        sampler = chainer.iterators.ShuffleOrderSampler(
             numpy.random.RandomState(seed))
-    else:
-        kwargs['shuffle'] = False
+        kwargs = dict(repeat=True, order_sampler=sampler)
     if loaderjob > 0:
         return chainer.iterators.MultiprocessIterator(
             dataset, batchsize, n_processes=loaderjob, **kwargs)

@@ -1,14 +1,6 @@
-"""The network a job trains: :class:`CaffeClassifier` and its building.
-
-:func:`build_classifier` loads the Caffe model (cached), up to
-``feature_layer`` if given, and either puts a new head on that blob
-(global average pooling, BatchNormalization, Linear) or replaces the net's
-classifier layer with one for the new classes
-(:func:`~chainer_finetune.replace_head`). For the pretrained run
-:func:`~chainer_finetune.copy_model` then reports what was taken over from
-the Caffe model and what is new; for the from-scratch baseline
-:func:`reinitialize` draws fresh weights.
-"""
+"""The network a job trains: :class:`CaffeClassifier`, built by
+:func:`build_classifier`; :func:`reinitialize` gives the from-scratch
+baseline fresh weights."""
 
 from __future__ import annotations
 
@@ -27,18 +19,18 @@ from chainer_finetune.copy import CopyReport
 from chainer_finetune.copy import copy_model
 from chainer_finetune.errors import FinetuneError
 from chainer_finetune.finetune.config import FinetuneConfig
-from chainer_finetune.finetune.source import ModelSource
-from chainer_finetune.finetune.source import resolve_source
+from chainer_finetune.finetune.config import ModelSource
+from chainer_finetune.finetune.config import resolve_source
 from chainer_finetune.head import replace_head
 
 
 class CaffeClassifier(chainer.Chain):
     """A Caffe net with a classifier head for new classes.
 
-    With ``feature`` the head is global average pooling of that blob, a
-    BatchNormalization and a Linear layer (``head_norm``, ``head``);
-    without it the net computes the class scores itself (its classifier
-    layer was replaced) and ``output`` names them.
+    With ``n_class`` the head is global average pooling of the ``output``
+    blob, a BatchNormalization and a Linear layer (``head_norm``,
+    ``head``); without it the net computes the class scores itself (its
+    classifier layer was replaced) and ``output`` names them.
 
     Args:
         backbone: The (possibly cut) Caffe net.
@@ -164,7 +156,13 @@ def reinitialize(net: chainer.Link, seed: int = 0,
 def build_classifier(config: FinetuneConfig, n_class: int,
                      pretrained: bool, source: Optional[ModelSource] = None
                      ) -> Tuple[CaffeClassifier, Optional[CopyReport]]:
-    """Builds the network of a run; see the module documentation.
+    """Builds the network of a run.
+
+    The Caffe model is loaded (cached), up to ``config.feature_layer`` if
+    given; a new head goes on that blob (global average pooling,
+    BatchNormalization, Linear), else the net's classifier layer is
+    replaced with one for ``n_class``
+    (:func:`~chainer_finetune.replace_head`).
 
     Args:
         config: The job's configuration.

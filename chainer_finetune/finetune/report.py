@@ -1,21 +1,73 @@
-"""What a job writes about itself: the accuracy plot and the Markdown
-report (``report.md``)."""
+"""What a job returns (:class:`RunResult`, :class:`FinetuneResult`) and
+writes about itself: the accuracy plot and the Markdown report
+(``report.md``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy
 
+from chainer_finetune.copy import CopyReport
 from chainer_finetune.data import ImageSet
 from chainer_finetune.finetune.config import FinetuneConfig
-from chainer_finetune.finetune.source import ModelSource
-from chainer_finetune.finetune.results import RunResult
-from chainer_finetune.finetune.source import resolve_input_size
+from chainer_finetune.finetune.config import ModelSource
+from chainer_finetune.finetune.config import resolve_input_size
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunResult:
+    """The outcome of one training run (pretrained or scratch).
+
+    Attributes:
+        name: ``'pretrained'`` or ``'scratch'`` (its directory and label).
+        log: LogReport's entries (one per epoch).
+        accuracy: Held-out accuracy after the last epoch.
+        best_accuracy: Best held-out accuracy of any epoch.
+        best_epoch: Its epoch.
+        seconds: Wall time of the training loop.
+        epoch_seconds: Wall time of each epoch (training and evaluation).
+        copy_report: What was copied from the Caffe model (pretrained).
+        frozen: Link paths frozen at the start.
+        out: Directory of the run's files.
+        pretrained: Whether the run started from the Caffe model's values
+            (False: from random weights).
+    """
+
+    name: str
+    log: List[Dict[str, Any]]
+    accuracy: float
+    best_accuracy: float
+    best_epoch: int
+    seconds: float
+    epoch_seconds: List[float]
+    copy_report: Optional[CopyReport]
+    frozen: List[str]
+    out: str
+    pretrained: bool
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    """The outcome of :func:`run_finetune`.
+
+    Attributes:
+        runs: The pretrained run, then the scratch run if any.
+        report_path: The Markdown report.
+        plot_path: The comparison plot (PNG), or None without matplotlib.
+        summary: The one-line summary
+            (``pretrained: 0.873 scratch: 0.652``).
+    """
+
+    runs: List[RunResult]
+    report_path: str
+    plot_path: Optional[str]
+    summary: str
 
 
 def plot_accuracy(runs: Sequence[RunResult], path: str) -> Optional[str]:
@@ -133,8 +185,10 @@ def _copied_and_frozen(config: FinetuneConfig,
                 lines.append('- new (not in the Caffe model): {}'.format(
                     ', '.join('`{}`'.format(p) for p in new)))
         if run.frozen:
-            lines.append('- frozen at the start: {} links ({})'.format(
-                len(run.frozen), _abbreviate(run.frozen)))
+            shown = ', '.join('`{}`'.format(p) for p in run.frozen[:4])
+            lines.append('- frozen at the start: {} links ({}{})'.format(
+                len(run.frozen), shown, ', ...' if len(run.frozen) > 4
+                else ''))
         else:
             lines.append('- nothing frozen')
     if config.unfreeze_at is not None:
@@ -177,8 +231,3 @@ def write_report(config: FinetuneConfig, source: ModelSource,
               '`best_model.npz` (best held-out accuracy), `loss.png`, '
               '`accuracy.png`.', '']
     return '\n'.join(lines)
-
-
-def _abbreviate(paths: Sequence[str], n: int = 4) -> str:
-    shown = ', '.join('`{}`'.format(p) for p in paths[:n])
-    return shown + (', ...' if len(paths) > n else '')

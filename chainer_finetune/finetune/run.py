@@ -4,7 +4,6 @@ run, the plot and the report)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -27,10 +26,10 @@ from chainer_finetune.finetune.model import build_classifier
 from chainer_finetune.finetune.model import CaffeClassifier
 from chainer_finetune.finetune.report import plot_accuracy
 from chainer_finetune.finetune.report import write_report
-from chainer_finetune.finetune.results import FinetuneResult
-from chainer_finetune.finetune.results import RunResult
-from chainer_finetune.finetune.source import ModelSource
-from chainer_finetune.finetune.source import resolve_source
+from chainer_finetune.finetune.report import FinetuneResult
+from chainer_finetune.finetune.report import RunResult
+from chainer_finetune.finetune.config import ModelSource
+from chainer_finetune.finetune.config import resolve_source
 from chainer_finetune.freeze import freeze
 from chainer_finetune.freeze import frozen_paths
 from chainer_finetune.freeze import unfreeze
@@ -141,8 +140,7 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
     start = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - start
-    with open(os.path.join(out, 'log')) as f:
-        log = json.load(f)
+    log = trainer.get_extension('LogReport').log
     accuracies = [float(e['validation/main/accuracy']) for e in log]
     elapsed = [float(e['elapsed_time']) for e in log]
     epoch_seconds = [b - a for a, b in zip([0.0] + elapsed[:-1], elapsed)]
