@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
-from typing import (Callable, Optional, Sequence, TextIO, Tuple, Union)
+from typing import (Callable, Iterator, Optional, Sequence, TextIO, Tuple,
+                    Union)
 
 import numpy
 
@@ -26,33 +28,33 @@ ProgressArg = Union[None, bool, Callable[[int, int], None]]
 PROGRESS_MIN_BYTES = 64 << 20
 
 
-def _progress_callback(progress: ProgressArg, path: PathLike, verb: str
-                       ) -> Tuple[Optional[Callable[[int, int], None]],
-                                  Callable[[], None]]:
-    """The reader's progress callback for ``progress`` and a closer."""
-    if callable(progress):
-        return progress, lambda: None
-    if progress is False:
-        return None, lambda: None
-    if progress is None:
-        try:
-            size = os.path.getsize(path)
-            tty = sys.stderr is not None and sys.stderr.isatty()
-        except (OSError, ValueError, AttributeError):
-            return None, lambda: None
-        if not tty or size < PROGRESS_MIN_BYTES:
-            return None, lambda: None
-    display = _progress_display('{} {}'.format(verb, os.path.basename(
-        os.fspath(path))))
-    return display, display.close
+def _large_on_a_terminal(path: PathLike) -> bool:
+    try:
+        return (os.path.getsize(path) >= PROGRESS_MIN_BYTES and
+                sys.stderr is not None and sys.stderr.isatty())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
-def _progress_display(label: str):
+@contextlib.contextmanager
+def _progress(progress: ProgressArg, path: PathLike
+              ) -> Iterator[Optional[Callable[[int, int], None]]]:
+    """The reader's progress callback for ``progress``, closed on exit."""
+    if callable(progress) or progress is False or (
+            progress is None and not _large_on_a_terminal(path)):
+        yield progress if callable(progress) else None
+        return
+    label = 'reading ' + os.path.basename(os.fspath(path))
     try:
         import tqdm   # optional: used when installed, never required
     except ImportError:
-        return _ProgressLine(label, sys.stderr)
-    return _TqdmProgress(tqdm, label)
+        display = _ProgressLine(label, sys.stderr)
+    else:
+        display = _TqdmProgress(tqdm, label)
+    try:
+        yield display
+    finally:
+        display.close()
 
 
 class _ProgressLine:
@@ -106,23 +108,15 @@ def _describe(model: Optional[PathLike], prototxt: Optional[PathLike],
               weights: Optional[PathLike], progress: ProgressArg
               ) -> Tuple[upgrade.NetDescription,
                          Optional[weight_files.WeightsFile]]:
-    if model is not None and weights is not None:
-        raise ValueError('pass either model (a caffemodel) or weights (a '
-                         'file written by save_weights), not both')
     if model is None and weights is None:
         raise CaffeModelError('a caffemodel is needed for the weights (or, '
                               'as weights=, a file written by '
                               'save_weights)')
-    text = None
-    if prototxt is not None:
-        text = reader.read_prototxt(prototxt)
+    text = None if prototxt is None else reader.read_prototxt(prototxt)
     prototxt_path = None if prototxt is None else os.fspath(prototxt)
     if weights is not None:
-        callback, close = _progress_callback(progress, weights, 'reading')
-        try:
+        with _progress(progress, weights) as callback:
             stored = weight_files.read_weights(weights, callback)
-        finally:
-            close()
         binary = weight_files.model_file(stored, with_structure=text is None)
         return upgrade.describe(binary, text, prototxt_path), stored
     fmt = weight_files.weights_format(model)
@@ -131,18 +125,9 @@ def _describe(model: Optional[PathLike], prototxt: Optional[PathLike],
             '{}: is {} (a file written by save_weights?), not a caffemodel; '
             'pass it as weights='.format(os.fspath(model),
                                          {'h5': 'HDF5', 'npz': 'NPZ'}[fmt]))
-    callback, close = _progress_callback(progress, model, 'reading')
-    try:
+    with _progress(progress, model) as callback:
         binary = reader.read_caffemodel(model, progress=callback)
-    finally:
-        close()
     return upgrade.describe(binary, text, prototxt_path), None
-
-
-def build_net(description: upgrade.NetDescription,
-              stop_at: Union[str, Sequence[str], None] = None) -> CaffeNet:
-    """Builds the Chainer network of a description (see :func:`load_caffe`)."""
-    return CaffeNet(select_layers(description, stop_at))
 
 
 def _load(model: Optional[PathLike], prototxt: Optional[PathLike],
@@ -150,7 +135,7 @@ def _load(model: Optional[PathLike], prototxt: Optional[PathLike],
           ) -> CaffeNet:
     start = time.perf_counter()
     description, stored = _describe(model, prototxt, weights, progress)
-    net = build_net(description, stop_at)
+    net = CaffeNet(select_layers(description, stop_at))
     if stored is not None:
         weight_files.apply_extras(net, stored)
     logger.info('loaded %s: %d layers, %d parameters in %.2f s',
@@ -201,11 +186,12 @@ def load_caffe(model: Optional[PathLike] = None,
         UnsupportedLayerError: a layer type (or option) without a faithful
             conversion among the layers needed.
     """
+    if model is not None and weights is not None:
+        raise ValueError('pass either model (a caffemodel) or weights (a '
+                         'file written by save_weights), not both')
     if not cache:
         return _load(model, prototxt, weights, stop_at, progress)
     from chainer_finetune.caffe import cache as net_cache
-    if model is not None and weights is not None:
-        raise ValueError('pass either model or weights, not both')
     inputs = [('model', model), ('prototxt', prototxt), ('weights', weights)]
     source = ' + '.join(os.fspath(p) for _, p in inputs if p is not None)
     options = {'stop_at': stop_at if stop_at is None or

@@ -68,14 +68,9 @@ class _Power(LayerFunction):
         if self.power == 0:
             xp = backend.get_array_module(x)
             return chainer.Variable(xp.ones(x.shape, dtype=x.dtype)),
-        y = x
-        if self.scale != 1:
-            y = y * self.scale
-        if self.shift != 0:
-            y = y + self.shift
-        if self.power != 1:
-            y = y ** self.power
-        return y,
+        y = x * self.scale if self.scale != 1 else x
+        y = y + self.shift if self.shift != 0 else y
+        return (y ** self.power if self.power != 1 else y),
 
 
 @register('Power')
@@ -103,10 +98,8 @@ def _prelu_blobs(layer: caffe_pb2.LayerParameter) -> List[str]:
 def _build_prelu(ctx: BuildContext) -> Built:
     ctx.expect_bottoms(1)
     ctx.expect_blobs(['slopes'])
-    if ctx.layer.prelu_param.channel_shared:
-        W = ctx.blob(0, (1,), 'slopes')
-    else:
-        W = ctx.blob(0, (None,), 'slopes')
+    shared = ctx.layer.prelu_param.channel_shared
+    W = ctx.blob(0, (1,) if shared else (None,), 'slopes')
     link = chainer.Link()
     set_params(link, W=W)
     return Built(_PReLU(''), link)
@@ -118,14 +111,9 @@ class _Dropout(LayerFunction):
     scale_train: bool
 
     def __call__(self, net, x):
-        if chainer.config.train:
-            y = F.dropout(x, self.ratio)   # scales kept values by 1/(1-r)
-            if not self.scale_train:
-                y = y * (1.0 - self.ratio)
-            return y,
-        if not self.scale_train:
-            return x * (1.0 - self.ratio),
-        return x,
+        # F.dropout scales kept values by 1/(1-r), as Caffe does in training.
+        y = F.dropout(x, self.ratio) if chainer.config.train else x
+        return (y if self.scale_train else y * (1.0 - self.ratio)),
 
 
 @register('Dropout')
@@ -135,9 +123,6 @@ def _build_dropout(ctx: BuildContext) -> Built:
     if not 0 <= p.dropout_ratio < 1:
         raise ctx.error('dropout_ratio {} is not in [0, 1)'.format(
             p.dropout_ratio))
-    # BVLC's DropoutParameter has only dropout_ratio: Caffe scales kept
-    # values by 1/(1-r) in training and copies in testing. `scale_train`
-    # exists only in forks' schemas (not in ours), so reading it
-    # unconditionally raised AttributeError for every Dropout layer.
+    # `scale_train` exists only in forks' schemas, not in BVLC's (ours).
     scale_train = getattr(p, 'scale_train', True)
     return Built(_Dropout(p.dropout_ratio, scale_train), None)

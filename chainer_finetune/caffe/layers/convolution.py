@@ -50,10 +50,8 @@ def _spatial(ctx: BuildContext, repeated: Sequence[int], h_field: str,
         if default is None:
             raise ctx.error('{} is not set'.format(what))
         return default, default
-    if len(repeated) == 1:
-        return repeated[0], repeated[0]
-    if len(repeated) == 2:
-        return repeated[0], repeated[1]
+    if len(repeated) <= 2:
+        return (tuple(repeated) * 2)[:2]
     raise ctx.unsupported('{}-D {} ({} values): only 2-D convolutions are '
                           'supported'.format(len(repeated), what,
                                              len(repeated)))
@@ -98,12 +96,21 @@ def _set_weights(ctx: BuildContext, link: chainer.Link, W: numpy.ndarray,
     set_params(link, **params)
 
 
-def _build_convolution_like(ctx: BuildContext, deconvolution: bool
-                            ) -> Built:
+# Convolution2D's (out, in / group, kh, kw) and Deconvolution2D's (in,
+# out / group, kh, kw) are Caffe's layouts: the blobs are the parameters.
+_CONVOLUTION_DECLARATION = dict(
+    invert=named_blobs(_CONVOLUTION_BLOBS), param_names=_CONVOLUTION_BLOBS,
+    output_field='convolution_param')
+
+
+@register('Convolution', **_CONVOLUTION_DECLARATION)
+@register('Deconvolution', **_CONVOLUTION_DECLARATION)
+def _build_convolution(ctx: BuildContext) -> Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.convolution_param
     kernel, stride, pad, dilation = _conv_geometry(ctx)
     ctx.expect_blobs(['weights', 'bias'] if p.bias_term else ['weights'])
+    deconvolution = ctx.layer.type == 'Deconvolution'
     if deconvolution:
         # Caffe stores deconvolution weights as (in, out / group, kh, kw),
         # the layout of Chainer's Deconvolution2D.
@@ -119,23 +126,6 @@ def _build_convolution_like(ctx: BuildContext, deconvolution: bool
                       groups=p.group)
     _set_weights(ctx, link, W, p)
     return Built(_CallLink(''), link)
-
-
-# Convolution2D's (out, in / group, kh, kw) and Deconvolution2D's (in,
-# out / group, kh, kw) are Caffe's layouts: the blobs are the parameters.
-_CONVOLUTION_DECLARATION = dict(
-    invert=named_blobs(_CONVOLUTION_BLOBS), param_names=_CONVOLUTION_BLOBS,
-    output_field='convolution_param')
-
-
-@register('Convolution', **_CONVOLUTION_DECLARATION)
-def _build_convolution(ctx: BuildContext) -> Built:
-    return _build_convolution_like(ctx, deconvolution=False)
-
-
-@register('Deconvolution', **_CONVOLUTION_DECLARATION)
-def _build_deconvolution(ctx: BuildContext) -> Built:
-    return _build_convolution_like(ctx, deconvolution=True)
 
 
 @dataclasses.dataclass(eq=False)

@@ -55,19 +55,17 @@ class _SoftmaxWithLoss(LayerFunction):
 
     def __call__(self, net, x, t):
         scores = _move_axis_last(x, self.axis)
-        n_class = scores.shape[-1]
-        scores = F.reshape(scores, (-1, n_class))
-        labels = t.array if isinstance(t, chainer.Variable) else t
-        labels = labels.reshape(-1).astype(numpy.int32)
+        scores = F.reshape(scores, (-1, scores.shape[-1]))
+        labels = chainer.as_array(t).reshape(-1).astype(numpy.int32)
         ignore = -1 if self.ignore_label is None else self.ignore_label
         losses = F.softmax_cross_entropy(scores, labels, reduce='no',
                                          ignore_label=ignore)
         total = F.sum(losses)
         mode = caffe_pb2.LossParameter
-        if self.normalization == mode.VALID:
-            denom = int((labels != ignore).sum()) \
-                if self.ignore_label is not None else labels.size
-        elif self.normalization == mode.FULL:
+        valid = self.normalization == mode.VALID
+        if valid and self.ignore_label is not None:
+            denom = int((labels != ignore).sum())
+        elif valid or self.normalization == mode.FULL:
             denom = labels.size
         elif self.normalization == mode.BATCH_SIZE:
             # Caffe's outer_num_: the size of the axes before the softmax
@@ -103,8 +101,7 @@ class _Accuracy(LayerFunction):
         xp = backend.get_array_module(x)
         scores = _move_axis_last(x, self.axis).array
         scores = scores.reshape(-1, scores.shape[-1])
-        labels = t.array if isinstance(t, chainer.Variable) else t
-        labels = labels.reshape(-1).astype(numpy.int64)
+        labels = chainer.as_array(t).reshape(-1).astype(numpy.int64)
         keep = xp.ones(labels.shape, dtype=bool) \
             if self.ignore_label is None else labels != self.ignore_label
         safe = xp.where(keep, labels, 0)

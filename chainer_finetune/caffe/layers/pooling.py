@@ -35,12 +35,8 @@ def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int,
             leave a last window past the input). Default: ``pad != 0``.
     """
     span = size + 2 * pad - kernel
-    if ceil:
-        out = -(-span // stride) + 1
-    else:
-        out = span // stride + 1
-    if padded is None:
-        padded = pad != 0
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    padded = pad != 0 if padded is None else padded
     if padded and (out - 1) * stride >= size + pad:
         out -= 1
     return out
@@ -55,12 +51,10 @@ def _ave_divisor(xp, size: Tuple[int, int], out: Tuple[int, int],
     input, so padding inside the window counts and the area past it does
     not.
     """
-    def axis(n, o, k, s, p):
+    def window(n, o, k, s, p):
         start = numpy.arange(o) * s - p
-        end = numpy.minimum(start + k, n + p)
-        return end - start
-    dh = axis(size[0], out[0], kernel[0], stride[0], pad[0])
-    dw = axis(size[1], out[1], kernel[1], stride[1], pad[1])
+        return numpy.minimum(start + k, n + p) - start
+    dh, dw = (window(*axis) for axis in zip(size, out, kernel, stride, pad))
     return xp.asarray(numpy.outer(dh, dw).astype(numpy.float32))
 
 

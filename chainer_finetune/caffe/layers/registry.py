@@ -83,12 +83,12 @@ def register(*names: str, **declaration) -> Callable[[Builder], Builder]:
         ValueError: a name already has an entry.
     """
     def add(build: Builder) -> Builder:
-        entry = LayerType(tuple(names), build, **declaration)
         taken = [name for name in names if name in _REGISTRY]
         if taken:
             raise ValueError('layer types {} are registered twice'.format(
                 taken))
-        _REGISTRY.update((name, entry) for name in names)
+        entry = LayerType(tuple(names), build, **declaration)
+        _REGISTRY.update(dict.fromkeys(names, entry))
         return build
     return add
 
@@ -125,12 +125,9 @@ def layer_type(type_name: str, where: str = '') -> LayerType:
 
 def registered_types() -> Iterator[LayerType]:
     """Every entry once, in the order of their first type name."""
-    seen = set()
-    for name in supported_types():
-        entry = _REGISTRY[name]
-        if id(entry) not in seen:
-            seen.add(id(entry))
-            yield entry
+    by_id = {id(_REGISTRY[name]): _REGISTRY[name]
+             for name in supported_types()}
+    return iter(by_id.values())
 
 
 def learnable_blob_names(layer: caffe_pb2.LayerParameter

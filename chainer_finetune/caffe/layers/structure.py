@@ -7,7 +7,9 @@ Concat, Slice, Flatten, Reshape, and Eltwise (one blob from several).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Tuple
+import functools
+import operator
+from typing import List, Sequence, Tuple
 
 import chainer.functions as F
 import numpy
@@ -52,24 +54,20 @@ def _build_split(ctx: BuildContext) -> Built:
     return Built(_Split(len(ctx.layer.top)), None)
 
 
+@dataclasses.dataclass(eq=False)
 class _Eltwise(LayerFunction):
-    def __init__(self, operation: int, coeffs: Sequence[float]) -> None:
-        self.operation = operation
-        self.coeffs = list(coeffs)
+    operation: int
+    coeffs: List[float]
 
     def __call__(self, net, *xs):
         op = caffe_pb2.EltwiseParameter
         if self.operation == op.SUM:
             coeffs = self.coeffs or [1.0] * len(xs)
-            y = None
-            for c, x in zip(coeffs, xs):
-                term = x if c == 1 else x * c
-                y = term if y is None else y + term
-            return y,
-        y = xs[0]
-        for x in xs[1:]:
-            y = y * x if self.operation == op.PROD else F.maximum(y, x)
-        return y,
+            xs = [x if c == 1 else x * c for c, x in zip(coeffs, xs)]
+            combine = operator.add
+        else:
+            combine = operator.mul if self.operation == op.PROD else F.maximum
+        return functools.reduce(combine, xs),
 
 
 @register('Eltwise')
@@ -81,7 +79,7 @@ def _build_eltwise(ctx: BuildContext) -> Built:
     if p.coeff and (len(p.coeff) != n or
                     p.operation != caffe_pb2.EltwiseParameter.SUM):
         raise ctx.error('coeff needs one value per bottom and operation SUM')
-    return Built(_Eltwise(p.operation, p.coeff), None)
+    return Built(_Eltwise(p.operation, list(p.coeff)), None)
 
 
 @dataclasses.dataclass(eq=False)
@@ -99,11 +97,11 @@ def _build_concat(ctx: BuildContext) -> Built:
     return Built(_Concat(axis), None)
 
 
+@dataclasses.dataclass(eq=False)
 class _Slice(LayerFunction):
-    def __init__(self, axis: int, points: Sequence[int], n_tops: int) -> None:
-        self.axis = axis
-        self.points = list(points)
-        self.n_tops = n_tops
+    axis: int
+    points: List[int]
+    n_tops: int
 
     def __call__(self, net, x):
         axis = canonical_axis(self.axis, x.ndim)
@@ -115,8 +113,7 @@ class _Slice(LayerFunction):
                                       'parts'.format(x.shape[axis],
                                                      self.n_tops))
             sections = self.n_tops
-        ys = F.split_axis(x, sections, axis, force_tuple=True)
-        return tuple(ys)
+        return F.split_axis(x, sections, axis, force_tuple=True)
 
 
 @register('Slice')
@@ -130,7 +127,7 @@ def _build_slice(ctx: BuildContext) -> Built:
             len(p.slice_point), n_tops))
     if list(p.slice_point) != sorted(p.slice_point):
         raise ctx.error('slice_point must increase')
-    return Built(_Slice(axis, p.slice_point, n_tops), None)
+    return Built(_Slice(axis, list(p.slice_point), n_tops), None)
 
 
 @dataclasses.dataclass(eq=False)
@@ -191,11 +188,11 @@ def caffe_reshape(shape: Tuple[int, ...], dims: Sequence[int], axis: int,
     return tuple(out)
 
 
+@dataclasses.dataclass(eq=False)
 class _Reshape(LayerFunction):
-    def __init__(self, dims: Sequence[int], axis: int, num_axes: int) -> None:
-        self.dims = list(dims)
-        self.axis = axis
-        self.num_axes = num_axes
+    dims: List[int]
+    axis: int
+    num_axes: int
 
     def __call__(self, net, x):
         return F.reshape(x, caffe_reshape(x.shape, self.dims, self.axis,
