@@ -17,14 +17,13 @@ from chainer_finetune.errors import UnsupportedLayerError
 Shape = Tuple[Optional[int], ...]
 
 
+@dataclasses.dataclass
 class BuildContext:
     """What a builder sees: one layer, its blobs, where they came from."""
 
-    def __init__(self, layer: caffe_pb2.LayerParameter, blobs: List[Blob],
-                 source: str) -> None:
-        self.layer = layer
-        self.blobs = blobs
-        self.source = source
+    layer: caffe_pb2.LayerParameter
+    blobs: List[Blob]
+    source: str
 
     @property
     def where(self) -> str:

@@ -11,18 +11,11 @@ import chainer.links as L
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BlobNames
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import InvertedBlob
-from chainer_finetune.caffe.layers.base import LinkedFunction
-from chainer_finetune.caffe.layers.base import canonical_axis
-from chainer_finetune.caffe.layers.base import named_blobs
-from chainer_finetune.caffe.layers.base import set_params
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 
 
-def _weights_and_bias(field: str) -> BlobNames:
+def _weights_and_bias(field: str) -> base.BlobNames:
     """``W`` and, with ``bias_term``, ``b`` of the layer's ``field``."""
     def names(layer: caffe_pb2.LayerParameter) -> List[str]:
         return ['W', 'b'] if getattr(layer, field).bias_term else ['W']
@@ -33,7 +26,7 @@ _CONVOLUTION_BLOBS = _weights_and_bias('convolution_param')
 _INNER_PRODUCT_BLOBS = _weights_and_bias('inner_product_param')
 
 
-def _spatial(ctx: BuildContext, repeated: Sequence[int], h_field: str,
+def _spatial(ctx: base.BuildContext, repeated: Sequence[int], h_field: str,
              w_field: str, default: Optional[int], what: str
              ) -> Tuple[int, int]:
     """Caffe's 2-D value of pad/kernel/stride/dilation (h, w)."""
@@ -57,7 +50,7 @@ def _spatial(ctx: BuildContext, repeated: Sequence[int], h_field: str,
                                              len(repeated)))
 
 
-def _conv_geometry(ctx: BuildContext):
+def _conv_geometry(ctx: base.BuildContext):
     p = ctx.layer.convolution_param
     if p.axis != 1:
         raise ctx.unsupported('convolution over axis {} (only the channel '
@@ -79,33 +72,33 @@ def _conv_geometry(ctx: BuildContext):
 
 
 @dataclasses.dataclass(eq=False)
-class _CallLink(LinkedFunction):
+class _CallLink(base.LinkedFunction):
     """Calls the layer's link on its single bottom."""
 
     def __call__(self, net, x):
         return self.link(net)(x),
 
 
-def _set_weights(ctx: BuildContext, link: chainer.Link, W: numpy.ndarray,
+def _set_weights(ctx: base.BuildContext, link: chainer.Link, W: numpy.ndarray,
                  p) -> None:
     """Gives ``link`` the weights and, with ``p.bias_term``, blob 1 as the
     bias (``p``: the layer's convolution or inner product parameters)."""
     params = {'W': W}
     if p.bias_term:
         params['b'] = ctx.blob(1, (p.num_output,), 'bias')
-    set_params(link, **params)
+    base.set_params(link, **params)
 
 
 # Convolution2D's (out, in / group, kh, kw) and Deconvolution2D's (in,
 # out / group, kh, kw) are Caffe's layouts: the blobs are the parameters.
 _CONVOLUTION_DECLARATION = dict(
-    invert=named_blobs(_CONVOLUTION_BLOBS), param_names=_CONVOLUTION_BLOBS,
-    output_field='convolution_param')
+    invert=base.named_blobs(_CONVOLUTION_BLOBS),
+    param_names=_CONVOLUTION_BLOBS, output_field='convolution_param')
 
 
 @register('Convolution', **_CONVOLUTION_DECLARATION)
 @register('Deconvolution', **_CONVOLUTION_DECLARATION)
-def _build_convolution(ctx: BuildContext) -> Built:
+def _build_convolution(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.convolution_param
     kernel, stride, pad, dilation = _conv_geometry(ctx)
@@ -125,31 +118,31 @@ def _build_convolution(ctx: BuildContext) -> Built:
                       nobias=not p.bias_term, dilate=dilation,
                       groups=p.group)
     _set_weights(ctx, link, W, p)
-    return Built(_CallLink(''), link)
+    return base.Built(_CallLink(''), link)
 
 
 @dataclasses.dataclass(eq=False)
-class _InnerProduct(LinkedFunction):
+class _InnerProduct(base.LinkedFunction):
     axis: int
 
     def __call__(self, net, x):
-        axis = canonical_axis(self.axis, x.ndim)
+        axis = base.canonical_axis(self.axis, x.ndim)
         return self.link(net)(x, n_batch_axes=axis),
 
 
 def _invert_inner_product(layer: caffe_pb2.LayerParameter,
-                          link: chainer.Link) -> List[InvertedBlob]:
-    blobs = named_blobs(_INNER_PRODUCT_BLOBS)(layer, link)
+                          link: chainer.Link) -> List[base.InvertedBlob]:
+    blobs = base.named_blobs(_INNER_PRODUCT_BLOBS)(layer, link)
     if layer.inner_product_param.transpose:
         # Caffe keeps (in, out); Chainer's Linear (out, in).
-        blobs[0] = InvertedBlob('W', numpy.ascontiguousarray(
+        blobs[0] = base.InvertedBlob('W', numpy.ascontiguousarray(
             blobs[0].array.T), 'W (transposed: in, out)')
     return blobs
 
 
 @register('InnerProduct', invert=_invert_inner_product,
           param_names=_INNER_PRODUCT_BLOBS, output_field='inner_product_param')
-def _build_inner_product(ctx: BuildContext) -> Built:
+def _build_inner_product(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.inner_product_param
     if p.num_output < 1:
@@ -162,4 +155,4 @@ def _build_inner_product(ctx: BuildContext) -> Built:
         W = ctx.blob(0, (p.num_output, None), 'weights')
     link = L.Linear(None, p.num_output, nobias=not p.bias_term)
     _set_weights(ctx, link, W, p)
-    return Built(_InnerProduct('', p.axis), link)
+    return base.Built(_InnerProduct('', p.axis), link)

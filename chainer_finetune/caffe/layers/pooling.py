@@ -11,13 +11,11 @@ import chainer.functions as F
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
-from chainer_finetune.errors import CaffeModelError
 
 Pair = Optional[Tuple[int, int]]
+from chainer_finetune.errors import CaffeModelError
 
 
 def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int,
@@ -59,7 +57,7 @@ def _ave_divisor(xp, size: Tuple[int, int], out: Tuple[int, int],
 
 
 @dataclasses.dataclass(eq=False)
-class _Pooling(LayerFunction):
+class _Pooling(base.LayerFunction):
     """MAX or AVE pooling; kernel, stride and pad are None when global."""
 
     method: int
@@ -103,7 +101,7 @@ class _Pooling(LayerFunction):
                                   y.shape),
 
 
-def _pool_pair(ctx: BuildContext, square: str, h_field: str, w_field: str
+def _pool_pair(ctx: base.BuildContext, square: str, h_field: str, w_field: str
                ) -> Tuple[int, int]:
     """(h, w) of a pooling kernel/stride/pad; Caffe's PoolingLayer checks."""
     p = ctx.layer.pooling_param
@@ -119,7 +117,7 @@ def _pool_pair(ctx: BuildContext, square: str, h_field: str, w_field: str
 
 
 @register('Pooling')
-def _build_pooling(ctx: BuildContext) -> Built:
+def _build_pooling(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.pooling_param
     if p.pool == caffe_pb2.PoolingParameter.STOCHASTIC:
@@ -142,5 +140,5 @@ def _build_pooling(ctx: BuildContext) -> Built:
             raise ctx.error('pad {} must be smaller than kernel {}'.format(
                 pad, kernel))
     ceil = p.round_mode == caffe_pb2.PoolingParameter.CEIL
-    return Built(_Pooling(p.pool, kernel, stride, pad, p.global_pooling,
+    return base.Built(_Pooling(p.pool, kernel, stride, pad, p.global_pooling,
                           ceil), None)

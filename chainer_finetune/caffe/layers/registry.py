@@ -14,13 +14,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from google.protobuf import message
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BlobNames
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import Inverter
-from chainer_finetune.errors import UnsupportedLayerError
+from chainer_finetune.caffe.layers import base
 
-Builder = Callable[[BuildContext], Built]
+Builder = Callable[[base.BuildContext], base.Built]
+from chainer_finetune.errors import UnsupportedLayerError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +43,8 @@ class LayerType:
 
     names: Tuple[str, ...]
     build: Builder
-    invert: Optional[Inverter] = None
-    param_names: Optional[BlobNames] = None
+    invert: Optional[base.Inverter] = None
+    param_names: Optional[base.BlobNames] = None
     output_field: Optional[str] = None
     stateful: bool = False
 
@@ -150,7 +147,7 @@ def output_param(layer: caffe_pb2.LayerParameter
     return None if entry is None else entry.output_param(layer)
 
 
-def build(ctx: BuildContext) -> Built:
+def build(ctx: base.BuildContext) -> base.Built:
     """Builds one layer.
 
     Raises:

@@ -15,33 +15,30 @@ import chainer.functions as F
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import LayerFunction
-from chainer_finetune.caffe.layers.base import canonical_axis
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 from chainer_finetune.errors import CaffeModelError
 
 
 @register('Input', 'Data', 'MemoryData', 'ImageData', 'DummyData',
           'HDF5Data', 'WindowData')
-def _build_input(ctx: BuildContext) -> Built:
+def _build_input(ctx: base.BuildContext) -> base.Built:
     # The tops are supplied by the caller of forward().
-    return Built(None, None)
+    return base.Built(None, None)
 
 
-class _Silence(LayerFunction):
+class _Silence(base.LayerFunction):
     def __call__(self, net, *xs):
         return ()
 
 
 @register('Silence')
-def _build_silence(ctx: BuildContext) -> Built:
-    return Built(_Silence(), None)
+def _build_silence(ctx: base.BuildContext) -> base.Built:
+    return base.Built(_Silence(), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Split(LayerFunction):
+class _Split(base.LayerFunction):
     n: int
 
     def __call__(self, net, x):
@@ -49,13 +46,13 @@ class _Split(LayerFunction):
 
 
 @register('Split')
-def _build_split(ctx: BuildContext) -> Built:
+def _build_split(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
-    return Built(_Split(len(ctx.layer.top)), None)
+    return base.Built(_Split(len(ctx.layer.top)), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Eltwise(LayerFunction):
+class _Eltwise(base.LayerFunction):
     operation: int
     coeffs: List[float]
 
@@ -71,7 +68,7 @@ class _Eltwise(LayerFunction):
 
 
 @register('Eltwise')
-def _build_eltwise(ctx: BuildContext) -> Built:
+def _build_eltwise(ctx: base.BuildContext) -> base.Built:
     p = ctx.layer.eltwise_param
     n = len(ctx.layer.bottom)
     if n < 2:
@@ -79,11 +76,11 @@ def _build_eltwise(ctx: BuildContext) -> Built:
     if p.coeff and (len(p.coeff) != n or
                     p.operation != caffe_pb2.EltwiseParameter.SUM):
         raise ctx.error('coeff needs one value per bottom and operation SUM')
-    return Built(_Eltwise(p.operation, list(p.coeff)), None)
+    return base.Built(_Eltwise(p.operation, list(p.coeff)), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Concat(LayerFunction):
+class _Concat(base.LayerFunction):
     axis: int
 
     def __call__(self, net, *xs):
@@ -91,20 +88,20 @@ class _Concat(LayerFunction):
 
 
 @register('Concat')
-def _build_concat(ctx: BuildContext) -> Built:
+def _build_concat(ctx: base.BuildContext) -> base.Built:
     p = ctx.layer.concat_param
     axis = p.concat_dim if p.HasField('concat_dim') else p.axis
-    return Built(_Concat(axis), None)
+    return base.Built(_Concat(axis), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Slice(LayerFunction):
+class _Slice(base.LayerFunction):
     axis: int
     points: List[int]
     n_tops: int
 
     def __call__(self, net, x):
-        axis = canonical_axis(self.axis, x.ndim)
+        axis = base.canonical_axis(self.axis, x.ndim)
         if self.points:
             sections = self.points
         else:
@@ -117,7 +114,7 @@ class _Slice(LayerFunction):
 
 
 @register('Slice')
-def _build_slice(ctx: BuildContext) -> Built:
+def _build_slice(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.slice_param
     axis = p.slice_dim if p.HasField('slice_dim') else p.axis
@@ -127,27 +124,27 @@ def _build_slice(ctx: BuildContext) -> Built:
             len(p.slice_point), n_tops))
     if list(p.slice_point) != sorted(p.slice_point):
         raise ctx.error('slice_point must increase')
-    return Built(_Slice(axis, list(p.slice_point), n_tops), None)
+    return base.Built(_Slice(axis, list(p.slice_point), n_tops), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Flatten(LayerFunction):
+class _Flatten(base.LayerFunction):
     axis: int
     end_axis: int
 
     def __call__(self, net, x):
-        start = canonical_axis(self.axis, x.ndim)
-        end = canonical_axis(self.end_axis, x.ndim)
+        start = base.canonical_axis(self.axis, x.ndim)
+        end = base.canonical_axis(self.end_axis, x.ndim)
         shape = x.shape[:start] + (
             int(numpy.prod(x.shape[start:end + 1])),) + x.shape[end + 1:]
         return F.reshape(x, shape),
 
 
 @register('Flatten')
-def _build_flatten(ctx: BuildContext) -> Built:
+def _build_flatten(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.flatten_param
-    return Built(_Flatten(p.axis, p.end_axis), None)
+    return base.Built(_Flatten(p.axis, p.end_axis), None)
 
 
 def caffe_reshape(shape: Tuple[int, ...], dims: Sequence[int], axis: int,
@@ -189,7 +186,7 @@ def caffe_reshape(shape: Tuple[int, ...], dims: Sequence[int], axis: int,
 
 
 @dataclasses.dataclass(eq=False)
-class _Reshape(LayerFunction):
+class _Reshape(base.LayerFunction):
     dims: List[int]
     axis: int
     num_axes: int
@@ -200,7 +197,7 @@ class _Reshape(LayerFunction):
 
 
 @register('Reshape')
-def _build_reshape(ctx: BuildContext) -> Built:
+def _build_reshape(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.reshape_param
     dims = list(p.shape.dim)
@@ -209,4 +206,4 @@ def _build_reshape(ctx: BuildContext) -> Built:
                         'value'.format(dims))
     if p.num_axes < -1:
         raise ctx.error('num_axes must be >= -1')
-    return Built(_Reshape(dims, p.axis, p.num_axes), None)
+    return base.Built(_Reshape(dims, p.axis, p.num_axes), None)
