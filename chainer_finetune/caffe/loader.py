@@ -7,8 +7,7 @@ import logging
 import os
 import sys
 import time
-from typing import (Callable, Iterator, Optional, Sequence, TextIO, Tuple,
-                    Union)
+from typing import Callable, Iterator, Optional, Sequence, TextIO, Union
 
 import numpy
 
@@ -89,52 +88,44 @@ class _TqdmProgress:
         self.bar = None
         self.tqdm = tqdm
         self.label = label
-        self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
             self.bar = self.tqdm.tqdm(total=total, unit='B', unit_scale=True,
                                       desc=self.label, leave=False,
                                       file=sys.stderr)
-        self.bar.update(done - self.done)
-        self.done = done
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def _describe(model: Optional[PathLike], prototxt: Optional[PathLike],
-              weights: Optional[PathLike], progress: ProgressArg
-              ) -> Tuple[upgrade.NetDescription,
-                         Optional[weight_files.WeightsFile]]:
+def _load(model: Optional[PathLike], prototxt: Optional[PathLike],
+          weights: Optional[PathLike], stop_at, progress: ProgressArg
+          ) -> CaffeNet:
     if model is None and weights is None:
         raise CaffeModelError('a caffemodel is needed for the weights (or, '
                               'as weights=, a file written by '
                               'save_weights)')
+    start = time.perf_counter()
     text = None if prototxt is None else reader.read_prototxt(prototxt)
-    prototxt_path = None if prototxt is None else os.fspath(prototxt)
+    stored = None
     if weights is not None:
         with _progress(progress, weights) as callback:
             stored = weight_files.read_weights(weights, callback)
         binary = weight_files.model_file(stored, with_structure=text is None)
-        return upgrade.describe(binary, text, prototxt_path), stored
-    fmt = weight_files.weights_format(model)
-    if fmt is not None:
-        raise CaffeModelError(
-            '{}: is {} (a file written by save_weights?), not a caffemodel; '
-            'pass it as weights='.format(os.fspath(model),
-                                         {'h5': 'HDF5', 'npz': 'NPZ'}[fmt]))
-    with _progress(progress, model) as callback:
-        binary = reader.read_caffemodel(model, progress=callback)
-    return upgrade.describe(binary, text, prototxt_path), None
-
-
-def _load(model: Optional[PathLike], prototxt: Optional[PathLike],
-          weights: Optional[PathLike], stop_at, progress: ProgressArg
-          ) -> CaffeNet:
-    start = time.perf_counter()
-    description, stored = _describe(model, prototxt, weights, progress)
+    else:
+        fmt = weight_files.weights_format(model)
+        if fmt is not None:
+            raise CaffeModelError(
+                '{}: is {} (a file written by save_weights?), not a '
+                'caffemodel; pass it as weights='.format(
+                    os.fspath(model), {'h5': 'HDF5', 'npz': 'NPZ'}[fmt]))
+        with _progress(progress, model) as callback:
+            binary = reader.read_caffemodel(model, progress=callback)
+    description = upgrade.describe(
+        binary, text, None if prototxt is None else os.fspath(prototxt))
     net = CaffeNet(select_layers(description, stop_at))
     if stored is not None:
         weight_files.apply_extras(net, stored)
@@ -156,11 +147,9 @@ def load_caffe(model: Optional[PathLike] = None,
     Args:
         model: Path of a binary ``.caffemodel`` (V1 ``layers`` or V2
             ``layer`` format).
-        prototxt: Optional ``deploy.prototxt`` (text, V1 or V2). When given,
-            the network's structure comes from it and each layer's weights
-            are taken from ``model`` by layer name; layers the caffemodel
-            has beyond it (training heads, data layers) are ignored. Without
-            it, the caffemodel's own structure is used.
+        prototxt: Optional ``deploy.prototxt`` (text, V1 or V2): the
+            structure then comes from it and the weights from ``model`` by
+            layer name; without it, the caffemodel's structure is used.
         stop_at: A layer name, or a list of layer/blob names: only the
             layers needed to compute them are built (so a backbone loads
             even when the head has unsupported layers).
@@ -169,9 +158,7 @@ def load_caffe(model: Optional[PathLike] = None,
             Its weights are matched to ``prototxt`` by layer name, or to
             the structure stored in the file when no prototxt is given.
         cache: Keep the converted net in the per-user cache and load it
-            from there next time (see :mod:`chainer_finetune.caffe.cache`:
-            entries are pickles, read only from the cache directory, and
-            any change to the input files makes a new entry).
+            from there next time (:doc:`/cache_export`).
         progress: ``None`` (default) shows a progress line on stderr while
             reading a large file (>= 64 MB) when stderr is a terminal;
             ``True`` always, ``False`` never; a callable gets

@@ -24,12 +24,8 @@ _ILLEGAL = re.compile(r'[^0-9A-Za-z_]')
 
 
 def link_name_for(caffe_name: str) -> str:
-    """The attribute-safe name a Caffe layer's link gets (before collisions).
-
-    Every character other than ASCII letters, digits and ``_`` becomes
-    ``_`` (``conv1/7x7_s2`` -> ``conv1_7x7_s2``); a leading digit or a
-    Python keyword gets a ``_`` prefix or suffix.
-    """
+    """The attribute-safe name a Caffe layer's link gets (before collisions):
+    ``conv1/7x7_s2`` -> ``conv1_7x7_s2`` (see :doc:`/loading`)."""
     name = _ILLEGAL.sub('_', caffe_name) or '_'
     if name[0].isdigit():
         name = '_' + name
@@ -134,11 +130,8 @@ class CaffeNet(CaffeFunction):
                 for b in self._caffe_layers_bytes]
 
     def update_caffe_layer(self, layer: caffe_pb2.LayerParameter) -> None:
-        """Replaces the stored description of the layer named ``layer.name``.
-
-        For code that changes a layer's link (e.g.
-        :func:`chainer_finetune.head.replace_head`), so that the description
-        (used by ``save_weights`` and ``inspect``) keeps matching it.
+        """Replaces the stored description of the layer named ``layer.name``
+        (after a change to its link, e.g. by ``replace_head``).
 
         Raises:
             KeyError: if the net has no layer of that name.
@@ -170,18 +163,14 @@ class CaffeNet(CaffeFunction):
         return ret
 
     def layer_function(self, layer: str) -> layer_builders.LayerFunction:
-        """The function that computes a layer, as built (without wrappers).
-
-        A layer function is called as ``function(net, *bottoms)`` and
-        returns a tuple of tops; one with parameters finds its link on the
-        net (``net[layer]``).
+        """The function that computes a layer, as built (without wrappers):
+        ``function(net, *bottoms)`` returns a tuple of tops.
 
         Args:
             layer (str): The Caffe layer name.
 
         Raises:
-            KeyError: if the net has no such layer, or it is an input
-                layer (which has no function).
+            KeyError: if the net has no such layer, or it is an input layer.
         """
         function = self._functions[layer]
         if isinstance(function, _WrappedLayer):
@@ -192,8 +181,7 @@ class CaffeNet(CaffeFunction):
         """The wrappers of a layer by name, innermost first (a new dict).
 
         Raises:
-            KeyError: if the net has no such layer, or it is an input
-                layer.
+            KeyError: if the net has no such layer, or it is an input layer.
         """
         function = self._functions[layer]
         if isinstance(function, _WrappedLayer):

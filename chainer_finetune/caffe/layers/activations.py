@@ -15,12 +15,12 @@ from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 
 
+@dataclasses.dataclass(eq=False)
 class _Elementwise(base.LayerFunction):
-    """A function of one bottom with fixed keyword arguments."""
+    """``chainer.functions.<name>`` of one bottom, with ``kwargs``."""
 
-    def __init__(self, name: str, **kwargs) -> None:
-        self.name = name
-        self.kwargs = kwargs
+    name: str
+    kwargs: Dict[str, Any]
 
     def __call__(self, net, x):
         return getattr(F, self.name)(x, **self.kwargs),
@@ -49,7 +49,7 @@ _ELEMENTWISE: Dict[str, Callable[[caffe_pb2.LayerParameter],
 def _build_elementwise(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     name, kwargs = _ELEMENTWISE[ctx.layer.type](ctx.layer)
-    return base.Built(_Elementwise(name, **kwargs), None)
+    return base.Built(_Elementwise(name, kwargs), None)
 
 
 @dataclasses.dataclass(eq=False)

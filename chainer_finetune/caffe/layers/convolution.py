@@ -4,7 +4,7 @@ a declared output count (``num_output``)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import chainer
 import chainer.links as L
@@ -26,11 +26,12 @@ _CONVOLUTION_BLOBS = _weights_and_bias('convolution_param')
 _INNER_PRODUCT_BLOBS = _weights_and_bias('inner_product_param')
 
 
-def _spatial(ctx: base.BuildContext, repeated: Sequence[int], h_field: str,
-             w_field: str, default: Optional[int], what: str
+def _spatial(ctx: base.BuildContext, what: str, default: Optional[int]
              ) -> Tuple[int, int]:
-    """Caffe's 2-D value of pad/kernel/stride/dilation (h, w)."""
+    """Caffe's 2-D (h, w) value of ``what`` (kernel_size, stride, pad)."""
     p = ctx.layer.convolution_param
+    repeated = getattr(p, what)
+    h_field, w_field = (what.split('_')[0] + axis for axis in ('_h', '_w'))
     if p.HasField(h_field) or p.HasField(w_field):
         if len(repeated):
             raise ctx.error('{} given both as {} and as {}/{}'.format(
@@ -55,10 +56,9 @@ def _conv_geometry(ctx: base.BuildContext):
     if p.axis != 1:
         raise ctx.unsupported('convolution over axis {} (only the channel '
                               'axis 1 is supported)'.format(p.axis))
-    kernel = _spatial(ctx, p.kernel_size, 'kernel_h', 'kernel_w', None,
-                      'kernel_size')
-    stride = _spatial(ctx, p.stride, 'stride_h', 'stride_w', 1, 'stride')
-    pad = _spatial(ctx, p.pad, 'pad_h', 'pad_w', 0, 'pad')
+    kernel = _spatial(ctx, 'kernel_size', None)
+    stride = _spatial(ctx, 'stride', 1)
+    pad = _spatial(ctx, 'pad', 0)
     if len(p.dilation) > 2:
         raise ctx.unsupported('{}-D dilation'.format(len(p.dilation)))
     dilation = (tuple(p.dilation) * 2)[:2] if len(p.dilation) else (1, 1)

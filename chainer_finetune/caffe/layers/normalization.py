@@ -86,12 +86,8 @@ class _BatchNorm(base.LinkedFunction):
 
 
 def reset_statistics(link: L.BatchNormalization) -> None:
-    """Forgets a BatchNormalization link's stored statistics.
-
-    Mean 0, variance 1 and, for a link built from a Caffe BatchNorm layer,
-    Caffe's normalizing factor 0, so that the next training batch's
-    statistics replace the stored ones (see :class:`_BatchNorm`).
-    """
+    """Forgets a BatchNormalization link's stored statistics (mean 0,
+    variance 1, Caffe's factor 0: the next training batch's replace them)."""
     link.avg_mean[...] = 0
     link.avg_var[...] = 1
     link.N = 0

@@ -13,9 +13,9 @@ import numpy
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
+from chainer_finetune.errors import CaffeModelError
 
 Pair = Optional[Tuple[int, int]]
-from chainer_finetune.errors import CaffeModelError
 
 
 def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int,
@@ -101,10 +101,10 @@ class _Pooling(base.LayerFunction):
                                   y.shape),
 
 
-def _pool_pair(ctx: base.BuildContext, square: str, h_field: str, w_field: str
-               ) -> Tuple[int, int]:
+def _pool_pair(ctx: base.BuildContext, square: str) -> Tuple[int, int]:
     """(h, w) of a pooling kernel/stride/pad; Caffe's PoolingLayer checks."""
     p = ctx.layer.pooling_param
+    h_field, w_field = (square.split('_')[0] + axis for axis in ('_h', '_w'))
     has_h, has_w = p.HasField(h_field), p.HasField(w_field)
     if has_h or has_w:
         if not (has_h and has_w) or p.HasField(square):
@@ -130,9 +130,9 @@ def _build_pooling(ctx: base.BuildContext) -> base.Built:
             raise ctx.error('global_pooling with a kernel size')
         kernel = stride = pad = None
     else:
-        kernel = _pool_pair(ctx, 'kernel_size', 'kernel_h', 'kernel_w')
-        stride = _pool_pair(ctx, 'stride', 'stride_h', 'stride_w')
-        pad = _pool_pair(ctx, 'pad', 'pad_h', 'pad_w')
+        kernel = _pool_pair(ctx, 'kernel_size')
+        stride = _pool_pair(ctx, 'stride')
+        pad = _pool_pair(ctx, 'pad')
         if min(kernel) < 1 or min(stride) < 1:
             raise ctx.error('kernel {} and stride {} must be positive'.format(
                 kernel, stride))

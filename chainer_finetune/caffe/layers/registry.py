@@ -1,10 +1,6 @@
-"""The layer-type registry: one :class:`LayerType` per Caffe type.
-
-Each family module (``convolution``, ``pooling``...) declares its types with
-:func:`register` next to their builders; everything else (the loader,
-``save_weights``, ``lr_mults_from_prototxt``, ``replace_head``) asks the
-registry instead of keeping a table of its own.
-"""
+"""The layer-type registry: one :class:`LayerType` per Caffe type, which
+the loader, ``save_weights``, ``lr_mults_from_prototxt`` and
+``replace_head`` ask instead of keeping tables of their own."""
 
 from __future__ import annotations
 
@@ -15,9 +11,9 @@ from google.protobuf import message
 
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.layers import base
+from chainer_finetune.errors import UnsupportedLayerError
 
 Builder = Callable[[base.BuildContext], base.Built]
-from chainer_finetune.errors import UnsupportedLayerError
 
 
 @dataclasses.dataclass(frozen=True)

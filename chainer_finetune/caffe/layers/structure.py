@@ -1,8 +1,5 @@
-"""Inputs and the layers that route blobs without computing on them.
-
-Data-input types (their tops are supplied to ``forward``), Silence, Split,
-Concat, Slice, Flatten, Reshape, and Eltwise (one blob from several).
-"""
+"""Inputs and the layers that route blobs: data inputs, Silence, Split,
+Eltwise, Concat, Slice, Flatten, Reshape."""
 
 from __future__ import annotations
 
