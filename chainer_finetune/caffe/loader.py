@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
-from typing import (Callable, Optional, Sequence, TextIO, Tuple, Union)
+from typing import Callable, Iterator, Optional, Sequence, TextIO, Union
 
 import numpy
 
@@ -26,33 +27,33 @@ ProgressArg = Union[None, bool, Callable[[int, int], None]]
 PROGRESS_MIN_BYTES = 64 << 20
 
 
-def _progress_callback(progress: ProgressArg, path: PathLike, verb: str
-                       ) -> Tuple[Optional[Callable[[int, int], None]],
-                                  Callable[[], None]]:
-    """The reader's progress callback for ``progress`` and a closer."""
-    if callable(progress):
-        return progress, lambda: None
-    if progress is False:
-        return None, lambda: None
-    if progress is None:
-        try:
-            size = os.path.getsize(path)
-            tty = sys.stderr is not None and sys.stderr.isatty()
-        except (OSError, ValueError, AttributeError):
-            return None, lambda: None
-        if not tty or size < PROGRESS_MIN_BYTES:
-            return None, lambda: None
-    display = _progress_display('{} {}'.format(verb, os.path.basename(
-        os.fspath(path))))
-    return display, display.close
+def _large_on_a_terminal(path: PathLike) -> bool:
+    try:
+        return (os.path.getsize(path) >= PROGRESS_MIN_BYTES and
+                sys.stderr is not None and sys.stderr.isatty())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
-def _progress_display(label: str):
+@contextlib.contextmanager
+def _progress(progress: ProgressArg, path: PathLike
+              ) -> Iterator[Optional[Callable[[int, int], None]]]:
+    """The reader's progress callback for ``progress``, closed on exit."""
+    if callable(progress) or progress is False or (
+            progress is None and not _large_on_a_terminal(path)):
+        yield progress if callable(progress) else None
+        return
+    label = 'reading ' + os.path.basename(os.fspath(path))
     try:
         import tqdm   # optional: used when installed, never required
     except ImportError:
-        return _ProgressLine(label, sys.stderr)
-    return _TqdmProgress(tqdm, label)
+        display = _ProgressLine(label, sys.stderr)
+    else:
+        display = _TqdmProgress(tqdm, label)
+    try:
+        yield display
+    finally:
+        display.close()
 
 
 class _ProgressLine:
@@ -87,70 +88,45 @@ class _TqdmProgress:
         self.bar = None
         self.tqdm = tqdm
         self.label = label
-        self.done = 0
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
             self.bar = self.tqdm.tqdm(total=total, unit='B', unit_scale=True,
                                       desc=self.label, leave=False,
                                       file=sys.stderr)
-        self.bar.update(done - self.done)
-        self.done = done
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def _describe(model: Optional[PathLike], prototxt: Optional[PathLike],
-              weights: Optional[PathLike], progress: ProgressArg
-              ) -> Tuple[upgrade.NetDescription,
-                         Optional[weight_files.WeightsFile]]:
-    if model is not None and weights is not None:
-        raise ValueError('pass either model (a caffemodel) or weights (a '
-                         'file written by save_weights), not both')
+def _load(model: Optional[PathLike], prototxt: Optional[PathLike],
+          weights: Optional[PathLike], stop_at, progress: ProgressArg
+          ) -> CaffeNet:
     if model is None and weights is None:
         raise CaffeModelError('a caffemodel is needed for the weights (or, '
                               'as weights=, a file written by '
                               'save_weights)')
-    text = None
-    if prototxt is not None:
-        text = reader.read_prototxt(prototxt)
-    prototxt_path = None if prototxt is None else os.fspath(prototxt)
-    if weights is not None:
-        callback, close = _progress_callback(progress, weights, 'reading')
-        try:
-            stored = weight_files.read_weights(weights, callback)
-        finally:
-            close()
-        binary = weight_files.model_file(stored, with_structure=text is None)
-        return upgrade.describe(binary, text, prototxt_path), stored
-    fmt = weight_files.weights_format(model)
-    if fmt is not None:
-        raise CaffeModelError(
-            '{}: is {} (a file written by save_weights?), not a caffemodel; '
-            'pass it as weights='.format(os.fspath(model),
-                                         {'h5': 'HDF5', 'npz': 'NPZ'}[fmt]))
-    callback, close = _progress_callback(progress, model, 'reading')
-    try:
-        binary = reader.read_caffemodel(model, progress=callback)
-    finally:
-        close()
-    return upgrade.describe(binary, text, prototxt_path), None
-
-
-def build_net(description: upgrade.NetDescription,
-              stop_at: Union[str, Sequence[str], None] = None) -> CaffeNet:
-    """Builds the Chainer network of a description (see :func:`load_caffe`)."""
-    return CaffeNet(select_layers(description, stop_at))
-
-
-def _load(model: Optional[PathLike], prototxt: Optional[PathLike],
-          weights: Optional[PathLike], stop_at, progress: ProgressArg
-          ) -> CaffeNet:
     start = time.perf_counter()
-    description, stored = _describe(model, prototxt, weights, progress)
-    net = build_net(description, stop_at)
+    text = None if prototxt is None else reader.read_prototxt(prototxt)
+    stored = None
+    if weights is not None:
+        with _progress(progress, weights) as callback:
+            stored = weight_files.read_weights(weights, callback)
+        binary = weight_files.model_file(stored, with_structure=text is None)
+    else:
+        fmt = weight_files.weights_format(model)
+        if fmt is not None:
+            raise CaffeModelError(
+                '{}: is {} (a file written by save_weights?), not a '
+                'caffemodel; pass it as weights='.format(
+                    os.fspath(model), {'h5': 'HDF5', 'npz': 'NPZ'}[fmt]))
+        with _progress(progress, model) as callback:
+            binary = reader.read_caffemodel(model, progress=callback)
+    description = upgrade.describe(
+        binary, text, None if prototxt is None else os.fspath(prototxt))
+    net = CaffeNet(select_layers(description, stop_at))
     if stored is not None:
         weight_files.apply_extras(net, stored)
     logger.info('loaded %s: %d layers, %d parameters in %.2f s',
@@ -171,11 +147,9 @@ def load_caffe(model: Optional[PathLike] = None,
     Args:
         model: Path of a binary ``.caffemodel`` (V1 ``layers`` or V2
             ``layer`` format).
-        prototxt: Optional ``deploy.prototxt`` (text, V1 or V2). When given,
-            the network's structure comes from it and each layer's weights
-            are taken from ``model`` by layer name; layers the caffemodel
-            has beyond it (training heads, data layers) are ignored. Without
-            it, the caffemodel's own structure is used.
+        prototxt: Optional ``deploy.prototxt`` (text, V1 or V2): the
+            structure then comes from it and the weights from ``model`` by
+            layer name; without it, the caffemodel's structure is used.
         stop_at: A layer name, or a list of layer/blob names: only the
             layers needed to compute them are built (so a backbone loads
             even when the head has unsupported layers).
@@ -184,9 +158,7 @@ def load_caffe(model: Optional[PathLike] = None,
             Its weights are matched to ``prototxt`` by layer name, or to
             the structure stored in the file when no prototxt is given.
         cache: Keep the converted net in the per-user cache and load it
-            from there next time (see :mod:`chainer_finetune.caffe.cache`:
-            entries are pickles, read only from the cache directory, and
-            any change to the input files makes a new entry).
+            from there next time (:doc:`/cache_export`).
         progress: ``None`` (default) shows a progress line on stderr while
             reading a large file (>= 64 MB) when stderr is a terminal;
             ``True`` always, ``False`` never; a callable gets
@@ -201,11 +173,12 @@ def load_caffe(model: Optional[PathLike] = None,
         UnsupportedLayerError: a layer type (or option) without a faithful
             conversion among the layers needed.
     """
+    if model is not None and weights is not None:
+        raise ValueError('pass either model (a caffemodel) or weights (a '
+                         'file written by save_weights), not both')
     if not cache:
         return _load(model, prototxt, weights, stop_at, progress)
     from chainer_finetune.caffe import cache as net_cache
-    if model is not None and weights is not None:
-        raise ValueError('pass either model or weights, not both')
     inputs = [('model', model), ('prototxt', prototxt), ('weights', weights)]
     source = ' + '.join(os.fspath(p) for _, p in inputs if p is not None)
     options = {'stop_at': stop_at if stop_at is None or

@@ -24,12 +24,8 @@ _ILLEGAL = re.compile(r'[^0-9A-Za-z_]')
 
 
 def link_name_for(caffe_name: str) -> str:
-    """The attribute-safe name a Caffe layer's link gets (before collisions).
-
-    Every character other than ASCII letters, digits and ``_`` becomes
-    ``_`` (``conv1/7x7_s2`` -> ``conv1_7x7_s2``); a leading digit or a
-    Python keyword gets a ``_`` prefix or suffix.
-    """
+    """The attribute-safe name a Caffe layer's link gets (before collisions):
+    ``conv1/7x7_s2`` -> ``conv1_7x7_s2`` (see :doc:`/loading`)."""
     name = _ILLEGAL.sub('_', caffe_name) or '_'
     if name[0].isdigit():
         name = '_' + name
@@ -59,15 +55,12 @@ class _WrappedLayer:
         return call(net, *xs)
 
 
-class _BoundLayer:
-    """A layer function bound to its net, for ``CaffeFunction.forwards``."""
-
-    def __init__(self, net: 'CaffeNet', function) -> None:
-        self.net = net
-        self.function = function
-
-    def __call__(self, *xs):
-        return self.function(self.net, *xs)
+def _without_blobs(layer: caffe_pb2.LayerParameter) -> bytes:
+    """``layer`` serialized without its blobs."""
+    stored = caffe_pb2.LayerParameter()
+    stored.CopyFrom(layer)
+    del stored.blobs[:]
+    return stored.SerializeToString()
 
 
 def _needed_layers(layers: Sequence[Tuple[str, List[str], List[str]]],
@@ -88,14 +81,10 @@ def _needed_layers(layers: Sequence[Tuple[str, List[str], List[str]]],
 class CaffeNet(CaffeFunction):
     """A Caffe network converted to Chainer; made by :func:`load_caffe`.
 
-    A :class:`chainer.links.caffe.CaffeFunction` (so code written for
-    Chainer's converter works unchanged), built by chainer_finetune's own
-    reader and layer builders rather than Chainer's. Call it like
-    CaffeFunction: ``y, = net(inputs={'data': x}, outputs=['prob'])``.
-
-    Layers with parameters are child links. A Caffe layer name that is not a
-    valid attribute name is mapped by :func:`link_name_for` (``conv1/7x7_s2``
-    becomes ``conv1_7x7_s2``; clashes get ``_2``, ``_3``...):
+    Called as a :class:`chainer.links.caffe.CaffeFunction`:
+    ``y, = net(inputs={'data': x}, outputs=['prob'])`` (see
+    :doc:`/loading`). Layers with parameters are child links, named by
+    :func:`link_name_for` (clashes get ``_2``, ``_3``...):
     ``net.link_names`` maps Caffe names to link names and
     ``net.caffe_names`` the other way; ``net[caffe_name]`` finds a link by
     either name.
@@ -130,11 +119,8 @@ class CaffeNet(CaffeFunction):
         # training net whose TRAIN-only data layer was filtered out).
         produced = set(self.inputs)
         for _, bottoms, tops in self.layers:
-            for blob in bottoms:
-                if blob not in produced:
-                    self.inputs[blob] = None
-                    produced.add(blob)
-            produced.update(tops)
+            self.inputs.update((b, None) for b in bottoms if b not in produced)
+            produced.update(bottoms, tops)
 
     # The layer descriptions are kept serialized: small, and picklable
     # under every protobuf backend.
@@ -144,33 +130,24 @@ class CaffeNet(CaffeFunction):
                 for b in self._caffe_layers_bytes]
 
     def update_caffe_layer(self, layer: caffe_pb2.LayerParameter) -> None:
-        """Replaces the stored description of the layer named ``layer.name``.
-
-        For code that changes a layer's link (e.g.
-        :func:`chainer_finetune.head.replace_head`), so that the description
-        (used by ``save_weights`` and ``inspect``) keeps matching it.
+        """Replaces the stored description of the layer named ``layer.name``
+        (after a change to its link, e.g. by ``replace_head``).
 
         Raises:
             KeyError: if the net has no layer of that name.
         """
-        stored = caffe_pb2.LayerParameter()
-        stored.CopyFrom(layer)
-        del stored.blobs[:]
         for i, raw in enumerate(self._caffe_layers_bytes):
             if caffe_pb2.LayerParameter.FromString(raw).name == layer.name:
-                self._caffe_layers_bytes[i] = stored.SerializeToString()
+                self._caffe_layers_bytes[i] = _without_blobs(layer)
                 return
         raise KeyError('no layer named {!r}'.format(layer.name))
 
     def copy(self, mode: str = 'share') -> 'CaffeNet':
         """Copies the net as :meth:`chainer.Link.copy` does.
 
-        The layer functions are copied too: they hold per-layer settings
-        (BatchNorm's ``global_stats``, ``moving_average_fraction``) that a
-        change on the copy must not make on the original, and
-        ``forwards`` is bound to the copy. So are the name maps and layer
-        descriptions (:func:`~chainer_finetune.replace_head` on a copy
-        updates the copy's).
+        The layer functions (which hold settings such as BatchNorm's
+        ``global_stats``), the name maps and the layer descriptions are
+        copied too, and ``forwards`` is bound to the copy.
         """
         ret = super().copy(mode)
         ret.layers = list(self.layers)
@@ -181,27 +158,19 @@ class CaffeNet(CaffeFunction):
         ret._caffe_layers_bytes = list(self._caffe_layers_bytes)
         ret._functions = {name: copy_module.deepcopy(function)
                           for name, function in self._functions.items()}
-        ret.forwards = {name: _BoundLayer(ret, function)
+        ret.forwards = {name: functools.partial(function, ret)
                         for name, function in ret._functions.items()}
         return ret
 
-    # ------------------------------------------------------------------
-    # Layer functions and their wrappers
-    # ------------------------------------------------------------------
-
     def layer_function(self, layer: str) -> layer_builders.LayerFunction:
-        """The function that computes a layer, as built (without wrappers).
-
-        A layer function is called as ``function(net, *bottoms)`` and
-        returns a tuple of tops; one with parameters finds its link on the
-        net (``net[layer]``).
+        """The function that computes a layer, as built (without wrappers):
+        ``function(net, *bottoms)`` returns a tuple of tops.
 
         Args:
             layer (str): The Caffe layer name.
 
         Raises:
-            KeyError: if the net has no such layer, or it is an input
-                layer (which has no function).
+            KeyError: if the net has no such layer, or it is an input layer.
         """
         function = self._functions[layer]
         if isinstance(function, _WrappedLayer):
@@ -212,8 +181,7 @@ class CaffeNet(CaffeFunction):
         """The wrappers of a layer by name, innermost first (a new dict).
 
         Raises:
-            KeyError: if the net has no such layer, or it is an input
-                layer.
+            KeyError: if the net has no such layer, or it is an input layer.
         """
         function = self._functions[layer]
         if isinstance(function, _WrappedLayer):
@@ -224,19 +192,13 @@ class CaffeNet(CaffeFunction):
                             wrapper: LayerWrapper) -> None:
         """Runs a layer through ``wrapper``, outside its other wrappers.
 
-        :meth:`forward` then calls ``wrapper(function, net, *bottoms)``
-        instead of ``function(net, *bottoms)``, where ``function`` is the
-        layer's function with the wrappers added before (call it to run
-        the layer). A wrapper can change the configuration the layer runs
-        under, its inputs or its outputs; :func:`chainer_finetune.freeze`
+        :meth:`forward` then calls ``wrapper(function, net, *bottoms)``,
+        where ``function`` is the layer's function with the earlier
+        wrappers (call it to run the layer). :func:`chainer_finetune.freeze`
         wraps the layers of frozen links so that they build no graph.
-
-        Wrappers are kept by the net: :meth:`copy` deep-copies them along
-        with the layer functions, and pickling the net pickles them, so a
-        wrapper should be picklable (a module-level function or an instance
-        of a module-level class) and find what it needs through ``net``
-        rather than hold the net itself. :attr:`forwards` keeps the
-        functions as they were when the net was built or copied.
+        :meth:`copy` deep-copies wrappers and pickling the net pickles
+        them: make a wrapper picklable (module-level) and let it find what
+        it needs through ``net``. :attr:`forwards` runs no wrappers.
 
         .. admonition:: Example
 
@@ -352,21 +314,14 @@ class CaffeNet(CaffeFunction):
         blobs = description.weights.get(layer.name, [])
         ctx = layer_builders.BuildContext(layer, blobs, description.source)
         built = layer_builders.build(ctx)
-        stored = caffe_pb2.LayerParameter()
-        stored.CopyFrom(layer)
-        del stored.blobs[:]
-        self._caffe_layers_bytes.append(stored.SerializeToString())
+        self._caffe_layers_bytes.append(_without_blobs(layer))
         self.layers.append((layer.name, list(layer.bottom), list(layer.top)))
         if built.function is None:   # an input layer
             shapes = [tuple(s.dim) for s in layer.input_param.shape]
+            if len(shapes) == 1:   # one shape for every top
+                shapes *= len(layer.top)
             for i, top in enumerate(layer.top):
-                if len(shapes) == 1:
-                    shape = shapes[0]
-                elif i < len(shapes):
-                    shape = shapes[i]
-                else:
-                    shape = None
-                self.inputs[top] = shape
+                self.inputs[top] = shapes[i] if i < len(shapes) else None
             return
         function = built.function
         if built.link is not None:
@@ -376,7 +331,7 @@ class CaffeNet(CaffeFunction):
             self.caffe_names[link_name] = layer.name
             function.link_name = link_name
         self._functions[layer.name] = function
-        self.forwards[layer.name] = _BoundLayer(self, function)
+        self.forwards[layer.name] = functools.partial(function, self)
 
     def __getitem__(self, name: str) -> chainer.Link:
         """The link of a layer, by Caffe name or link name."""
@@ -411,16 +366,15 @@ class CaffeNet(CaffeFunction):
                                 sorted(kwargs)))
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
         disable = set(disable)
-        variables = {}
-        for name, value in inputs.items():
-            variables[name] = value if isinstance(value, chainer.Variable) \
-                else chainer.Variable(value, requires_grad=False)
+        variables = {
+            name: value if isinstance(value, chainer.Variable)
+            else chainer.Variable(value, requires_grad=False)
+            for name, value in inputs.items()}
         needed = _needed_layers(self.layers, outputs, len(self.layers))
         for index, (name, bottoms, tops) in enumerate(self.layers):
             if (index not in needed or name in disable or
-                    name not in self._functions):
-                continue
-            if any(b not in variables for b in bottoms):
+                    name not in self._functions or
+                    any(b not in variables for b in bottoms)):
                 continue
             ys = self._functions[name](self, *(variables[b] for b in bottoms))
             for top, y in zip(tops, ys):
@@ -428,11 +382,8 @@ class CaffeNet(CaffeFunction):
         self.variables = variables
         missing = [o for o in outputs if o not in variables]
         if missing:
-            blobs = set(self.inputs)
-            tops_of = {}
-            for name, _, tops in self.layers:
-                blobs.update(tops)
-                tops_of[name] = tops
+            tops_of = {name: tops for name, _, tops in self.layers}
+            blobs = set(self.inputs).union(*tops_of.values())
             unknown = [o for o in missing if o not in blobs]
             if unknown:
                 # Outputs are blobs, as in CaffeFunction; a layer name is a

@@ -2,32 +2,21 @@
 with Caffe's numerics.
 
 Each entry (:class:`LayerType`) declares everything the library knows about
-a type: its builder (a :class:`BuildContext`, the V2 layer description and
-its blobs, in; a :class:`Built`, the link holding the parameters and a
-picklable :class:`LayerFunction`, out), its inverse (the link back to Caffe
-blobs, for ``save_weights``), the names of its learnable blobs (for
-``lr_mult``), the field holding its output count (for ``replace_head``) and
-whether it holds state. Builders check every blob's shape against what the
-layer description implies and never allocate parameters they then
-overwrite: weights become :class:`chainer.Parameter` objects around the
-arrays read from the file.
+a type: its builder (:class:`BuildContext` in, :class:`Built` out), its
+inverse (the link back to Caffe blobs, for ``save_weights``), the names of
+its learnable blobs (for ``lr_mult``), the field holding its output count
+(for ``replace_head``) and whether it holds state. Builders check every
+blob's shape against the layer description and wrap the arrays read from
+the file as parameters, allocating none they then overwrite. Where
+Chainer's functions differ from Caffe's formulas (pooling sizes, AVE's
+divisor, LRN's alpha, BatchNorm's scale factor), the family module bridges
+the gap.
 
-Where Chainer's functions differ from Caffe's formulas, the builder bridges
-the gap (see each family module): pooling output sizes (Caffe rounds up and
-drops a last window that starts in the padding), the divisor of average
-pooling, LRN's alpha, BatchNorm's scale-factor blob, Dropout's
-``scale_train``.
-
-The registry itself is :mod:`~chainer_finetune.caffe.layers.registry`;
-what builders and inverses share, :mod:`~chainer_finetune.caffe.layers.base`.
-Families: :mod:`~chainer_finetune.caffe.layers.structure` (inputs and blob
-routing), :mod:`~chainer_finetune.caffe.layers.convolution`,
-:mod:`~chainer_finetune.caffe.layers.pooling`,
-:mod:`~chainer_finetune.caffe.layers.activations`,
-:mod:`~chainer_finetune.caffe.layers.normalization`,
-:mod:`~chainer_finetune.caffe.layers.scale`,
-:mod:`~chainer_finetune.caffe.layers.losses`. A new type is one
-``@register(...)`` builder in its family plus its tests.
+The registry is :mod:`~chainer_finetune.caffe.layers.registry`, what
+builders and inverses share :mod:`~chainer_finetune.caffe.layers.base`;
+one module per family (``structure``, ``convolution``, ``pooling``,
+``activations``, ``normalization``, ``scale``, ``losses``). A new type is
+one ``@register(...)`` builder in its family plus its tests.
 """
 
 from chainer_finetune.caffe.layers.base import BuildContext  # NOQA

@@ -11,21 +11,16 @@ from chainer import backend
 import chainer.functions as F
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import LayerFunction
-from chainer_finetune.caffe.layers.base import LinkedFunction
-from chainer_finetune.caffe.layers.base import named_blobs
-from chainer_finetune.caffe.layers.base import set_params
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 
 
-class _Elementwise(LayerFunction):
-    """A function of one bottom with fixed keyword arguments."""
+@dataclasses.dataclass(eq=False)
+class _Elementwise(base.LayerFunction):
+    """``chainer.functions.<name>`` of one bottom, with ``kwargs``."""
 
-    def __init__(self, name: str, **kwargs) -> None:
-        self.name = name
-        self.kwargs = kwargs
+    name: str
+    kwargs: Dict[str, Any]
 
     def __call__(self, net, x):
         return getattr(F, self.name)(x, **self.kwargs),
@@ -51,14 +46,14 @@ _ELEMENTWISE: Dict[str, Callable[[caffe_pb2.LayerParameter],
 
 
 @register(*_ELEMENTWISE)
-def _build_elementwise(ctx: BuildContext) -> Built:
+def _build_elementwise(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     name, kwargs = _ELEMENTWISE[ctx.layer.type](ctx.layer)
-    return Built(_Elementwise(name, **kwargs), None)
+    return base.Built(_Elementwise(name, kwargs), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Power(LayerFunction):
+class _Power(base.LayerFunction):
     power: float
     scale: float
     shift: float
@@ -68,25 +63,20 @@ class _Power(LayerFunction):
         if self.power == 0:
             xp = backend.get_array_module(x)
             return chainer.Variable(xp.ones(x.shape, dtype=x.dtype)),
-        y = x
-        if self.scale != 1:
-            y = y * self.scale
-        if self.shift != 0:
-            y = y + self.shift
-        if self.power != 1:
-            y = y ** self.power
-        return y,
+        y = x * self.scale if self.scale != 1 else x
+        y = y + self.shift if self.shift != 0 else y
+        return (y ** self.power if self.power != 1 else y),
 
 
 @register('Power')
-def _build_power(ctx: BuildContext) -> Built:
+def _build_power(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.power_param
-    return Built(_Power(p.power, p.scale, p.shift), None)
+    return base.Built(_Power(p.power, p.scale, p.shift), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _PReLU(LinkedFunction):
+class _PReLU(base.LinkedFunction):
     def __call__(self, net, x):
         W = self.link(net).W
         shape = (1, W.shape[0]) + (1,) * (x.ndim - 2) if W.shape[0] > 1 \
@@ -99,45 +89,36 @@ def _prelu_blobs(layer: caffe_pb2.LayerParameter) -> List[str]:
     return ['W']
 
 
-@register('PReLU', invert=named_blobs(_prelu_blobs), param_names=_prelu_blobs)
-def _build_prelu(ctx: BuildContext) -> Built:
+@register('PReLU', invert=base.named_blobs(_prelu_blobs),
+          param_names=_prelu_blobs)
+def _build_prelu(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     ctx.expect_blobs(['slopes'])
-    if ctx.layer.prelu_param.channel_shared:
-        W = ctx.blob(0, (1,), 'slopes')
-    else:
-        W = ctx.blob(0, (None,), 'slopes')
+    shared = ctx.layer.prelu_param.channel_shared
+    W = ctx.blob(0, (1,) if shared else (None,), 'slopes')
     link = chainer.Link()
-    set_params(link, W=W)
-    return Built(_PReLU(''), link)
+    base.set_params(link, W=W)
+    return base.Built(_PReLU(''), link)
 
 
 @dataclasses.dataclass(eq=False)
-class _Dropout(LayerFunction):
+class _Dropout(base.LayerFunction):
     ratio: float
     scale_train: bool
 
     def __call__(self, net, x):
-        if chainer.config.train:
-            y = F.dropout(x, self.ratio)   # scales kept values by 1/(1-r)
-            if not self.scale_train:
-                y = y * (1.0 - self.ratio)
-            return y,
-        if not self.scale_train:
-            return x * (1.0 - self.ratio),
-        return x,
+        # F.dropout scales kept values by 1/(1-r), as Caffe does in training.
+        y = F.dropout(x, self.ratio) if chainer.config.train else x
+        return (y if self.scale_train else y * (1.0 - self.ratio)),
 
 
 @register('Dropout')
-def _build_dropout(ctx: BuildContext) -> Built:
+def _build_dropout(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.dropout_param
     if not 0 <= p.dropout_ratio < 1:
         raise ctx.error('dropout_ratio {} is not in [0, 1)'.format(
             p.dropout_ratio))
-    # BVLC's DropoutParameter has only dropout_ratio: Caffe scales kept
-    # values by 1/(1-r) in training and copies in testing. `scale_train`
-    # exists only in forks' schemas (not in ours), so reading it
-    # unconditionally raised AttributeError for every Dropout layer.
+    # `scale_train` exists only in forks' schemas, not in BVLC's (ours).
     scale_train = getattr(p, 'scale_train', True)
-    return Built(_Dropout(p.dropout_ratio, scale_train), None)
+    return base.Built(_Dropout(p.dropout_ratio, scale_train), None)

@@ -1,12 +1,5 @@
 """What every layer type's code shares: the build context and result, the
-layer function's base class, and the pieces of an inverse (link -> blobs).
-
-A builder takes a :class:`BuildContext` (the V2 layer description and its
-blobs) and returns a :class:`Built`: the link holding the layer's parameters
-(or None) and a picklable :class:`LayerFunction` that computes the layer's
-tops from its bottoms. An inverter takes the description and the link and
-returns the Caffe blobs (:class:`InvertedBlob`) that build the same link.
-"""
+layer function's base class, and the pieces of an inverse (link -> blobs)."""
 
 from __future__ import annotations
 
@@ -24,14 +17,13 @@ from chainer_finetune.errors import UnsupportedLayerError
 Shape = Tuple[Optional[int], ...]
 
 
+@dataclasses.dataclass
 class BuildContext:
     """What a builder sees: one layer, its blobs, where they came from."""
 
-    def __init__(self, layer: caffe_pb2.LayerParameter, blobs: List[Blob],
-                 source: str) -> None:
-        self.layer = layer
-        self.blobs = blobs
-        self.source = source
+    layer: caffe_pb2.LayerParameter
+    blobs: List[Blob]
+    source: str
 
     @property
     def where(self) -> str:
@@ -71,11 +63,10 @@ class BuildContext:
         if index >= len(self.blobs):
             raise self.error('blob {} ({}) is missing'.format(index, what))
         blob = self.blobs[index]
-        actual = blob.array.shape
-        candidate = actual
-        if blob.legacy and len(expected) <= 4 and \
-                actual[:4 - len(expected)] == (1,) * (4 - len(expected)):
-            candidate = actual[4 - len(expected):]
+        actual = candidate = blob.array.shape
+        padding = 4 - len(expected)
+        if blob.legacy and padding >= 0 and actual[:padding] == (1,) * padding:
+            candidate = actual[padding:]
         if len(candidate) == len(expected) and all(
                 e is None or e == a for e, a in zip(expected, candidate)):
             return blob.array.reshape(candidate)
@@ -132,10 +123,6 @@ def set_params(link: chainer.Link, **arrays: numpy.ndarray) -> None:
             setattr(link, name, chainer.Parameter(
                 numpy.asarray(array, dtype=numpy.float32, order='C')))
 
-
-# --------------------------------------------------------------------------
-# The way back: links to Caffe blobs
-# --------------------------------------------------------------------------
 
 class InvertedBlob(NamedTuple):
     """One Caffe blob computed back from a link.

@@ -4,25 +4,18 @@ a declared output count (``num_output``)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import chainer
 import chainer.links as L
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BlobNames
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import InvertedBlob
-from chainer_finetune.caffe.layers.base import LinkedFunction
-from chainer_finetune.caffe.layers.base import canonical_axis
-from chainer_finetune.caffe.layers.base import named_blobs
-from chainer_finetune.caffe.layers.base import set_params
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 
 
-def _weights_and_bias(field: str) -> BlobNames:
+def _weights_and_bias(field: str) -> base.BlobNames:
     """``W`` and, with ``bias_term``, ``b`` of the layer's ``field``."""
     def names(layer: caffe_pb2.LayerParameter) -> List[str]:
         return ['W', 'b'] if getattr(layer, field).bias_term else ['W']
@@ -33,11 +26,12 @@ _CONVOLUTION_BLOBS = _weights_and_bias('convolution_param')
 _INNER_PRODUCT_BLOBS = _weights_and_bias('inner_product_param')
 
 
-def _spatial(ctx: BuildContext, repeated: Sequence[int], h_field: str,
-             w_field: str, default: Optional[int], what: str
+def _spatial(ctx: base.BuildContext, what: str, default: Optional[int]
              ) -> Tuple[int, int]:
-    """Caffe's 2-D value of pad/kernel/stride/dilation (h, w)."""
+    """Caffe's 2-D (h, w) value of ``what`` (kernel_size, stride, pad)."""
     p = ctx.layer.convolution_param
+    repeated = getattr(p, what)
+    h_field, w_field = (what.split('_')[0] + axis for axis in ('_h', '_w'))
     if p.HasField(h_field) or p.HasField(w_field):
         if len(repeated):
             raise ctx.error('{} given both as {} and as {}/{}'.format(
@@ -50,24 +44,21 @@ def _spatial(ctx: BuildContext, repeated: Sequence[int], h_field: str,
         if default is None:
             raise ctx.error('{} is not set'.format(what))
         return default, default
-    if len(repeated) == 1:
-        return repeated[0], repeated[0]
-    if len(repeated) == 2:
-        return repeated[0], repeated[1]
+    if len(repeated) <= 2:
+        return (tuple(repeated) * 2)[:2]
     raise ctx.unsupported('{}-D {} ({} values): only 2-D convolutions are '
                           'supported'.format(len(repeated), what,
                                              len(repeated)))
 
 
-def _conv_geometry(ctx: BuildContext):
+def _conv_geometry(ctx: base.BuildContext):
     p = ctx.layer.convolution_param
     if p.axis != 1:
         raise ctx.unsupported('convolution over axis {} (only the channel '
                               'axis 1 is supported)'.format(p.axis))
-    kernel = _spatial(ctx, p.kernel_size, 'kernel_h', 'kernel_w', None,
-                      'kernel_size')
-    stride = _spatial(ctx, p.stride, 'stride_h', 'stride_w', 1, 'stride')
-    pad = _spatial(ctx, p.pad, 'pad_h', 'pad_w', 0, 'pad')
+    kernel = _spatial(ctx, 'kernel_size', None)
+    stride = _spatial(ctx, 'stride', 1)
+    pad = _spatial(ctx, 'pad', 0)
     if len(p.dilation) > 2:
         raise ctx.unsupported('{}-D dilation'.format(len(p.dilation)))
     dilation = (tuple(p.dilation) * 2)[:2] if len(p.dilation) else (1, 1)
@@ -81,29 +72,38 @@ def _conv_geometry(ctx: BuildContext):
 
 
 @dataclasses.dataclass(eq=False)
-class _CallLink(LinkedFunction):
+class _CallLink(base.LinkedFunction):
     """Calls the layer's link on its single bottom."""
 
     def __call__(self, net, x):
         return self.link(net)(x),
 
 
-def _set_weights(ctx: BuildContext, link: chainer.Link, W: numpy.ndarray,
+def _set_weights(ctx: base.BuildContext, link: chainer.Link, W: numpy.ndarray,
                  p) -> None:
     """Gives ``link`` the weights and, with ``p.bias_term``, blob 1 as the
     bias (``p``: the layer's convolution or inner product parameters)."""
     params = {'W': W}
     if p.bias_term:
         params['b'] = ctx.blob(1, (p.num_output,), 'bias')
-    set_params(link, **params)
+    base.set_params(link, **params)
 
 
-def _build_convolution_like(ctx: BuildContext, deconvolution: bool
-                            ) -> Built:
+# Convolution2D's (out, in / group, kh, kw) and Deconvolution2D's (in,
+# out / group, kh, kw) are Caffe's layouts: the blobs are the parameters.
+_CONVOLUTION_DECLARATION = dict(
+    invert=base.named_blobs(_CONVOLUTION_BLOBS),
+    param_names=_CONVOLUTION_BLOBS, output_field='convolution_param')
+
+
+@register('Convolution', **_CONVOLUTION_DECLARATION)
+@register('Deconvolution', **_CONVOLUTION_DECLARATION)
+def _build_convolution(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.convolution_param
     kernel, stride, pad, dilation = _conv_geometry(ctx)
     ctx.expect_blobs(['weights', 'bias'] if p.bias_term else ['weights'])
+    deconvolution = ctx.layer.type == 'Deconvolution'
     if deconvolution:
         # Caffe stores deconvolution weights as (in, out / group, kh, kw),
         # the layout of Chainer's Deconvolution2D.
@@ -118,48 +118,31 @@ def _build_convolution_like(ctx: BuildContext, deconvolution: bool
                       nobias=not p.bias_term, dilate=dilation,
                       groups=p.group)
     _set_weights(ctx, link, W, p)
-    return Built(_CallLink(''), link)
-
-
-# Convolution2D's (out, in / group, kh, kw) and Deconvolution2D's (in,
-# out / group, kh, kw) are Caffe's layouts: the blobs are the parameters.
-_CONVOLUTION_DECLARATION = dict(
-    invert=named_blobs(_CONVOLUTION_BLOBS), param_names=_CONVOLUTION_BLOBS,
-    output_field='convolution_param')
-
-
-@register('Convolution', **_CONVOLUTION_DECLARATION)
-def _build_convolution(ctx: BuildContext) -> Built:
-    return _build_convolution_like(ctx, deconvolution=False)
-
-
-@register('Deconvolution', **_CONVOLUTION_DECLARATION)
-def _build_deconvolution(ctx: BuildContext) -> Built:
-    return _build_convolution_like(ctx, deconvolution=True)
+    return base.Built(_CallLink(''), link)
 
 
 @dataclasses.dataclass(eq=False)
-class _InnerProduct(LinkedFunction):
+class _InnerProduct(base.LinkedFunction):
     axis: int
 
     def __call__(self, net, x):
-        axis = canonical_axis(self.axis, x.ndim)
+        axis = base.canonical_axis(self.axis, x.ndim)
         return self.link(net)(x, n_batch_axes=axis),
 
 
 def _invert_inner_product(layer: caffe_pb2.LayerParameter,
-                          link: chainer.Link) -> List[InvertedBlob]:
-    blobs = named_blobs(_INNER_PRODUCT_BLOBS)(layer, link)
+                          link: chainer.Link) -> List[base.InvertedBlob]:
+    blobs = base.named_blobs(_INNER_PRODUCT_BLOBS)(layer, link)
     if layer.inner_product_param.transpose:
         # Caffe keeps (in, out); Chainer's Linear (out, in).
-        blobs[0] = InvertedBlob('W', numpy.ascontiguousarray(
+        blobs[0] = base.InvertedBlob('W', numpy.ascontiguousarray(
             blobs[0].array.T), 'W (transposed: in, out)')
     return blobs
 
 
 @register('InnerProduct', invert=_invert_inner_product,
           param_names=_INNER_PRODUCT_BLOBS, output_field='inner_product_param')
-def _build_inner_product(ctx: BuildContext) -> Built:
+def _build_inner_product(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.inner_product_param
     if p.num_output < 1:
@@ -172,4 +155,4 @@ def _build_inner_product(ctx: BuildContext) -> Built:
         W = ctx.blob(0, (p.num_output, None), 'weights')
     link = L.Linear(None, p.num_output, nobias=not p.bias_term)
     _set_weights(ctx, link, W, p)
-    return Built(_InnerProduct('', p.axis), link)
+    return base.Built(_InnerProduct('', p.axis), link)

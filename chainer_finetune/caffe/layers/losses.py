@@ -12,30 +12,27 @@ import chainer.functions as F
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import LayerFunction
-from chainer_finetune.caffe.layers.base import canonical_axis
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 
 
 @dataclasses.dataclass(eq=False)
-class _Softmax(LayerFunction):
+class _Softmax(base.LayerFunction):
     axis: int
 
     def __call__(self, net, x):
-        axis = canonical_axis(self.axis, x.ndim)
+        axis = base.canonical_axis(self.axis, x.ndim)
         return F.softmax(x, axis=axis),
 
 
 @register('Softmax')
-def _build_softmax(ctx: BuildContext) -> Built:
+def _build_softmax(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
-    return Built(_Softmax(ctx.layer.softmax_param.axis), None)
+    return base.Built(_Softmax(ctx.layer.softmax_param.axis), None)
 
 
 def _move_axis_last(x, axis):
-    axis = canonical_axis(axis, x.ndim)
+    axis = base.canonical_axis(axis, x.ndim)
     if axis == x.ndim - 1:
         return x
     order = [i for i in range(x.ndim) if i != axis] + [axis]
@@ -43,7 +40,7 @@ def _move_axis_last(x, axis):
 
 
 @dataclasses.dataclass(eq=False)
-class _SoftmaxWithLoss(LayerFunction):
+class _SoftmaxWithLoss(base.LayerFunction):
     """The loss blob as Caffe shows it: normalized, not multiplied by
     ``loss_weight`` (kept as an attribute; Caffe applies it only to the
     training objective)."""
@@ -55,24 +52,22 @@ class _SoftmaxWithLoss(LayerFunction):
 
     def __call__(self, net, x, t):
         scores = _move_axis_last(x, self.axis)
-        n_class = scores.shape[-1]
-        scores = F.reshape(scores, (-1, n_class))
-        labels = t.array if isinstance(t, chainer.Variable) else t
-        labels = labels.reshape(-1).astype(numpy.int32)
+        scores = F.reshape(scores, (-1, scores.shape[-1]))
+        labels = chainer.as_array(t).reshape(-1).astype(numpy.int32)
         ignore = -1 if self.ignore_label is None else self.ignore_label
         losses = F.softmax_cross_entropy(scores, labels, reduce='no',
                                          ignore_label=ignore)
         total = F.sum(losses)
         mode = caffe_pb2.LossParameter
-        if self.normalization == mode.VALID:
-            denom = int((labels != ignore).sum()) \
-                if self.ignore_label is not None else labels.size
-        elif self.normalization == mode.FULL:
+        valid = self.normalization == mode.VALID
+        if valid and self.ignore_label is not None:
+            denom = int((labels != ignore).sum())
+        elif valid or self.normalization == mode.FULL:
             denom = labels.size
         elif self.normalization == mode.BATCH_SIZE:
             # Caffe's outer_num_: the size of the axes before the softmax
             # axis (not shape[0] when that axis is not 1).
-            axis = canonical_axis(self.axis, x.ndim)
+            axis = base.canonical_axis(self.axis, x.ndim)
             denom = int(numpy.prod(x.shape[:axis]))
         else:
             denom = 1
@@ -80,7 +75,7 @@ class _SoftmaxWithLoss(LayerFunction):
 
 
 @register('SoftmaxWithLoss')
-def _build_softmax_with_loss(ctx: BuildContext) -> Built:
+def _build_softmax_with_loss(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(2)
     lp = ctx.layer.loss_param
     normalization = lp.normalization
@@ -89,12 +84,12 @@ def _build_softmax_with_loss(ctx: BuildContext) -> Built:
                          else caffe_pb2.LossParameter.BATCH_SIZE)
     ignore = lp.ignore_label if lp.HasField('ignore_label') else None
     weight = ctx.layer.loss_weight[0] if ctx.layer.loss_weight else 1.0
-    return Built(_SoftmaxWithLoss(ctx.layer.softmax_param.axis, ignore,
+    return base.Built(_SoftmaxWithLoss(ctx.layer.softmax_param.axis, ignore,
                                   normalization, weight), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Accuracy(LayerFunction):
+class _Accuracy(base.LayerFunction):
     top_k: int
     axis: int
     ignore_label: Optional[int]
@@ -103,8 +98,7 @@ class _Accuracy(LayerFunction):
         xp = backend.get_array_module(x)
         scores = _move_axis_last(x, self.axis).array
         scores = scores.reshape(-1, scores.shape[-1])
-        labels = t.array if isinstance(t, chainer.Variable) else t
-        labels = labels.reshape(-1).astype(numpy.int64)
+        labels = chainer.as_array(t).reshape(-1).astype(numpy.int64)
         keep = xp.ones(labels.shape, dtype=bool) \
             if self.ignore_label is None else labels != self.ignore_label
         safe = xp.where(keep, labels, 0)
@@ -119,10 +113,10 @@ class _Accuracy(LayerFunction):
 
 
 @register('Accuracy')
-def _build_accuracy(ctx: BuildContext) -> Built:
+def _build_accuracy(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(2)
     p = ctx.layer.accuracy_param
     if len(ctx.layer.top) != 1:
         raise ctx.unsupported('per-class accuracy top')
     ignore = p.ignore_label if p.HasField('ignore_label') else None
-    return Built(_Accuracy(p.top_k, p.axis, ignore), None)
+    return base.Built(_Accuracy(p.top_k, p.axis, ignore), None)

@@ -13,17 +13,12 @@ import chainer.links as L
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import InvertedBlob
-from chainer_finetune.caffe.layers.base import LayerFunction
-from chainer_finetune.caffe.layers.base import LinkedFunction
-from chainer_finetune.caffe.layers.base import link_blob
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 
 
 @dataclasses.dataclass(eq=False)
-class _LRN(LayerFunction):
+class _LRN(base.LayerFunction):
     across: bool
     size: int
     alpha: float
@@ -43,32 +38,28 @@ class _LRN(LayerFunction):
 
 
 @register('LRN')
-def _build_lrn(ctx: BuildContext) -> Built:
+def _build_lrn(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.lrn_param
     if p.local_size % 2 == 0 or p.local_size < 1:
         raise ctx.error('local_size {} must be odd'.format(p.local_size))
     across = p.norm_region == caffe_pb2.LRNParameter.ACROSS_CHANNELS
-    return Built(_LRN(across, p.local_size, p.alpha, p.beta, p.k), None)
+    return base.Built(_LRN(across, p.local_size, p.alpha, p.beta, p.k), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _BatchNorm(LinkedFunction):
+class _BatchNorm(base.LinkedFunction):
     """Caffe's BatchNorm (no affine part: a Scale layer follows).
 
-    ``use_global_stats: true`` always normalizes with the stored statistics,
-    as Caffe does; otherwise ``chainer.config.train`` decides (batch
-    statistics and a running-average update when training).
+    ``use_global_stats: true`` always normalizes with the stored statistics;
+    otherwise ``chainer.config.train`` decides, as in Caffe.
 
-    The running averages follow Caffe's rule, not Chainer's fixed decay:
     Caffe keeps sums ``s = maf * s + batch_value`` and a factor
-    ``f = maf * f + 1`` (``maf`` = ``moving_average_fraction``) and
-    normalizes with ``s / f``, an exponential average corrected for its
-    start. The link keeps the average ``s / f`` (``avg_mean``,
-    ``avg_var``) and the factor as the persistent value ``caffe_factor``;
-    each training step sets the link's decay to ``maf * f_old / f_new``,
-    which updates the average exactly as Caffe does. From a factor of 0 (no
-    statistics yet, e.g. a net trained from scratch) the first batch's
+    ``f = maf * f + 1`` (``maf``: ``moving_average_fraction``) and
+    normalizes with ``s / f``. The link keeps ``s / f`` (``avg_mean``,
+    ``avg_var``) and ``f`` (the persistent ``caffe_factor``); setting its
+    decay to ``maf * f_old / f_new`` each step updates the average exactly
+    as Caffe does. From ``f = 0`` (no statistics yet) the first batch's
     statistics replace the stored ones.
     """
 
@@ -95,12 +86,8 @@ class _BatchNorm(LinkedFunction):
 
 
 def reset_statistics(link: L.BatchNormalization) -> None:
-    """Forgets a BatchNormalization link's stored statistics.
-
-    Mean 0, variance 1 and, for a link built from a Caffe BatchNorm layer,
-    Caffe's normalizing factor 0, so that the next training batch's
-    statistics replace the stored ones (see :class:`_BatchNorm`).
-    """
+    """Forgets a BatchNormalization link's stored statistics (mean 0,
+    variance 1, Caffe's factor 0: the next training batch's replace them)."""
     link.avg_mean[...] = 0
     link.avg_var[...] = 1
     link.N = 0
@@ -109,15 +96,16 @@ def reset_statistics(link: L.BatchNormalization) -> None:
 
 
 def _invert_batch_norm(layer: caffe_pb2.LayerParameter, link: chainer.Link
-                       ) -> List[InvertedBlob]:
+                       ) -> List[base.InvertedBlob]:
     # Caffe stores running sums with a scale factor; averages with factor 1
     # are the same statistics.
-    return [link_blob(link, 'avg_mean'), link_blob(link, 'avg_var'),
-            InvertedBlob(None, numpy.ones(1, numpy.float32), 'scale_factor')]
+    factor = numpy.ones(1, numpy.float32)
+    return [base.link_blob(link, 'avg_mean'), base.link_blob(link, 'avg_var'),
+            base.InvertedBlob(None, factor, 'scale_factor')]
 
 
 @register('BatchNorm', invert=_invert_batch_norm, stateful=True)
-def _build_batch_norm(ctx: BuildContext) -> Built:
+def _build_batch_norm(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.batch_norm_param
     ctx.expect_blobs(['mean', 'variance', 'scale factor'])
@@ -132,8 +120,7 @@ def _build_batch_norm(ctx: BuildContext) -> Built:
                                 use_gamma=False, use_beta=False)
     link.avg_mean = numpy.ascontiguousarray(mean * scale, numpy.float32)
     link.avg_var = numpy.ascontiguousarray(var * scale, numpy.float32)
-    # Caffe's normalizing factor, for training-time updates (see _BatchNorm).
     link.add_persistent('caffe_factor', factor)
     global_stats = p.HasField('use_global_stats') and p.use_global_stats
-    return Built(_BatchNorm('', global_stats, p.moving_average_fraction),
+    return base.Built(_BatchNorm('', global_stats, p.moving_average_fraction),
                  link)

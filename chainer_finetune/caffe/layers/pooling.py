@@ -11,9 +11,7 @@ import chainer.functions as F
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import LayerFunction
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 from chainer_finetune.errors import CaffeModelError
 
@@ -35,12 +33,8 @@ def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int,
             leave a last window past the input). Default: ``pad != 0``.
     """
     span = size + 2 * pad - kernel
-    if ceil:
-        out = -(-span // stride) + 1
-    else:
-        out = span // stride + 1
-    if padded is None:
-        padded = pad != 0
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    padded = pad != 0 if padded is None else padded
     if padded and (out - 1) * stride >= size + pad:
         out -= 1
     return out
@@ -55,17 +49,15 @@ def _ave_divisor(xp, size: Tuple[int, int], out: Tuple[int, int],
     input, so padding inside the window counts and the area past it does
     not.
     """
-    def axis(n, o, k, s, p):
+    def window(n, o, k, s, p):
         start = numpy.arange(o) * s - p
-        end = numpy.minimum(start + k, n + p)
-        return end - start
-    dh = axis(size[0], out[0], kernel[0], stride[0], pad[0])
-    dw = axis(size[1], out[1], kernel[1], stride[1], pad[1])
+        return numpy.minimum(start + k, n + p) - start
+    dh, dw = (window(*axis) for axis in zip(size, out, kernel, stride, pad))
     return xp.asarray(numpy.outer(dh, dw).astype(numpy.float32))
 
 
 @dataclasses.dataclass(eq=False)
-class _Pooling(LayerFunction):
+class _Pooling(base.LayerFunction):
     """MAX or AVE pooling; kernel, stride and pad are None when global."""
 
     method: int
@@ -109,10 +101,10 @@ class _Pooling(LayerFunction):
                                   y.shape),
 
 
-def _pool_pair(ctx: BuildContext, square: str, h_field: str, w_field: str
-               ) -> Tuple[int, int]:
+def _pool_pair(ctx: base.BuildContext, square: str) -> Tuple[int, int]:
     """(h, w) of a pooling kernel/stride/pad; Caffe's PoolingLayer checks."""
     p = ctx.layer.pooling_param
+    h_field, w_field = (square.split('_')[0] + axis for axis in ('_h', '_w'))
     has_h, has_w = p.HasField(h_field), p.HasField(w_field)
     if has_h or has_w:
         if not (has_h and has_w) or p.HasField(square):
@@ -125,7 +117,7 @@ def _pool_pair(ctx: BuildContext, square: str, h_field: str, w_field: str
 
 
 @register('Pooling')
-def _build_pooling(ctx: BuildContext) -> Built:
+def _build_pooling(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.pooling_param
     if p.pool == caffe_pb2.PoolingParameter.STOCHASTIC:
@@ -138,9 +130,9 @@ def _build_pooling(ctx: BuildContext) -> Built:
             raise ctx.error('global_pooling with a kernel size')
         kernel = stride = pad = None
     else:
-        kernel = _pool_pair(ctx, 'kernel_size', 'kernel_h', 'kernel_w')
-        stride = _pool_pair(ctx, 'stride', 'stride_h', 'stride_w')
-        pad = _pool_pair(ctx, 'pad', 'pad_h', 'pad_w')
+        kernel = _pool_pair(ctx, 'kernel_size')
+        stride = _pool_pair(ctx, 'stride')
+        pad = _pool_pair(ctx, 'pad')
         if min(kernel) < 1 or min(stride) < 1:
             raise ctx.error('kernel {} and stride {} must be positive'.format(
                 kernel, stride))
@@ -148,5 +140,5 @@ def _build_pooling(ctx: BuildContext) -> Built:
             raise ctx.error('pad {} must be smaller than kernel {}'.format(
                 pad, kernel))
     ceil = p.round_mode == caffe_pb2.PoolingParameter.CEIL
-    return Built(_Pooling(p.pool, kernel, stride, pad, p.global_pooling,
+    return base.Built(_Pooling(p.pool, kernel, stride, pad, p.global_pooling,
                           ceil), None)

@@ -1,10 +1,6 @@
-"""The layer-type registry: one :class:`LayerType` per Caffe type.
-
-Each family module (``convolution``, ``pooling``...) declares its types with
-:func:`register` next to their builders; everything else (the loader,
-``save_weights``, ``lr_mults_from_prototxt``, ``replace_head``) asks the
-registry instead of keeping a table of its own.
-"""
+"""The layer-type registry: one :class:`LayerType` per Caffe type, which
+the loader, ``save_weights``, ``lr_mults_from_prototxt`` and
+``replace_head`` ask instead of keeping tables of their own."""
 
 from __future__ import annotations
 
@@ -14,13 +10,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from google.protobuf import message
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BlobNames
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import Inverter
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.errors import UnsupportedLayerError
 
-Builder = Callable[[BuildContext], Built]
+Builder = Callable[[base.BuildContext], base.Built]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +39,8 @@ class LayerType:
 
     names: Tuple[str, ...]
     build: Builder
-    invert: Optional[Inverter] = None
-    param_names: Optional[BlobNames] = None
+    invert: Optional[base.Inverter] = None
+    param_names: Optional[base.BlobNames] = None
     output_field: Optional[str] = None
     stateful: bool = False
 
@@ -83,12 +76,12 @@ def register(*names: str, **declaration) -> Callable[[Builder], Builder]:
         ValueError: a name already has an entry.
     """
     def add(build: Builder) -> Builder:
-        entry = LayerType(tuple(names), build, **declaration)
         taken = [name for name in names if name in _REGISTRY]
         if taken:
             raise ValueError('layer types {} are registered twice'.format(
                 taken))
-        _REGISTRY.update((name, entry) for name in names)
+        entry = LayerType(tuple(names), build, **declaration)
+        _REGISTRY.update(dict.fromkeys(names, entry))
         return build
     return add
 
@@ -125,12 +118,9 @@ def layer_type(type_name: str, where: str = '') -> LayerType:
 
 def registered_types() -> Iterator[LayerType]:
     """Every entry once, in the order of their first type name."""
-    seen = set()
-    for name in supported_types():
-        entry = _REGISTRY[name]
-        if id(entry) not in seen:
-            seen.add(id(entry))
-            yield entry
+    by_id = {id(_REGISTRY[name]): _REGISTRY[name]
+             for name in supported_types()}
+    return iter(by_id.values())
 
 
 def learnable_blob_names(layer: caffe_pb2.LayerParameter
@@ -153,7 +143,7 @@ def output_param(layer: caffe_pb2.LayerParameter
     return None if entry is None else entry.output_param(layer)
 
 
-def build(ctx: BuildContext) -> Built:
+def build(ctx: base.BuildContext) -> base.Built:
     """Builds one layer.
 
     Raises:

@@ -11,18 +11,13 @@ import chainer.functions as F
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import LinkedFunction
-from chainer_finetune.caffe.layers.base import canonical_axis
-from chainer_finetune.caffe.layers.base import named_blobs
-from chainer_finetune.caffe.layers.base import set_params
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 from chainer_finetune.errors import CaffeModelError
 
 
 @dataclasses.dataclass(eq=False)
-class _ScaleOrBias(LinkedFunction):
+class _ScaleOrBias(base.LinkedFunction):
     """y = x * s (+ b) or y = x + b, with s/b broadcast from ``axis``."""
 
     multiply: bool
@@ -31,7 +26,7 @@ class _ScaleOrBias(LinkedFunction):
 
     @staticmethod
     def _expand(v, x, axis):
-        axis = canonical_axis(axis, x.ndim)
+        axis = base.canonical_axis(axis, x.ndim)
         shape = (1,) * axis + v.shape + (1,) * (x.ndim - axis - v.ndim)
         if x.shape[axis:axis + v.ndim] != v.shape:
             raise CaffeModelError(
@@ -51,11 +46,10 @@ class _ScaleOrBias(LinkedFunction):
         return x + self._expand(bias, x, self.axis),
 
 
-def _broadcast_blob(ctx: BuildContext, index: int, num_axes: int, what: str,
-                    like: Optional[numpy.ndarray] = None) -> numpy.ndarray:
+def _broadcast_blob(ctx: base.BuildContext, index: int, num_axes: int,
+                    what: str, like: Optional[numpy.ndarray] = None
+                    ) -> numpy.ndarray:
     """A Scale/Bias blob: shaped like ``num_axes`` axes of the bottom."""
-    if index >= len(ctx.blobs):
-        raise ctx.error('blob {} ({}) is missing'.format(index, what))
     blob = ctx.blobs[index]
     array = blob.array
     if blob.legacy:   # (1, 1, 1, C) and the like: drop the padding ones
@@ -88,7 +82,7 @@ def _bias_blobs(layer: caffe_pb2.LayerParameter) -> List[str]:
     return [] if len(layer.bottom) > 1 else ['b']
 
 
-def _bottom_count(ctx: BuildContext, p) -> int:
+def _bottom_count(ctx: base.BuildContext, p) -> int:
     """1 or 2 bottoms, with ``p.num_axes`` (Scale's or Bias's) checked."""
     n = ctx.expect_bottoms(1, 2)
     if p.num_axes < -1:
@@ -97,17 +91,18 @@ def _bottom_count(ctx: BuildContext, p) -> int:
 
 
 def _built(params: Dict[str, numpy.ndarray], multiply: bool, axis: int,
-           has_bias: bool) -> Built:
+           has_bias: bool) -> base.Built:
     """A link holding ``params`` (none when empty) and its function."""
     if not params:
-        return Built(_ScaleOrBias(None, multiply, axis, False), None)
+        return base.Built(_ScaleOrBias(None, multiply, axis, False), None)
     link = chainer.Link()
-    set_params(link, **params)
-    return Built(_ScaleOrBias('', multiply, axis, has_bias), link)
+    base.set_params(link, **params)
+    return base.Built(_ScaleOrBias('', multiply, axis, has_bias), link)
 
 
-@register('Scale', invert=named_blobs(_scale_blobs), param_names=_scale_blobs)
-def _build_scale(ctx: BuildContext) -> Built:
+@register('Scale', invert=base.named_blobs(_scale_blobs),
+          param_names=_scale_blobs)
+def _build_scale(ctx: base.BuildContext) -> base.Built:
     p = ctx.layer.scale_param
     n = _bottom_count(ctx, p)
     ctx.expect_blobs(([] if n == 2 else ['scale']) +
@@ -125,8 +120,9 @@ def _build_scale(ctx: BuildContext) -> Built:
     return _built(params, True, p.axis, p.bias_term)
 
 
-@register('Bias', invert=named_blobs(_bias_blobs), param_names=_bias_blobs)
-def _build_bias(ctx: BuildContext) -> Built:
+@register('Bias', invert=base.named_blobs(_bias_blobs),
+          param_names=_bias_blobs)
+def _build_bias(ctx: base.BuildContext) -> base.Built:
     p = ctx.layer.bias_param
     if _bottom_count(ctx, p) == 2:
         ctx.expect_blobs([])

@@ -1,45 +1,41 @@
-"""Inputs and the layers that route blobs without computing on them.
-
-Data-input types (their tops are supplied to ``forward``), Silence, Split,
-Concat, Slice, Flatten, Reshape, and Eltwise (one blob from several).
-"""
+"""Inputs and the layers that route blobs: data inputs, Silence, Split,
+Eltwise, Concat, Slice, Flatten, Reshape."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence, Tuple
+import functools
+import operator
+from typing import List, Sequence, Tuple
 
 import chainer.functions as F
 import numpy
 
 from chainer_finetune.caffe import caffe_pb2
-from chainer_finetune.caffe.layers.base import BuildContext
-from chainer_finetune.caffe.layers.base import Built
-from chainer_finetune.caffe.layers.base import LayerFunction
-from chainer_finetune.caffe.layers.base import canonical_axis
+from chainer_finetune.caffe.layers import base
 from chainer_finetune.caffe.layers.registry import register
 from chainer_finetune.errors import CaffeModelError
 
 
 @register('Input', 'Data', 'MemoryData', 'ImageData', 'DummyData',
           'HDF5Data', 'WindowData')
-def _build_input(ctx: BuildContext) -> Built:
+def _build_input(ctx: base.BuildContext) -> base.Built:
     # The tops are supplied by the caller of forward().
-    return Built(None, None)
+    return base.Built(None, None)
 
 
-class _Silence(LayerFunction):
+class _Silence(base.LayerFunction):
     def __call__(self, net, *xs):
         return ()
 
 
 @register('Silence')
-def _build_silence(ctx: BuildContext) -> Built:
-    return Built(_Silence(), None)
+def _build_silence(ctx: base.BuildContext) -> base.Built:
+    return base.Built(_Silence(), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Split(LayerFunction):
+class _Split(base.LayerFunction):
     n: int
 
     def __call__(self, net, x):
@@ -47,33 +43,29 @@ class _Split(LayerFunction):
 
 
 @register('Split')
-def _build_split(ctx: BuildContext) -> Built:
+def _build_split(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
-    return Built(_Split(len(ctx.layer.top)), None)
+    return base.Built(_Split(len(ctx.layer.top)), None)
 
 
-class _Eltwise(LayerFunction):
-    def __init__(self, operation: int, coeffs: Sequence[float]) -> None:
-        self.operation = operation
-        self.coeffs = list(coeffs)
+@dataclasses.dataclass(eq=False)
+class _Eltwise(base.LayerFunction):
+    operation: int
+    coeffs: List[float]
 
     def __call__(self, net, *xs):
         op = caffe_pb2.EltwiseParameter
         if self.operation == op.SUM:
             coeffs = self.coeffs or [1.0] * len(xs)
-            y = None
-            for c, x in zip(coeffs, xs):
-                term = x if c == 1 else x * c
-                y = term if y is None else y + term
-            return y,
-        y = xs[0]
-        for x in xs[1:]:
-            y = y * x if self.operation == op.PROD else F.maximum(y, x)
-        return y,
+            xs = [x if c == 1 else x * c for c, x in zip(coeffs, xs)]
+            combine = operator.add
+        else:
+            combine = operator.mul if self.operation == op.PROD else F.maximum
+        return functools.reduce(combine, xs),
 
 
 @register('Eltwise')
-def _build_eltwise(ctx: BuildContext) -> Built:
+def _build_eltwise(ctx: base.BuildContext) -> base.Built:
     p = ctx.layer.eltwise_param
     n = len(ctx.layer.bottom)
     if n < 2:
@@ -81,11 +73,11 @@ def _build_eltwise(ctx: BuildContext) -> Built:
     if p.coeff and (len(p.coeff) != n or
                     p.operation != caffe_pb2.EltwiseParameter.SUM):
         raise ctx.error('coeff needs one value per bottom and operation SUM')
-    return Built(_Eltwise(p.operation, p.coeff), None)
+    return base.Built(_Eltwise(p.operation, list(p.coeff)), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Concat(LayerFunction):
+class _Concat(base.LayerFunction):
     axis: int
 
     def __call__(self, net, *xs):
@@ -93,20 +85,20 @@ class _Concat(LayerFunction):
 
 
 @register('Concat')
-def _build_concat(ctx: BuildContext) -> Built:
+def _build_concat(ctx: base.BuildContext) -> base.Built:
     p = ctx.layer.concat_param
     axis = p.concat_dim if p.HasField('concat_dim') else p.axis
-    return Built(_Concat(axis), None)
+    return base.Built(_Concat(axis), None)
 
 
-class _Slice(LayerFunction):
-    def __init__(self, axis: int, points: Sequence[int], n_tops: int) -> None:
-        self.axis = axis
-        self.points = list(points)
-        self.n_tops = n_tops
+@dataclasses.dataclass(eq=False)
+class _Slice(base.LayerFunction):
+    axis: int
+    points: List[int]
+    n_tops: int
 
     def __call__(self, net, x):
-        axis = canonical_axis(self.axis, x.ndim)
+        axis = base.canonical_axis(self.axis, x.ndim)
         if self.points:
             sections = self.points
         else:
@@ -115,12 +107,11 @@ class _Slice(LayerFunction):
                                       'parts'.format(x.shape[axis],
                                                      self.n_tops))
             sections = self.n_tops
-        ys = F.split_axis(x, sections, axis, force_tuple=True)
-        return tuple(ys)
+        return F.split_axis(x, sections, axis, force_tuple=True)
 
 
 @register('Slice')
-def _build_slice(ctx: BuildContext) -> Built:
+def _build_slice(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.slice_param
     axis = p.slice_dim if p.HasField('slice_dim') else p.axis
@@ -130,27 +121,27 @@ def _build_slice(ctx: BuildContext) -> Built:
             len(p.slice_point), n_tops))
     if list(p.slice_point) != sorted(p.slice_point):
         raise ctx.error('slice_point must increase')
-    return Built(_Slice(axis, p.slice_point, n_tops), None)
+    return base.Built(_Slice(axis, list(p.slice_point), n_tops), None)
 
 
 @dataclasses.dataclass(eq=False)
-class _Flatten(LayerFunction):
+class _Flatten(base.LayerFunction):
     axis: int
     end_axis: int
 
     def __call__(self, net, x):
-        start = canonical_axis(self.axis, x.ndim)
-        end = canonical_axis(self.end_axis, x.ndim)
+        start = base.canonical_axis(self.axis, x.ndim)
+        end = base.canonical_axis(self.end_axis, x.ndim)
         shape = x.shape[:start] + (
             int(numpy.prod(x.shape[start:end + 1])),) + x.shape[end + 1:]
         return F.reshape(x, shape),
 
 
 @register('Flatten')
-def _build_flatten(ctx: BuildContext) -> Built:
+def _build_flatten(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.flatten_param
-    return Built(_Flatten(p.axis, p.end_axis), None)
+    return base.Built(_Flatten(p.axis, p.end_axis), None)
 
 
 def caffe_reshape(shape: Tuple[int, ...], dims: Sequence[int], axis: int,
@@ -191,11 +182,11 @@ def caffe_reshape(shape: Tuple[int, ...], dims: Sequence[int], axis: int,
     return tuple(out)
 
 
-class _Reshape(LayerFunction):
-    def __init__(self, dims: Sequence[int], axis: int, num_axes: int) -> None:
-        self.dims = list(dims)
-        self.axis = axis
-        self.num_axes = num_axes
+@dataclasses.dataclass(eq=False)
+class _Reshape(base.LayerFunction):
+    dims: List[int]
+    axis: int
+    num_axes: int
 
     def __call__(self, net, x):
         return F.reshape(x, caffe_reshape(x.shape, self.dims, self.axis,
@@ -203,7 +194,7 @@ class _Reshape(LayerFunction):
 
 
 @register('Reshape')
-def _build_reshape(ctx: BuildContext) -> Built:
+def _build_reshape(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.reshape_param
     dims = list(p.shape.dim)
@@ -212,4 +203,4 @@ def _build_reshape(ctx: BuildContext) -> Built:
                         'value'.format(dims))
     if p.num_axes < -1:
         raise ctx.error('num_axes must be >= -1')
-    return Built(_Reshape(dims, p.axis, p.num_axes), None)
+    return base.Built(_Reshape(dims, p.axis, p.num_axes), None)
