@@ -1,21 +1,15 @@
-"""Caffe's input conventions: BGR, CHW, 0-255 values minus a mean, then a scale.
+"""Caffe's input conventions: BGR, CHW, 0-255 minus a mean, then a scale.
 
-Caffe Model Zoo models were trained on images that Caffe's data layer fed
-as ``(C, H, W)`` float arrays in **BGR** order, with values in 0-255, the
-training-set mean subtracted, optionally multiplied by
-``transform_param.scale``, after a crop (random when training, central when
-testing) and an optional mirror. Feeding RGB, 0-1 values or no mean gives a
-network that runs but answers wrongly. :class:`CaffePreprocessor` applies
-those conventions to ordinary images (``(H, W, 3)`` RGB arrays as returned
-by PIL/imageio, or ``(H, W)`` grayscale)::
+Caffe Model Zoo models were trained on ``(C, H, W)`` images in **BGR**
+order with values in 0-255, the training-set mean subtracted and optionally
+multiplied by ``transform_param.scale``; feeding RGB, 0-1 values or no mean
+gives a network that runs but answers wrongly. :class:`CaffePreprocessor`
+applies those conventions to ordinary images (examples in docs/loading.rst,
+mean files in docs/pitfalls.rst)::
 
-    mean = load_mean('imagenet_mean.binaryproto')        # (3, 256, 256)
-    prep = CaffePreprocessor(mean=mean, resize=(256, 256), crop=227)
+    prep = CaffePreprocessor(mean=load_mean('mean.binaryproto'),
+                             resize=(256, 256), crop=227)
     x = prep(rgb_uint8_image)                            # (3, 227, 227) BGR
-    y, = net(inputs={'data': x[None]}, outputs=['prob'])
-
-For a mean given per channel (``mean: 104 mean: 117 mean: 123`` in a
-prototxt), pass ``mean=(104, 117, 123)`` (BGR order, like Caffe).
 """
 
 from __future__ import annotations
@@ -66,7 +60,8 @@ class CaffePreprocessor:
         mirror: With ``random=True``, flip horizontally half of the time.
     """
 
-    def __init__(self, mean: Union[None, Sequence[float], numpy.ndarray] = None,
+    def __init__(self,
+                 mean: Union[None, Sequence[float], numpy.ndarray] = None,
                  resize: Optional[Size] = None, crop: Optional[Size] = None,
                  scale: float = 1.0, input_range: float = 255.0,
                  channel_order: str = 'RGB', mirror: bool = False) -> None:

@@ -41,6 +41,10 @@ V1_TYPE_NAMES = {
     'TANH': 'TanH', 'WINDOW_DATA': 'WindowData', 'THRESHOLD': 'Threshold',
 }
 
+# ParamSpec fields and the V1 lists that hold them, one value per blob.
+V1_PARAM_SPEC_LISTS = (('name', 'param'), ('share_mode', 'blob_share_mode'),
+                       ('lr_mult', 'blobs_lr'), ('decay_mult', 'weight_decay'))
+
 
 class NetDescription(NamedTuple):
     """A net ready to be built: structure plus weights by layer name.
@@ -92,18 +96,13 @@ def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter
     v2 = caffe_pb2.LayerParameter()
     copy_shared_layer_fields(v1, v2)
     v2.type = _v1_type_name(v1)
-    n_specs = max(len(v1.param), len(v1.blob_share_mode), len(v1.blobs_lr),
-                  len(v1.weight_decay))
-    for i in range(n_specs):
+    lists = [(field, getattr(v1, v1_list))
+             for field, v1_list in V1_PARAM_SPEC_LISTS]
+    for i in range(max(len(values) for _, values in lists)):
         spec = v2.param.add()
-        if i < len(v1.param):
-            spec.name = v1.param[i]
-        if i < len(v1.blob_share_mode):
-            spec.share_mode = v1.blob_share_mode[i]
-        if i < len(v1.blobs_lr):
-            spec.lr_mult = v1.blobs_lr[i]
-        if i < len(v1.weight_decay):
-            spec.decay_mult = v1.weight_decay[i]
+        for field, values in lists:
+            if i < len(values):
+                setattr(spec, field, values[i])
     v2_fields = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
     for field, value in v1.ListFields():
         if field.name.endswith('_param') and field.name in v2_fields:
