@@ -114,26 +114,25 @@ class CaffePreprocessor:
         if self.resize is not None and x.shape[1:] != self.resize:
             x = F.resize_images(x[None], self.resize).array[0]
         mean = self.mean
-        offset = (0, 0)
+        r = rng if rng is not None else numpy.random
         if self.crop is not None:
             ch, cw = self.crop
             H, W = x.shape[1:]
             if ch > H or cw > W:
                 raise PreprocessingError('crop {} is larger than the image '
                                          '{}'.format(self.crop, (H, W)))
-            r = rng if rng is not None else numpy.random
             if random:
-                offset = (int(r.randint(0, H - ch + 1)),
-                          int(r.randint(0, W - cw + 1)))
+                top = int(r.randint(0, H - ch + 1))
+                left = int(r.randint(0, W - cw + 1))
             else:
-                offset = ((H - ch) // 2, (W - cw) // 2)
-            full_size = x.shape[1:]
-            x = x[:, offset[0]:offset[0] + ch, offset[1]:offset[1] + cw]
+                top, left = (H - ch) // 2, (W - cw) // 2
+            window = (slice(None), slice(top, top + ch),
+                      slice(left, left + cw))
             if mean is not None and mean.ndim == 3 and \
-                    mean.shape[1:] == full_size:
-                mean = mean[:, offset[0]:offset[0] + ch,
-                            offset[1]:offset[1] + cw]
-        if random and self.mirror and (rng or numpy.random).randint(2):
+                    mean.shape[1:] == x.shape[1:]:
+                mean = mean[window]
+            x = x[window]
+        if random and self.mirror and r.randint(2):
             x = x[:, :, ::-1]
             if mean is not None and mean.ndim == 3:
                 mean = mean[:, :, ::-1]

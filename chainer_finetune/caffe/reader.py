@@ -88,12 +88,6 @@ class _Scanner:
         self.buf = buf
         self.path = path
 
-    def _varint(self, pos: int, end: int, what: str) -> Tuple[int, int]:
-        try:
-            return decode_varint(self.buf, pos, end)
-        except WireFormatError as e:
-            raise self._bad_varint(e, what) from None
-
     def _bad_varint(self, e: WireFormatError, what: str) -> CaffeModelError:
         problem = 'truncated {}' if e.truncated else 'malformed varint in {}'
         return self.error(e.offset, problem.format(what))
@@ -104,8 +98,7 @@ class _Scanner:
 
     def fields(self, start: int, end: int, what: str):
         """Yields the fields of the message stored in ``buf[start:end]``."""
-        # The hot loop of reading: decode_varint is called directly, not
-        # through _varint, to save a call per varint.
+        # The hot loop of reading: locals and no helper calls on purpose.
         buf = self.buf
         pos = start
         while pos < end:
@@ -351,16 +344,16 @@ def read_caffemodel(path: PathLike,
 def _cut_layer(scanner: _Scanner, pos: int, size: int, index: int) -> str:
     """Names the layer a bad top-level field at ``pos`` starts, if any."""
     try:
-        tag, pos = scanner._varint(pos, size, '')
-    except CaffeModelError:
+        tag, pos = decode_varint(scanner.buf, pos, size)
+    except WireFormatError:
         return ''
     if tag >> 3 not in (NET_LAYER, NET_LAYERS) or tag & 7 != LEN:
         return ''
     try:
-        _, pos = scanner._varint(pos, size, '')
+        _, pos = decode_varint(scanner.buf, pos, size)
         name = _layer_name(scanner, pos, size,
                            2 if tag >> 3 == NET_LAYER else 1)
-    except CaffeModelError:
+    except (WireFormatError, CaffeModelError):
         name = '?'
     return '; in layer {} ({!r})'.format(index, name)
 

@@ -1,32 +1,31 @@
 """Write Caffe files: ``.caffemodel``, ``.prototxt``, ``.binaryproto``.
 
-:class:`NetWriter` holds a net as Caffe's current (V2) layer descriptions,
-each with its weights, and writes it in either of Caffe's two formats:
+:class:`NetWriter` holds a net as V2 layer descriptions with their weights
+and writes it in either of Caffe's formats:
 
-* **V2** (``NetParameter.layer``, Caffe since 2015): the ``type`` is a
-  string (``'Convolution'``), a blob's shape is a ``BlobShape`` of any number
-  of axes, inputs are ``Input`` layers or the net-level ``input`` fields.
-* **V1** (``NetParameter.layers``, the format of the 2014 model zoo, e.g.
-  ``VGG_ILSVRC_16_layers.caffemodel``): the type is an enum
-  (:data:`V1_TYPE_CODES`), blob shapes are the legacy 4-D ``num, channels,
-  height, width`` fields (left-padded with ones: an InnerProduct weight
-  ``(out, in)`` is stored as ``(1, 1, out, in)``), learning-rate and decay
-  multipliers are the lists ``blobs_lr`` / ``weight_decay``. Types added
-  after V1 (BatchNorm, Scale, Bias, ELU, PReLU, Input, Reshape, ...) cannot
-  be written as V1; :meth:`NetWriter.v1_compatible` says whether a net can.
+* **V2** (``NetParameter.layer``, Caffe since 2015): type strings
+  (``'Convolution'``), ``BlobShape`` shapes of any number of axes, inputs
+  as ``Input`` layers or the net-level ``input`` fields.
+* **V1** (``NetParameter.layers``, the 2014 model zoo's, e.g.
+  ``VGG_ILSVRC_16_layers.caffemodel``): enum types (:data:`V1_TYPE_CODES`),
+  legacy 4-D ``num, channels, height, width`` blob dims left-padded with
+  ones (an InnerProduct weight ``(out, in)`` is ``(1, 1, out, in)``), the
+  lists ``blobs_lr`` / ``weight_decay``. Types newer than V1 (BatchNorm,
+  Scale, ELU, PReLU, Input, ...) cannot be written as V1;
+  :meth:`NetWriter.v1_compatible` says whether a net can.
 
-Blobs are written as Caffe's ``Blob::ToProto`` writes them: packed float32
-``data`` and, in V2, a ``shape`` (none for a 0-axis blob); ``legacy=True``
-gives a V2 file with legacy dims, as Caffe wrote them in 2014-2015.
+Blobs are written as Caffe's ``Blob::ToProto`` writes them; ``legacy=True``
+gives a V2 file with legacy dims, as Caffe wrote them in 2014-2015. The
+caffemodel is streamed (:mod:`chainer_finetune.caffe.wire`), each blob from
+its array or a :class:`RandomBlob`'s chunks straight to the file: a
+VGG-16-sized model (528 MiB) takes seconds and a few MiB. Its bytes are
+those protobuf serializes for :meth:`NetWriter.net_parameter`.
 
-The binary writer streams the wire format (:mod:`chainer_finetune.caffe.wire`)
-layer by layer, each blob's values straight from its array (or a
-:class:`RandomBlob`'s chunks) to the file, so a model is never held twice
-in memory: a VGG-16-sized model (528 MiB) is written in seconds with a few
-MiB. The bytes are exactly those protobuf's own serializer produces for
-:meth:`NetWriter.net_parameter`.
-
-Example::
+Every file is written through :func:`chainer_finetune.files.atomic_output`
+and replaces an existing one only when complete: a write that fails
+part-way leaves no partial file. A net that cannot be written in the
+format asked raises :class:`~chainer_finetune.errors.CaffeModelError`
+naming the layer, before anything is written. Example::
 
     w = NetWriter('tiny')
     w.input('data', (1, 3, 8, 8))
@@ -37,17 +36,11 @@ Example::
     w.write_caffemodel('tiny.caffemodel')            # V2
     w.write_caffemodel('tiny_v1.caffemodel', version=1)
     w.write_prototxt('tiny.prototxt')
-
-Every file is written through :func:`chainer_finetune.files.atomic_output`:
-under a temporary name, moved into place (replacing an existing file) only
-when complete, so a write that fails part-way leaves no partial file and
-the old file, if any, as it was. A net that cannot be written in the
-format asked raises :class:`~chainer_finetune.errors.CaffeModelError`
-naming the layer before anything is written.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import (Any, BinaryIO, Dict, Iterable, Iterator, List, Mapping,
@@ -236,7 +229,6 @@ def _scalar(field: pb_descriptor.FieldDescriptor, value):
     return value
 
 
-
 def _as_list(value, single) -> list:
     """``[value]`` for one value of type ``single``, else ``list(value)``."""
     return [value] if isinstance(value, single) else list(value)
@@ -298,17 +290,6 @@ def _little_endian(array: numpy.ndarray) -> numpy.ndarray:
     return numpy.ascontiguousarray(array, dtype='<f4').reshape(-1)
 
 
-def _fill_blob_proto(proto: caffe_pb2.BlobProto, blob: BlobLike,
-                     legacy: bool, where: str) -> None:
-    array = blob_array(blob)
-    if legacy:
-        proto.num, proto.channels, proto.height, proto.width = \
-            legacy_dims(array.shape, where)
-    elif array.ndim:
-        proto.shape.dim.extend(array.shape)
-    proto.data.extend(array.ravel().tolist())
-
-
 def _split_serialize(msg: pb_message.Message, number: int
                      ) -> Tuple[bytes, bytes]:
     """Serializations of the fields of ``msg`` numbered below / above
@@ -331,9 +312,6 @@ _V1_HANDLED = {'name', 'type', 'bottom', 'top', 'loss_weight', 'include',
 
 def to_v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
     """The V1 form of a V2 layer description (without blobs).
-
-    ``param { name lr_mult decay_mult share_mode }`` become the V1 lists
-    ``param``, ``blobs_lr``, ``weight_decay``, ``blob_share_mode``.
 
     Raises:
         CaffeModelError: for a type without a V1 code (BatchNorm, Scale,
@@ -365,12 +343,9 @@ def to_v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
 class NetWriter:
     """Builds a Caffe net description with weights and writes it.
 
-    Layers are kept as V2 ``LayerParameter`` messages (without blobs) plus a
-    list of blobs each (NumPy arrays, stored as float32 copies, or
-    :class:`RandomBlob`); the V1 form is derived when writing. Declare the
-    inputs with :meth:`input`, add layers in order with :meth:`layer`, then
-    write with :meth:`write_caffemodel` (weights) and :meth:`write_prototxt`
-    (the description alone).
+    Declare the inputs with :meth:`input`, add layers in order with
+    :meth:`layer`, then write with :meth:`write_caffemodel` (weights) and
+    :meth:`write_prototxt` (the description alone).
 
     Args:
         name: The net's ``name``.
@@ -382,6 +357,8 @@ class NetWriter:
 
     def __init__(self, name: str = 'net') -> None:
         self.name = name
+        # V2 descriptions without blobs, and the blobs of each; the V1
+        # form is derived when writing.
         self._layers: List[caffe_pb2.LayerParameter] = []
         self._blobs: List[List[BlobLike]] = []
         # Net-level inputs: (name, shape, form) for forms input_dim and
@@ -567,8 +544,9 @@ class NetWriter:
             msg = container.add()
             msg.CopyFrom(layer)
             for j, blob in enumerate(self._blobs[i] if with_blobs else ()):
-                _fill_blob_proto(msg.blobs.add(), blob, legacy,
-                                 self._where(i, j))
+                encoded = io.BytesIO()
+                _EncodedBlob(blob, legacy, self._where(i, j)).write(encoded)
+                msg.blobs.add().ParseFromString(encoded.getvalue())
         return net
 
     def _where(self, index: int, blob: int) -> str:
@@ -577,11 +555,6 @@ class NetWriter:
     def write_caffemodel(self, path: PathLike, version: int = 2,
                          legacy: Optional[bool] = None) -> int:
         """Writes the binary caffemodel, streaming blob data to the file.
-
-        Every layer is converted (and every blob's header encoded) before
-        anything is written, so a net that cannot be written leaves no
-        file; the file is written atomically (see the module docstring),
-        replacing an existing one.
 
         Args:
             path: Output file.
@@ -627,7 +600,7 @@ class NetWriter:
             return f.tell()
 
     def write_prototxt(self, path: PathLike, version: int = 2) -> None:
-        """Writes the text net description (no weights), atomically.
+        """Writes the text net description (no weights).
 
         Args:
             path: Output file.
@@ -638,12 +611,14 @@ class NetWriter:
         """
         text = text_format.MessageToString(
             self.net_parameter(version, with_blobs=False))
-        _write_file(path, text.encode('utf-8'))
+        with atomic_output(path, overwrite=True) as tmp, \
+                open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
 
 
 def write_binaryproto(path: PathLike, array: numpy.ndarray,
                       legacy: bool = True) -> None:
-    """Writes a ``.binaryproto`` BlobProto (e.g. a mean image), atomically.
+    """Writes a ``.binaryproto`` BlobProto, e.g. a mean image.
 
     Args:
         path: Output file.
@@ -654,12 +629,7 @@ def write_binaryproto(path: PathLike, array: numpy.ndarray,
     Raises:
         CaffeModelError: legacy dims asked for an array of more than 4 axes.
     """
-    blob = caffe_pb2.BlobProto()
-    _fill_blob_proto(blob, numpy.asarray(array, dtype=numpy.float32), legacy,
-                     os.fspath(path))
-    _write_file(path, blob.SerializeToString())
-
-
-def _write_file(path: PathLike, data: bytes) -> None:
+    encoded = _EncodedBlob(numpy.asarray(array, dtype=numpy.float32),
+                           legacy, os.fspath(path))
     with atomic_output(path, overwrite=True) as tmp, open(tmp, 'wb') as f:
-        f.write(data)
+        encoded.write(f)

@@ -1,16 +1,13 @@
 """Two published Caffe architectures, declared with random weights.
 
 BVLC AlexNet (``bvlc_alexnet``) and VGG-16 (``VGG_ILSVRC_16_layers``) with
-the released models' layer names, parameters and blob shapes, through the
-writer (:class:`~chainer_finetune.caffe.writer.NetWriter`). Their weights
-are seeded, He-scaled :class:`~chainer_finetune.caffe.writer.RandomBlob`
-values generated while the file is written: stand-ins of the real models
-where only the architecture and the file size matter (the AlexNet example's
-``--generate-caffemodel``, the loading benchmark, tests), produced in
-seconds without a download.
-
-``*_writer`` functions return the net, not yet written; ``make_*`` write it
-as a ``.caffemodel`` (V2 or V1) and optionally a deploy ``.prototxt``.
+the released models' layer names, parameters and blob shapes, and seeded,
+He-scaled :class:`~chainer_finetune.caffe.writer.RandomBlob` weights
+generated while the file is written: stand-ins of the real models where
+only the architecture and the file size matter (the AlexNet example's
+``--generate-caffemodel``, the loading benchmark, tests). ``*_writer``
+return the :class:`~chainer_finetune.caffe.writer.NetWriter`; ``make_*``
+write it (V2 or V1) and optionally a deploy ``.prototxt``.
 """
 
 from __future__ import annotations
@@ -32,9 +29,10 @@ WEIGHT_BIAS_PARAM_SPECS = ({'lr_mult': 1, 'decay_mult': 1},
 
 class _Builder:
     """Adds the layers of both nets to a NetWriter, each layer's top named
-    like the layer: Convolution and InnerProduct with He-scaled random
-    weights (one seed per layer), ReLU, max Pooling and Dropout as the
-    released prototxts declare them."""
+    like the layer: Convolution (each followed by its in-place ReLU: relu1
+    for conv1, relu3_2 for conv3_2) and InnerProduct with He-scaled random
+    weights (one seed per layer), max Pooling and Dropout as the released
+    prototxts declare them."""
 
     def __init__(self, writer: NetWriter, seed: int) -> None:
         self.w = writer
@@ -60,14 +58,12 @@ class _Builder:
                        {'convolution_param': params},
                        (num_output, channels_in // group, kernel, kernel),
                        channels_in // group * kernel * kernel)
+        self.w.layer('relu' + name[len('conv'):], 'ReLU', name, name)
 
     def fc(self, name, bottom, n_in, n_out):
         self._weighted(name, 'InnerProduct', bottom,
                        {'inner_product_param': {'num_output': n_out}},
                        (n_out, n_in), n_in)
-
-    def relu(self, name, blob):
-        self.w.layer(name, 'ReLU', blob, blob)
 
     def max_pool(self, name, bottom, kernel, stride):
         self.w.layer(name, 'Pooling', bottom, name, params={
@@ -81,7 +77,7 @@ class _Builder:
         for i in (6, 7):
             name = 'fc{}'.format(i)
             self.fc(name, bottom, n_in, fc_size)
-            self.relu('relu{}'.format(i), name)
+            self.w.layer('relu{}'.format(i), 'ReLU', name, name)
             self.w.layer('drop{}'.format(i), 'Dropout', name, name,
                          params={'dropout_param': {'dropout_ratio': 0.5}})
             bottom, n_in = name, fc_size
@@ -121,20 +117,15 @@ def alexnet_writer(n_class: int = 1000, seed: int = 0, batch: int = 10,
         w.input('data', (batch, 3, 227, 227), form=input_form)
     b = _Builder(w, seed)
     b.conv('conv1', 'data', 3, 96, 11, stride=4)
-    b.relu('relu1', 'conv1')
     lrn = {'lrn_param': {'local_size': 5, 'alpha': 0.0001, 'beta': 0.75}}
     w.layer('norm1', 'LRN', 'conv1', 'norm1', params=lrn)
     b.max_pool('pool1', 'norm1', 3, 2)
     b.conv('conv2', 'pool1', 96, 256, 5, pad=2, group=2)
-    b.relu('relu2', 'conv2')
     w.layer('norm2', 'LRN', 'conv2', 'norm2', params=lrn)
     b.max_pool('pool2', 'norm2', 3, 2)
     b.conv('conv3', 'pool2', 256, 384, 3, pad=1)
-    b.relu('relu3', 'conv3')
     b.conv('conv4', 'conv3', 384, 384, 3, pad=1, group=2)
-    b.relu('relu4', 'conv4')
     b.conv('conv5', 'conv4', 384, 256, 3, pad=1, group=2)
-    b.relu('relu5', 'conv5')
     b.max_pool('pool5', 'conv5', 3, 2)
     b.classifier(256 * 6 * 6, 4096, n_class)
     if train:
@@ -211,7 +202,6 @@ def vgg16_writer(n_class: int = 1000, seed: int = 0, batch: int = 10,
         for i in range(1, n_conv + 1):
             name = 'conv{}_{}'.format(stage, i)
             b.conv(name, bottom, channels, n_out, 3, pad=1)
-            b.relu('relu{}_{}'.format(stage, i), name)
             bottom, channels = name, n_out
         bottom = 'pool{}'.format(stage)
         b.max_pool(bottom, name, 2, 2)
