@@ -324,6 +324,33 @@ def test_legacy_dims_of_a_5d_blob_name_the_layer(tmp_path):
         (1, 2, 1, 1, 1)
 
 
+class _FailingBlob(RandomBlob):
+    """Fails after its first chunk, as a write on a full disk would."""
+
+    def chunks(self):
+        yield next(super().chunks())
+        raise OSError(28, 'No space left on device')
+
+
+def test_a_failing_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
+    w = small_net()
+    w.layer('big', 'InnerProduct', 'fc', 'big',
+            blobs=[_FailingBlob((3, CHUNK_VALUES + 1))])
+    path = tmp_path / 'net.caffemodel'
+    with pytest.raises(OSError, match='No space left'):
+        w.write_caffemodel(str(path))
+    assert os.listdir(str(tmp_path)) == []      # no partial, no temporary
+    small_net().write_caffemodel(str(path))
+    old = path.read_bytes()
+    with pytest.raises(OSError, match='No space left'):
+        w.write_caffemodel(str(path))
+    assert os.listdir(str(tmp_path)) == ['net.caffemodel']
+    assert path.read_bytes() == old
+    w.remove_layer('big')                       # the API overwrites
+    w.write_caffemodel(str(path), 1)
+    assert reader.read_caffemodel(str(path)).version == 1
+
+
 def test_unknown_parameter_field_names_the_layer():
     w = NetWriter()
     with pytest.raises(CaffeModelError,

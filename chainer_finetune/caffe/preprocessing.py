@@ -1,21 +1,15 @@
-"""Caffe's input conventions: BGR, CHW, 0-255 values minus a mean, then a scale.
+"""Caffe's input conventions: BGR, CHW, 0-255 minus a mean, then a scale.
 
-Caffe Model Zoo models were trained on images that Caffe's data layer fed
-as ``(C, H, W)`` float arrays in **BGR** order, with values in 0-255, the
-training-set mean subtracted, optionally multiplied by
-``transform_param.scale``, after a crop (random when training, central when
-testing) and an optional mirror. Feeding RGB, 0-1 values or no mean gives a
-network that runs but answers wrongly. :class:`CaffePreprocessor` applies
-those conventions to ordinary images (``(H, W, 3)`` RGB arrays as returned
-by PIL/imageio, or ``(H, W)`` grayscale)::
+Caffe Model Zoo models were trained on ``(C, H, W)`` images in **BGR**
+order with values in 0-255, the training-set mean subtracted and optionally
+multiplied by ``transform_param.scale``; feeding RGB, 0-1 values or no mean
+gives a network that runs but answers wrongly. :class:`CaffePreprocessor`
+applies those conventions to ordinary images (examples in docs/loading.rst,
+mean files in docs/pitfalls.rst)::
 
-    mean = load_mean('imagenet_mean.binaryproto')        # (3, 256, 256)
-    prep = CaffePreprocessor(mean=mean, resize=(256, 256), crop=227)
+    prep = CaffePreprocessor(mean=load_mean('mean.binaryproto'),
+                             resize=(256, 256), crop=227)
     x = prep(rgb_uint8_image)                            # (3, 227, 227) BGR
-    y, = net(inputs={'data': x[None]}, outputs=['prob'])
-
-For a mean given per channel (``mean: 104 mean: 117 mean: 123`` in a
-prototxt), pass ``mean=(104, 117, 123)`` (BGR order, like Caffe).
 """
 
 from __future__ import annotations
@@ -66,7 +60,8 @@ class CaffePreprocessor:
         mirror: With ``random=True``, flip horizontally half of the time.
     """
 
-    def __init__(self, mean: Union[None, Sequence[float], numpy.ndarray] = None,
+    def __init__(self,
+                 mean: Union[None, Sequence[float], numpy.ndarray] = None,
                  resize: Optional[Size] = None, crop: Optional[Size] = None,
                  scale: float = 1.0, input_range: float = 255.0,
                  channel_order: str = 'RGB', mirror: bool = False) -> None:
@@ -119,26 +114,25 @@ class CaffePreprocessor:
         if self.resize is not None and x.shape[1:] != self.resize:
             x = F.resize_images(x[None], self.resize).array[0]
         mean = self.mean
-        offset = (0, 0)
+        r = rng if rng is not None else numpy.random
         if self.crop is not None:
             ch, cw = self.crop
             H, W = x.shape[1:]
             if ch > H or cw > W:
                 raise PreprocessingError('crop {} is larger than the image '
                                          '{}'.format(self.crop, (H, W)))
-            r = rng if rng is not None else numpy.random
             if random:
-                offset = (int(r.randint(0, H - ch + 1)),
-                          int(r.randint(0, W - cw + 1)))
+                top = int(r.randint(0, H - ch + 1))
+                left = int(r.randint(0, W - cw + 1))
             else:
-                offset = ((H - ch) // 2, (W - cw) // 2)
-            full_size = x.shape[1:]
-            x = x[:, offset[0]:offset[0] + ch, offset[1]:offset[1] + cw]
+                top, left = (H - ch) // 2, (W - cw) // 2
+            window = (slice(None), slice(top, top + ch),
+                      slice(left, left + cw))
             if mean is not None and mean.ndim == 3 and \
-                    mean.shape[1:] == full_size:
-                mean = mean[:, offset[0]:offset[0] + ch,
-                            offset[1]:offset[1] + cw]
-        if random and self.mirror and (rng or numpy.random).randint(2):
+                    mean.shape[1:] == x.shape[1:]:
+                mean = mean[window]
+            x = x[window]
+        if random and self.mirror and r.randint(2):
             x = x[:, :, ::-1]
             if mean is not None and mean.ndim == 3:
                 mean = mean[:, :, ::-1]

@@ -1,14 +1,10 @@
 """Read Caffe files: binary caffemodels, text prototxts, binaryproto means.
 
-A caffemodel is one serialized ``NetParameter``. Parsing it whole with
-protobuf keeps every weight twice (the file's bytes and the message), and
-Chainer's CaffeFunction then copies the floats a third time, element by
-element. Here the file is scanned at the wire-format level instead: layer
-descriptions (small) are parsed with protobuf, while each blob's packed
-float data is read straight from the file into its final NumPy array. Peak
-memory is therefore about one copy of the weights, and every length field is
-checked against the bytes that actually remain before anything is read or
-allocated, so a corrupt or hostile file costs at most its own size.
+A caffemodel is scanned at the wire-format level rather than parsed whole:
+layer descriptions go through protobuf, each blob's packed floats are read
+straight from the file into their final array (about one copy of the
+weights in memory), and every length is checked against the bytes that
+remain before anything is read or allocated (docs/loading.rst).
 """
 
 from __future__ import annotations
@@ -34,6 +30,7 @@ from chainer_finetune.errors import CaffeModelError
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, 'os.PathLike[str]']
+
 
 class Blob(NamedTuple):
     """One stored blob.
@@ -91,12 +88,6 @@ class _Scanner:
         self.buf = buf
         self.path = path
 
-    def _varint(self, pos: int, end: int, what: str) -> Tuple[int, int]:
-        try:
-            return decode_varint(self.buf, pos, end)
-        except WireFormatError as e:
-            raise self._bad_varint(e, what) from None
-
     def _bad_varint(self, e: WireFormatError, what: str) -> CaffeModelError:
         problem = 'truncated {}' if e.truncated else 'malformed varint in {}'
         return self.error(e.offset, problem.format(what))
@@ -107,8 +98,7 @@ class _Scanner:
 
     def fields(self, start: int, end: int, what: str):
         """Yields the fields of the message stored in ``buf[start:end]``."""
-        # The hot loop of reading: decode_varint is called directly, not
-        # through _varint, to save a call per varint.
+        # The hot loop of reading: locals and no helper calls on purpose.
         buf = self.buf
         pos = start
         while pos < end:
@@ -179,93 +169,68 @@ def _open_checked(path: PathLike, kind: str) -> Tuple[str, BinaryIO, int]:
     return path, f, size
 
 
-class _BlobReader:
-    """Reads blob submessages out of an open caffemodel."""
+def _read_blob(scanner: _Scanner, f: BinaryIO, start: int, end: int,
+               where: str) -> Blob:
+    """Reads the blob submessage ``buf[start:end]`` of an open caffemodel."""
+    legacy: Dict[int, int] = {}
+    shape: Optional[List[int]] = None
+    runs: Dict[int, List[_Field]] = {BLOB_DATA: [], BLOB_DOUBLE_DATA: []}
+    for field in scanner.fields(start, end, where):
+        if field.number in BLOB_LEGACY_DIMS and field.wire_type == VARINT:
+            # int32 fields: protobuf keeps the low 32 bits, signed.
+            value = field.value & 0xFFFFFFFF
+            legacy[field.number] = value - (value >> 31 << 32)
+        elif field.number == BLOB_SHAPE and field.wire_type == LEN:
+            shape_msg = caffe_pb2.BlobShape()
+            _parse_message(shape_msg,
+                           bytes(scanner.buf[field.value_start:field.end]),
+                           scanner.path, where + ' shape')
+            shape = list(shape_msg.dim)
+        elif field.number in runs:
+            if field.wire_type != LEN:
+                # Unpacked values (very old writers): one field per value,
+                # far too many to walk here.
+                return _read_blob_with_protobuf(scanner, start, end, where)
+            if field.value:
+                runs[field.number].append(field)
+    # Several packed runs of one field concatenate; rare enough to leave to
+    # protobuf, like unpacked values.
+    if any(len(r) > 1 for r in runs.values()):
+        return _read_blob_with_protobuf(scanner, start, end, where)
+    dims = [legacy.get(i, 0) for i in BLOB_LEGACY_DIMS] if legacy else shape
+    # Caffe reads `data` and falls back to `double_data`.
+    run = (runs[BLOB_DATA] or runs[BLOB_DOUBLE_DATA] or [None])[0]
+    dtype = numpy.dtype('<f8' if run is not None and
+                        run.number == BLOB_DOUBLE_DATA else '<f4')
+    nbytes = run.value if run is not None else 0
+    if nbytes % dtype.itemsize:
+        raise CaffeModelError(
+            '{}: {}: packed data of {} bytes is not a whole number of '
+            '{}-byte values'.format(scanner.path, where, nbytes,
+                                    dtype.itemsize))
+    count = nbytes // dtype.itemsize
+    _check_blob_count(dims if dims is not None else [count], count,
+                      '{}: {}'.format(scanner.path, where))
+    array = numpy.empty(count, dtype=dtype)
+    if nbytes:
+        f.seek(run.value_start)
+        if f.readinto(memoryview(array).cast('B')) != nbytes:
+            raise CaffeModelError('{}: {}: file ended while reading blob '
+                                  'data'.format(scanner.path, where))
+    array = array.astype(numpy.float32, copy=False)
+    return Blob(array.reshape(array.shape if dims is None else dims),
+                bool(legacy))
 
-    def __init__(self, scanner: _Scanner, f: BinaryIO) -> None:
-        self.scanner = scanner
-        self.f = f
 
-    def read(self, start: int, end: int, where: str) -> Blob:
-        legacy: Dict[int, int] = {}
-        shape: Optional[List[int]] = None
-        runs: Dict[int, List[_Field]] = {BLOB_DATA: [], BLOB_DOUBLE_DATA: []}
-        fallback = False
-        for field in self.scanner.fields(start, end, where):
-            if field.number in BLOB_LEGACY_DIMS and \
-                    field.wire_type == VARINT:
-                # int32 fields: protobuf keeps the low 32 bits, signed.
-                value = field.value & 0xFFFFFFFF
-                legacy[field.number] = value - (value >> 31 << 32)
-            elif field.number == BLOB_SHAPE and field.wire_type == LEN:
-                shape_msg = caffe_pb2.BlobShape()
-                _parse_message(
-                    shape_msg,
-                    bytes(self.scanner.buf[field.value_start:field.end]),
-                    self.scanner.path, where + ' shape')
-                shape = list(shape_msg.dim)
-            elif field.number in runs:
-                if field.wire_type != LEN:
-                    # Unpacked values (very old writers): one field per
-                    # value, far too many to walk here.
-                    fallback = True
-                    break
-                elif field.value:
-                    runs[field.number].append(field)
-        # Several packed runs of one field concatenate; rare enough to leave
-        # to protobuf, like unpacked values.
-        fallback = fallback or any(len(r) > 1 for r in runs.values())
-        if fallback:
-            return self._read_with_protobuf(start, end, where)
-        if legacy:
-            dims = [legacy.get(i, 0) for i in BLOB_LEGACY_DIMS]
-            is_legacy = True
-        else:
-            dims = shape if shape is not None else None
-            is_legacy = False
-        # Caffe reads `data` and falls back to `double_data`.
-        run = (runs[BLOB_DATA] or runs[BLOB_DOUBLE_DATA] or [None])[0]
-        dtype = '<f8' if run is not None and run.number == \
-            BLOB_DOUBLE_DATA else '<f4'
-        itemsize = numpy.dtype(dtype).itemsize
-        if run is not None and run.value % itemsize:
-            raise CaffeModelError(
-                '{}: {}: packed data of {} bytes is not a whole number of '
-                '{}-byte values'.format(self.scanner.path, where, run.value,
-                                        itemsize))
-        offset = run.value_start if run is not None else 0
-        count = run.value // itemsize if run is not None else 0
-        if dims is None:
-            dims = [count]
-        self._check_count(dims, count, where)
-        array = numpy.empty(count, dtype=dtype)
-        if count:
-            self.f.seek(offset)
-            got = self.f.readinto(memoryview(array).cast('B'))
-            if got != array.nbytes:
-                raise CaffeModelError('{}: {}: file ended while reading blob '
-                                      'data'.format(self.scanner.path, where))
-        return Blob(self._finish(array, dims), is_legacy)
-
-    def _read_with_protobuf(self, start: int, end: int, where: str) -> Blob:
-        blob = caffe_pb2.BlobProto()
-        try:
-            blob.ParseFromString(bytes(self.scanner.buf[start:end]))
-        except pb_message.DecodeError as e:
-            raise CaffeModelError('{}: {}: cannot parse blob: {}'.format(
-                self.scanner.path, where, e)) from None
-        return blob_from_proto(blob, '{}: {}'.format(self.scanner.path,
-                                                     where))
-
-    def _check_count(self, dims: List[int], count: int, where: str) -> None:
-        _check_blob_count(dims, count, '{}: {}'.format(self.scanner.path,
-                                                       where))
-
-    @staticmethod
-    def _finish(array: numpy.ndarray, dims: List[int]) -> numpy.ndarray:
-        if array.dtype != numpy.float32:
-            array = array.astype(numpy.float32)
-        return array.reshape(dims)
+def _read_blob_with_protobuf(scanner: _Scanner, start: int, end: int,
+                             where: str) -> Blob:
+    blob = caffe_pb2.BlobProto()
+    try:
+        blob.ParseFromString(bytes(scanner.buf[start:end]))
+    except pb_message.DecodeError as e:
+        raise CaffeModelError('{}: {}: cannot parse blob: {}'.format(
+            scanner.path, where, e)) from None
+    return blob_from_proto(blob, '{}: {}'.format(scanner.path, where))
 
 
 def _check_blob_count(dims: List[int], count: int, where: str) -> None:
@@ -379,16 +344,16 @@ def read_caffemodel(path: PathLike,
 def _cut_layer(scanner: _Scanner, pos: int, size: int, index: int) -> str:
     """Names the layer a bad top-level field at ``pos`` starts, if any."""
     try:
-        tag, pos = scanner._varint(pos, size, '')
-    except CaffeModelError:
+        tag, pos = decode_varint(scanner.buf, pos, size)
+    except WireFormatError:
         return ''
     if tag >> 3 not in (NET_LAYER, NET_LAYERS) or tag & 7 != LEN:
         return ''
     try:
-        _, pos = scanner._varint(pos, size, '')
+        _, pos = decode_varint(scanner.buf, pos, size)
         name = _layer_name(scanner, pos, size,
                            2 if tag >> 3 == NET_LAYER else 1)
-    except CaffeModelError:
+    except (WireFormatError, CaffeModelError):
         name = '?'
     return '; in layer {} ({!r})'.format(index, name)
 
@@ -397,7 +362,6 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
               progress: Optional[Callable[[int, int], None]] = None
               ) -> CaffeModelFile:
     scanner = _Scanner(buf, path)
-    blob_reader = _BlobReader(scanner, f)
     header = bytearray()
     spans: List[Tuple[int, int, int]] = []   # field, start, end
     last_end = 0
@@ -443,7 +407,7 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
         param = (caffe_pb2.LayerParameter() if version == 2
                  else caffe_pb2.V1LayerParameter())
         _parse_message(param, bytes(rest), path, where)
-        blobs = [blob_reader.read(s, e, '{}, blob {}'.format(where, i))
+        blobs = [_read_blob(scanner, f, s, e, '{}, blob {}'.format(where, i))
                  for i, (s, e) in enumerate(blob_spans)]
         layers.append(LayerRecord(param, blobs))
         if progress is not None:

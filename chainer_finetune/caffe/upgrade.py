@@ -11,7 +11,7 @@ excludes are dropped, as Caffe's ``FilterNet`` does.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Dict, Iterable, List, NamedTuple, Optional
 
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.reader import Blob
@@ -41,6 +41,10 @@ V1_TYPE_NAMES = {
     'TANH': 'TanH', 'WINDOW_DATA': 'WindowData', 'THRESHOLD': 'Threshold',
 }
 
+# ParamSpec fields and the V1 lists that hold them, one value per blob.
+V1_PARAM_SPEC_LISTS = (('name', 'param'), ('share_mode', 'blob_share_mode'),
+                       ('lr_mult', 'blobs_lr'), ('decay_mult', 'weight_decay'))
+
 
 class NetDescription(NamedTuple):
     """A net ready to be built: structure plus weights by layer name.
@@ -62,7 +66,7 @@ class NetDescription(NamedTuple):
 def _v1_type_name(layer: caffe_pb2.V1LayerParameter) -> str:
     enum = caffe_pb2.V1LayerParameter.LayerType
     name = enum.Name(layer.type) if layer.type in enum.values() else None
-    if name is None or name == 'NONE' or name not in V1_TYPE_NAMES:
+    if name not in V1_TYPE_NAMES:   # NONE included
         raise CaffeModelError('V1 layer {!r} has unknown type code {}'.format(
             layer.name, layer.type))
     return V1_TYPE_NAMES[name]
@@ -76,10 +80,8 @@ def copy_shared_layer_fields(source, target) -> None:
     target.bottom.extend(source.bottom)
     target.top.extend(source.top)
     target.loss_weight.extend(source.loss_weight)
-    for rule in source.include:
-        target.include.add().CopyFrom(rule)
-    for rule in source.exclude:
-        target.exclude.add().CopyFrom(rule)
+    target.include.extend(source.include)
+    target.exclude.extend(source.exclude)
 
 
 def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter
@@ -92,18 +94,13 @@ def upgrade_v1_layer(v1: caffe_pb2.V1LayerParameter
     v2 = caffe_pb2.LayerParameter()
     copy_shared_layer_fields(v1, v2)
     v2.type = _v1_type_name(v1)
-    n_specs = max(len(v1.param), len(v1.blob_share_mode), len(v1.blobs_lr),
-                  len(v1.weight_decay))
-    for i in range(n_specs):
+    lists = [(field, getattr(v1, v1_list))
+             for field, v1_list in V1_PARAM_SPEC_LISTS]
+    for i in range(max(len(values) for _, values in lists)):
         spec = v2.param.add()
-        if i < len(v1.param):
-            spec.name = v1.param[i]
-        if i < len(v1.blob_share_mode):
-            spec.share_mode = v1.blob_share_mode[i]
-        if i < len(v1.blobs_lr):
-            spec.lr_mult = v1.blobs_lr[i]
-        if i < len(v1.weight_decay):
-            spec.decay_mult = v1.weight_decay[i]
+        for field, values in lists:
+            if i < len(values):
+                setattr(spec, field, values[i])
     v2_fields = caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
     for field, value in v1.ListFields():
         if field.name.endswith('_param') and field.name in v2_fields:
@@ -126,8 +123,7 @@ def _input_layer(net: caffe_pb2.NetParameter, where: str
             raise CaffeModelError(
                 '{}: {} inputs but {} input_shape entries'.format(
                     where, n, len(net.input_shape)))
-        for shape in net.input_shape:
-            layer.input_param.shape.add().CopyFrom(shape)
+        layer.input_param.shape.extend(net.input_shape)
     elif net.input_dim:
         if len(net.input_dim) != 4 * n:
             raise CaffeModelError(
@@ -142,17 +138,12 @@ def _input_layer(net: caffe_pb2.NetParameter, where: str
 def _rule_matches(rule: caffe_pb2.NetStateRule,
                   state: caffe_pb2.NetState) -> bool:
     # Caffe's Net::StateMeetsRule.
-    if rule.HasField('phase') and rule.phase != state.phase:
-        return False
-    if rule.HasField('min_level') and state.level < rule.min_level:
-        return False
-    if rule.HasField('max_level') and state.level > rule.max_level:
-        return False
-    if any(stage not in state.stage for stage in rule.stage):
-        return False
-    if any(stage in state.stage for stage in rule.not_stage):
-        return False
-    return True
+    return not (
+        (rule.HasField('phase') and rule.phase != state.phase) or
+        (rule.HasField('min_level') and state.level < rule.min_level) or
+        (rule.HasField('max_level') and state.level > rule.max_level) or
+        any(stage not in state.stage for stage in rule.stage) or
+        any(stage in state.stage for stage in rule.not_stage))
 
 
 def _included(layer: caffe_pb2.LayerParameter,
@@ -180,10 +171,8 @@ def to_v2_layers(net: caffe_pb2.NetParameter,
     state = caffe_pb2.NetState()
     state.CopyFrom(net.state)
     state.phase = phase
-    result = []
     input_layer = _input_layer(net, where)
-    if input_layer is not None:
-        result.append(input_layer)
+    result = [] if input_layer is None else [input_layer]
     for layer in layers:
         if version == 1:
             try:
@@ -227,10 +216,8 @@ def describe(model: CaffeModelFile,
         raise CaffeModelError('{}: mixes V1 (`layers`) and V2 (`layer`) '
                               'layers; Caffe cannot load that either'
                               .format(where))
-    version = 2 if prototxt.layer else 1
-    source_layers: Sequence = prototxt.layer if version == 2 \
-        else prototxt.layers
-    layers = to_v2_layers(prototxt, source_layers, version, where)
+    layers = to_v2_layers(prototxt, prototxt.layer or prototxt.layers,
+                          2 if prototxt.layer else 1, where)
     used = {layer.name for layer in layers}
     unused = sorted(name for name in weights if name not in used)
     if unused:

@@ -104,14 +104,11 @@ def encode_varint(value: int) -> bytes:
     if value < 0:
         value += 1 << 64
     out = bytearray()
-    while True:
-        low = value & 0x7F
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
         value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
+    out.append(value)
+    return bytes(out)
 
 
 def field_key(number: int, wire_type: int) -> bytes:

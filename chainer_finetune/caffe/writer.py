@@ -1,35 +1,31 @@
 """Write Caffe files: ``.caffemodel``, ``.prototxt``, ``.binaryproto``.
 
-:class:`NetWriter` holds a net as Caffe's current (V2) layer descriptions,
-each with its weights, and writes it in either of Caffe's two formats:
+:class:`NetWriter` holds a net as V2 layer descriptions with their weights
+and writes it in either of Caffe's formats:
 
-* **V2** (``NetParameter.layer``, Caffe since 2015): the ``type`` is a
-  string (``'Convolution'``), a blob's shape is a ``BlobShape`` of any number
-  of axes, inputs are ``Input`` layers or the net-level ``input`` fields.
-* **V1** (``NetParameter.layers``, the format of the 2014 model zoo, e.g.
-  ``VGG_ILSVRC_16_layers.caffemodel``): the type is an enum
-  (:data:`V1_TYPE_CODES`), blob shapes are the legacy 4-D ``num, channels,
-  height, width`` fields (left-padded with ones: an InnerProduct weight
-  ``(out, in)`` is stored as ``(1, 1, out, in)``), learning-rate and decay
-  multipliers are the lists ``blobs_lr`` / ``weight_decay``. Types added
-  after V1 (BatchNorm, Scale, Bias, ELU, PReLU, Input, Reshape, ...) cannot
-  be written as V1; :meth:`NetWriter.v1_compatible` says whether a net can.
+* **V2** (``NetParameter.layer``, Caffe since 2015): type strings
+  (``'Convolution'``), ``BlobShape`` shapes of any number of axes, inputs
+  as ``Input`` layers or the net-level ``input`` fields.
+* **V1** (``NetParameter.layers``, the 2014 model zoo's, e.g.
+  ``VGG_ILSVRC_16_layers.caffemodel``): enum types (:data:`V1_TYPE_CODES`),
+  legacy 4-D ``num, channels, height, width`` blob dims left-padded with
+  ones (an InnerProduct weight ``(out, in)`` is ``(1, 1, out, in)``), the
+  lists ``blobs_lr`` / ``weight_decay``. Types newer than V1 (BatchNorm,
+  Scale, ELU, PReLU, Input, ...) cannot be written as V1;
+  :meth:`NetWriter.v1_compatible` says whether a net can.
 
-Blobs are written as Caffe's ``Blob::ToProto`` writes them: packed float32
-``data`` and, in V2, a ``shape`` (none for a 0-axis blob); ``legacy=True``
-gives a V2 file with legacy dims, as Caffe wrote them in 2014-2015.
+Blobs are written as Caffe's ``Blob::ToProto`` writes them; ``legacy=True``
+gives a V2 file with legacy dims, as Caffe wrote them in 2014-2015. The
+caffemodel is streamed (:mod:`chainer_finetune.caffe.wire`), each blob from
+its array or a :class:`RandomBlob`'s chunks straight to the file: a
+VGG-16-sized model (528 MiB) takes seconds and a few MiB. Its bytes are
+those protobuf serializes for :meth:`NetWriter.net_parameter`.
 
-The binary writer streams: it writes the protobuf wire format itself
-(:mod:`chainer_finetune.caffe.wire`), layer by layer, each blob's values
-straight from its array to the file, so a model is never held twice in
-memory. A blob may also be a :class:`RandomBlob`, whose seeded values are
-generated chunk by chunk while writing: a VGG-16-sized model (528 MiB) is
-written in seconds with a few MiB of memory. The bytes are exactly those
-protobuf's own serializer produces for :meth:`NetWriter.net_parameter`
-(fields in number order), and the library's reader
-(:mod:`chainer_finetune.caffe.reader`) reads them back.
-
-Example::
+Every file is written through :func:`chainer_finetune.files.atomic_output`
+and replaces an existing one only when complete: a write that fails
+part-way leaves no partial file. A net that cannot be written in the
+format asked raises :class:`~chainer_finetune.errors.CaffeModelError`
+naming the layer, before anything is written. Example::
 
     w = NetWriter('tiny')
     w.input('data', (1, 3, 8, 8))
@@ -40,16 +36,11 @@ Example::
     w.write_caffemodel('tiny.caffemodel')            # V2
     w.write_caffemodel('tiny_v1.caffemodel', version=1)
     w.write_prototxt('tiny.prototxt')
-
-Files are written in place (not through a temporary file): a write that
-fails part-way, e.g. on a full disk, leaves a partial file behind. A net
-that cannot be written in the format asked raises
-:class:`~chainer_finetune.errors.CaffeModelError` naming the layer before
-the file is opened.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import (Any, BinaryIO, Dict, Iterable, Iterator, List, Mapping,
@@ -61,20 +52,20 @@ from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe.upgrade import V1_PARAM_SPEC_LISTS
 from chainer_finetune.caffe.upgrade import V1_TYPE_NAMES
 from chainer_finetune.caffe.upgrade import copy_shared_layer_fields
 from chainer_finetune.caffe.wire import (
     BLOB_DATA, BLOB_LEGACY_DIMS, BLOB_SHAPE, LAYER_BLOBS, NET_LAYER,
     NET_LAYERS, V1_LAYER_BLOBS, VARINT, encode_varint, field_key, len_prefix)
 from chainer_finetune.errors import CaffeModelError
+from chainer_finetune.files import atomic_output
 
 PathLike = Union[str, 'os.PathLike[str]']
 
 # V2 type strings -> V1LayerParameter.LayerType names: the inverse of
 # Caffe's UpgradeV1LayerType, whose table the reader's upgrade holds (the
-# tests check both directions against a transcription of Caffe's). Types
-# added after the V1 format (BatchNorm, Scale, Bias, ELU, PReLU, Input,
-# Reshape, ...) have no V1 code, so a net using them cannot be written as V1.
+# tests check both directions against a transcription of Caffe's).
 V1_TYPE_CODES: Dict[str, str] = {
     v2: v1 for v1, v2 in V1_TYPE_NAMES.items()}
 
@@ -134,29 +125,26 @@ class RandomBlob:
         """The values in order, as float32 arrays of at most 2**20."""
         rng = numpy.random.default_rng(self.seed)
         if self.distribution == 'uniform':
-            width = numpy.float32(2 * math.sqrt(3.0) * self.std)
-            low = numpy.float32(self.mean - math.sqrt(3.0) * self.std)
-        remaining = self.size
-        while remaining:
-            n = min(remaining, CHUNK_VALUES)
-            if self.distribution == 'uniform':
-                chunk = rng.random(n, dtype=numpy.float32)
-                chunk *= width
-                chunk += low
-            else:
-                chunk = rng.standard_normal(n, dtype=numpy.float32)
-                chunk *= numpy.float32(self.std)
-                chunk += numpy.float32(self.mean)
+            draw = rng.random
+            scale = numpy.float32(2 * math.sqrt(3.0) * self.std)
+            shift = numpy.float32(self.mean - math.sqrt(3.0) * self.std)
+        else:
+            draw = rng.standard_normal
+            scale = numpy.float32(self.std)
+            shift = numpy.float32(self.mean)
+        for start in range(0, self.size, CHUNK_VALUES):
+            chunk = draw(min(CHUNK_VALUES, self.size - start),
+                         dtype=numpy.float32)
+            chunk *= scale
+            chunk += shift
             yield chunk
-            remaining -= n
 
     def array(self) -> numpy.ndarray:
         """All values as one float32 array of :attr:`shape`."""
         out = numpy.empty(self.size, dtype=numpy.float32)
-        pos = 0
-        for chunk in self.chunks():
-            out[pos:pos + chunk.size] = chunk
-            pos += chunk.size
+        for start, chunk in zip(range(0, self.size, CHUNK_VALUES),
+                                self.chunks()):
+            out[start:start + chunk.size] = chunk
         return out.reshape(self.shape)
 
     def __repr__(self) -> str:
@@ -184,10 +172,6 @@ def check_format_version(version: int) -> None:
         raise ValueError('version must be 1 or 2, got {!r}'.format(version))
 
 
-# --------------------------------------------------------------------------
-# Filling protobuf messages from Python values
-# --------------------------------------------------------------------------
-
 def fill_message(msg: pb_message.Message, values: Mapping[str, Any]
                  ) -> pb_message.Message:
     """Sets fields of ``msg`` from a dict; returns ``msg``.
@@ -213,23 +197,22 @@ def fill_message(msg: pb_message.Message, values: Mapping[str, Any]
             container = getattr(msg, name)
             for item in items:
                 if is_message:
-                    sub = container.add()
-                    if isinstance(item, pb_message.Message):
-                        sub.CopyFrom(item)
-                    else:
-                        fill_message(sub, item)
+                    _fill_submessage(container.add(), item)
                 else:
                     container.append(_scalar(field, item))
         elif is_message:
-            sub = getattr(msg, name)
-            if isinstance(value, pb_message.Message):
-                sub.CopyFrom(value)
-            else:
-                sub.SetInParent()
-                fill_message(sub, value)
+            _fill_submessage(getattr(msg, name), value)
         else:
             setattr(msg, name, _scalar(field, value))
     return msg
+
+
+def _fill_submessage(sub: pb_message.Message, value) -> None:
+    if isinstance(value, pb_message.Message):
+        sub.CopyFrom(value)
+    else:
+        sub.SetInParent()
+        fill_message(sub, value)
 
 
 def _is_repeated(field: pb_descriptor.FieldDescriptor) -> bool:
@@ -246,9 +229,10 @@ def _scalar(field: pb_descriptor.FieldDescriptor, value):
     return value
 
 
-# --------------------------------------------------------------------------
-# Blobs on the wire
-# --------------------------------------------------------------------------
+def _as_list(value, single) -> list:
+    """``[value]`` for one value of type ``single``, else ``list(value)``."""
+    return [value] if isinstance(value, single) else list(value)
+
 
 def legacy_dims(shape: Sequence[int], where: str = 'blob') -> Tuple[int, ...]:
     """A shape as Caffe's legacy (num, channels, height, width).
@@ -276,20 +260,15 @@ class _EncodedBlob:
     def __init__(self, blob: BlobLike, legacy: bool, where: str) -> None:
         self.blob = blob
         shape = tuple(blob.shape)
+        self.prefix = self.suffix = b''
         if legacy:
             self.prefix = b''.join(
                 field_key(number, VARINT) + encode_varint(d)
                 for number, d in zip(BLOB_LEGACY_DIMS,
                                      legacy_dims(shape, where)))
-            self.suffix = b''
-        else:
-            self.prefix = b''
-            if shape:
-                encoded = caffe_pb2.BlobShape(dim=shape).SerializeToString()
-                self.suffix = len_prefix(BLOB_SHAPE, len(encoded)) + encoded
-            else:
-                # Blob::ToProto adds no shape for a 0-axis blob.
-                self.suffix = b''
+        elif shape:   # Blob::ToProto adds no shape for a 0-axis blob.
+            encoded = caffe_pb2.BlobShape(dim=shape).SerializeToString()
+            self.suffix = len_prefix(BLOB_SHAPE, len(encoded)) + encoded
         self.nbytes = 4 * int(numpy.prod(shape, dtype=numpy.int64))
         self.data_header = len_prefix(BLOB_DATA, self.nbytes) \
             if self.nbytes else b''
@@ -311,17 +290,6 @@ def _little_endian(array: numpy.ndarray) -> numpy.ndarray:
     return numpy.ascontiguousarray(array, dtype='<f4').reshape(-1)
 
 
-def _fill_blob_proto(proto: caffe_pb2.BlobProto, blob: BlobLike,
-                     legacy: bool, where: str) -> None:
-    array = blob_array(blob)
-    if legacy:
-        proto.num, proto.channels, proto.height, proto.width = \
-            legacy_dims(array.shape, where)
-    elif array.ndim:
-        proto.shape.dim.extend(array.shape)
-    proto.data.extend(array.ravel().tolist())
-
-
 def _split_serialize(msg: pb_message.Message, number: int
                      ) -> Tuple[bytes, bytes]:
     """Serializations of the fields of ``msg`` numbered below / above
@@ -338,19 +306,12 @@ def _split_serialize(msg: pb_message.Message, number: int
     return head.SerializeToString(), tail.SerializeToString()
 
 
-# --------------------------------------------------------------------------
-# V2 -> V1 layer descriptions
-# --------------------------------------------------------------------------
-
 _V1_HANDLED = {'name', 'type', 'bottom', 'top', 'loss_weight', 'include',
                'exclude', 'param', 'blobs'}
 
 
 def to_v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
     """The V1 form of a V2 layer description (without blobs).
-
-    ``param { name lr_mult decay_mult share_mode }`` become the V1 lists
-    ``param``, ``blobs_lr``, ``weight_decay``, ``blob_share_mode``.
 
     Raises:
         CaffeModelError: for a type without a V1 code (BatchNorm, Scale,
@@ -364,15 +325,10 @@ def to_v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
     v1 = caffe_pb2.V1LayerParameter()
     copy_shared_layer_fields(layer, v1)
     v1.type = caffe_pb2.V1LayerParameter.LayerType.Value(code)
-    specs = list(layer.param)
-    if any(s.HasField('name') for s in specs):
-        v1.param.extend(s.name for s in specs)
-    if any(s.HasField('share_mode') for s in specs):
-        v1.blob_share_mode.extend(s.share_mode for s in specs)
-    if any(s.HasField('lr_mult') for s in specs):
-        v1.blobs_lr.extend(s.lr_mult for s in specs)
-    if any(s.HasField('decay_mult') for s in specs):
-        v1.weight_decay.extend(s.decay_mult for s in specs)
+    for spec_field, v1_list in V1_PARAM_SPEC_LISTS:
+        if any(s.HasField(spec_field) for s in layer.param):
+            getattr(v1, v1_list).extend(getattr(s, spec_field)
+                                        for s in layer.param)
     v1_fields = caffe_pb2.V1LayerParameter.DESCRIPTOR.fields_by_name
     for field, value in layer.ListFields():
         if field.name in _V1_HANDLED:
@@ -384,19 +340,12 @@ def to_v1_layer(layer: caffe_pb2.LayerParameter) -> caffe_pb2.V1LayerParameter:
     return v1
 
 
-# --------------------------------------------------------------------------
-# The writer
-# --------------------------------------------------------------------------
-
 class NetWriter:
     """Builds a Caffe net description with weights and writes it.
 
-    Layers are kept as V2 ``LayerParameter`` messages (without blobs) plus a
-    list of blobs each (NumPy arrays, stored as float32 copies, or
-    :class:`RandomBlob`); the V1 form is derived when writing. Declare the
-    inputs with :meth:`input`, add layers in order with :meth:`layer`, then
-    write with :meth:`write_caffemodel` (weights) and :meth:`write_prototxt`
-    (the description alone).
+    Declare the inputs with :meth:`input`, add layers in order with
+    :meth:`layer`, then write with :meth:`write_caffemodel` (weights) and
+    :meth:`write_prototxt` (the description alone).
 
     Args:
         name: The net's ``name``.
@@ -408,14 +357,14 @@ class NetWriter:
 
     def __init__(self, name: str = 'net') -> None:
         self.name = name
+        # V2 descriptions without blobs, and the blobs of each; the V1
+        # form is derived when writing.
         self._layers: List[caffe_pb2.LayerParameter] = []
         self._blobs: List[List[BlobLike]] = []
         # Net-level inputs: (name, shape, form) for forms input_dim and
         # input_shape.
         self._net_inputs: List[Tuple[str, Tuple[int, ...], str]] = []
         self.input_shapes: Dict[str, Tuple[int, ...]] = {}
-
-    # -- building ---------------------------------------------------------
 
     def input(self, name: str, shape: Sequence[int], form: str = 'layer',
               layer_name: Optional[str] = None) -> None:
@@ -485,30 +434,21 @@ class NetWriter:
         if any(layer.name == name for layer in self._layers):
             raise CaffeModelError('two layers named {!r}'.format(name))
         layer = caffe_pb2.LayerParameter(name=name, type=type)
-        layer.bottom.extend([bottoms] if isinstance(bottoms, str) else bottoms)
-        if tops is None:
-            tops = [name]
-        layer.top.extend([tops] if isinstance(tops, str) else tops)
+        layer.bottom.extend(_as_list(bottoms, str))
+        layer.top.extend(_as_list(name if tops is None else tops, str))
         if loss_weight is not None:
-            layer.loss_weight.extend(
-                [loss_weight] if isinstance(loss_weight, (int, float))
-                else loss_weight)
+            layer.loss_weight.extend(_as_list(loss_weight, (int, float)))
+        specs = {'param': list(param_specs), 'include': include,
+                 'exclude': exclude}
         try:
-            for spec in param_specs:
-                fill_message(layer.param.add(), spec)
-            if include is not None:
-                fill_message(layer.include.add(), include)
-            if exclude is not None:
-                fill_message(layer.exclude.add(), exclude)
-            if params:
-                fill_message(layer, params)
+            fill_message(layer, {k: v for k, v in specs.items()
+                                 if v is not None})
+            fill_message(layer, params or {})
         except ValueError as e:
             raise CaffeModelError('layer {!r}: {}'.format(name, e)) from None
         self._layers.append(layer)
         self._blobs.append([_as_blob(b) for b in blobs])
         return layer
-
-    # -- inspecting -------------------------------------------------------
 
     @property
     def layers(self) -> List[caffe_pb2.LayerParameter]:
@@ -555,17 +495,24 @@ class NetWriter:
     def v1_compatible(self) -> bool:
         """Whether :meth:`write_caffemodel` can write this net as V1."""
         try:
-            self._net_header(1)
-            for layer in self._layers:
-                to_v1_layer(layer)
+            self._layer_messages(1)
         except CaffeModelError:
             return False
         return True
 
-    # -- messages ---------------------------------------------------------
-
-    def _net_header(self, version: int) -> caffe_pb2.NetParameter:
+    def _layer_messages(self, version: int) -> List[pb_message.Message]:
+        """The layer descriptions in ``version``'s form (checks the net
+        header for it too)."""
         check_format_version(version)
+        if version == 2:
+            return list(self._layers)
+        if any(layer.type == 'Input' for layer in self._layers):
+            raise CaffeModelError(
+                "an Input layer has no V1 form; declare inputs with "
+                "form='input_dim' or 'input_shape'")
+        return [to_v1_layer(layer) for layer in self._layers]
+
+    def _net_header(self) -> caffe_pb2.NetParameter:
         net = caffe_pb2.NetParameter(name=self.name)
         for name, shape, form in self._net_inputs:
             net.input.append(name)
@@ -573,16 +520,7 @@ class NetWriter:
                 net.input_dim.extend(shape)
             else:
                 net.input_shape.add().dim.extend(shape)
-        has_input_layer = any(layer.type == 'Input' for layer in self._layers)
-        if version == 1 and has_input_layer:
-            raise CaffeModelError(
-                "an Input layer has no V1 form; declare inputs with "
-                "form='input_dim' or 'input_shape'")
         return net
-
-    def _layer_message(self, index: int, version: int):
-        layer = self._layers[index]
-        return layer if version == 2 else to_v1_layer(layer)
 
     def net_parameter(self, version: int = 2, with_blobs: bool = True,
                       legacy: Optional[bool] = None
@@ -599,31 +537,24 @@ class NetWriter:
             CaffeModelError: as :meth:`write_caffemodel`.
         """
         legacy = version == 1 if legacy is None else legacy
-        net = self._net_header(version)
+        layers = self._layer_messages(version)
+        net = self._net_header()
         container = net.layer if version == 2 else net.layers
-        for i in range(len(self._layers)):
+        for i, layer in enumerate(layers):
             msg = container.add()
-            msg.CopyFrom(self._layer_message(i, version))
-            if with_blobs:
-                for j, blob in enumerate(self._blobs[i]):
-                    _fill_blob_proto(msg.blobs.add(), blob, legacy,
-                                     self._where(i, j))
+            msg.CopyFrom(layer)
+            for j, blob in enumerate(self._blobs[i] if with_blobs else ()):
+                encoded = io.BytesIO()
+                _EncodedBlob(blob, legacy, self._where(i, j)).write(encoded)
+                msg.blobs.add().ParseFromString(encoded.getvalue())
         return net
 
     def _where(self, index: int, blob: int) -> str:
         return 'layer {!r} blob {}'.format(self._layers[index].name, blob)
 
-    # -- writing ----------------------------------------------------------
-
     def write_caffemodel(self, path: PathLike, version: int = 2,
                          legacy: Optional[bool] = None) -> int:
         """Writes the binary caffemodel, streaming blob data to the file.
-
-        Layer descriptions are serialized by protobuf; each layer's
-        ``blobs`` field, with its key and length, is written here, and the
-        blob values go from their array (or a :class:`RandomBlob`'s chunks)
-        straight to the file. Every layer is converted before the file is
-        opened, so a net that cannot be written leaves no file.
 
         Args:
             path: Output file.
@@ -644,17 +575,16 @@ class NetWriter:
         legacy = version == 1 if legacy is None else legacy
         layer_field = NET_LAYER if version == 2 else NET_LAYERS
         blobs_field = LAYER_BLOBS if version == 2 else V1_LAYER_BLOBS
-        net_head, net_tail = _split_serialize(self._net_header(version),
-                                              layer_field)
-        # Convert everything first so that an error leaves no file.
         layers = []
-        for i in range(len(self._layers)):
-            head, tail = _split_serialize(self._layer_message(i, version),
-                                          blobs_field)
+        for i, layer in enumerate(self._layer_messages(version)):
+            head, tail = _split_serialize(layer, blobs_field)
             encoded = [_EncodedBlob(b, legacy, self._where(i, j))
                        for j, b in enumerate(self._blobs[i])]
             layers.append((head, encoded, tail))
-        with open(path, 'wb') as f:
+        net_head, net_tail = _split_serialize(self._net_header(),
+                                              layer_field)
+        with atomic_output(path, overwrite=True) as tmp, \
+                open(tmp, 'wb') as f:
             f.write(net_head)
             for head, encoded, tail in layers:
                 length = len(head) + len(tail) + sum(
@@ -667,8 +597,7 @@ class NetWriter:
                     e.write(f)
                 f.write(tail)
             f.write(net_tail)
-            written = f.tell()
-        return written
+            return f.tell()
 
     def write_prototxt(self, path: PathLike, version: int = 2) -> None:
         """Writes the text net description (no weights).
@@ -680,9 +609,11 @@ class NetWriter:
         Raises:
             CaffeModelError: V1 requested for a net V1 cannot express.
         """
-        net = self.net_parameter(version, with_blobs=False)
-        with open(path, 'w', encoding='utf-8') as f:
-            f.write(text_format.MessageToString(net))
+        text = text_format.MessageToString(
+            self.net_parameter(version, with_blobs=False))
+        with atomic_output(path, overwrite=True) as tmp, \
+                open(tmp, 'w', encoding='utf-8') as f:
+            f.write(text)
 
 
 def write_binaryproto(path: PathLike, array: numpy.ndarray,
@@ -698,8 +629,7 @@ def write_binaryproto(path: PathLike, array: numpy.ndarray,
     Raises:
         CaffeModelError: legacy dims asked for an array of more than 4 axes.
     """
-    blob = caffe_pb2.BlobProto()
-    _fill_blob_proto(blob, numpy.asarray(array, dtype=numpy.float32), legacy,
-                     os.fspath(path))
-    with open(path, 'wb') as f:
-        f.write(blob.SerializeToString())
+    encoded = _EncodedBlob(numpy.asarray(array, dtype=numpy.float32),
+                           legacy, os.fspath(path))
+    with atomic_output(path, overwrite=True) as tmp, open(tmp, 'wb') as f:
+        encoded.write(f)

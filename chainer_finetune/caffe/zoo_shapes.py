@@ -1,22 +1,20 @@
 """Two published Caffe architectures, declared with random weights.
 
 BVLC AlexNet (``bvlc_alexnet``) and VGG-16 (``VGG_ILSVRC_16_layers``) with
-the released models' layer names, parameters and blob shapes, through the
-writer (:class:`~chainer_finetune.caffe.writer.NetWriter`). Their weights
-are seeded, He-scaled :class:`~chainer_finetune.caffe.writer.RandomBlob`
-values generated while the file is written: stand-ins of the real models
-where only the architecture and the file size matter (the AlexNet example's
-``--generate-caffemodel``, the loading benchmark, tests), produced in
-seconds without a download.
-
-``*_writer`` functions return the net, not yet written; ``make_*`` write it
-as a ``.caffemodel`` (V2 or V1) and optionally a deploy ``.prototxt``.
+the released models' layer names, parameters and blob shapes, and seeded,
+He-scaled :class:`~chainer_finetune.caffe.writer.RandomBlob` weights
+generated while the file is written: stand-ins of the real models where
+only the architecture and the file size matter (the AlexNet example's
+``--generate-caffemodel``, the loading benchmark, tests). ``*_writer``
+return the :class:`~chainer_finetune.caffe.writer.NetWriter`; ``make_*``
+write it (V2 or V1) and optionally a deploy ``.prototxt``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 from chainer_finetune.caffe.writer import NetWriter
 from chainer_finetune.caffe.writer import PathLike
@@ -29,63 +27,48 @@ WEIGHT_BIAS_PARAM_SPECS = ({'lr_mult': 1, 'decay_mult': 1},
                            {'lr_mult': 2, 'decay_mult': 0})
 
 
-def _he_blobs(shape: Sequence[int], fan_in: int, seed: Any,
-              bias: bool = True) -> List[RandomBlob]:
-    """He-scaled weights (std sqrt(2 / fan_in)) and small biases (std
-    0.01), uniform (see :class:`RandomBlob`)."""
-    blobs = [RandomBlob(shape, std=math.sqrt(2.0 / fan_in), seed=seed + (0,))]
-    if bias:
-        blobs.append(RandomBlob((shape[0],), std=0.01, seed=seed + (1,)))
-    return blobs
-
-
 class _Builder:
-    """Adds the layers of both nets to a NetWriter: Convolution and
-    InnerProduct with He-scaled random weights (one seed per layer), ReLU,
-    max Pooling and Dropout as the released prototxts declare them."""
+    """Adds the layers of both nets to a NetWriter, each layer's top named
+    like the layer: Convolution (each followed by its in-place ReLU: relu1
+    for conv1, relu3_2 for conv3_2) and InnerProduct with He-scaled random
+    weights (one seed per layer), max Pooling and Dropout as the released
+    prototxts declare them."""
 
     def __init__(self, writer: NetWriter, seed: int) -> None:
         self.w = writer
-        self.seed = seed
-        self.count = 0
+        self.seeds = ((seed, count) for count in itertools.count(1))
 
-    def _seed(self) -> Tuple[int, int]:
-        self.count += 1
-        return (self.seed, self.count)
+    def _weighted(self, name: str, type: str, bottom: str, params: dict,
+                  shape: Tuple[int, ...], fan_in: int) -> None:
+        # Weights with std sqrt(2 / fan_in), biases with std 0.01, uniform.
+        seed = next(self.seeds)
+        blobs = [RandomBlob(shape, std=math.sqrt(2.0 / fan_in),
+                            seed=seed + (0,)),
+                 RandomBlob(shape[:1], std=0.01, seed=seed + (1,))]
+        self.w.layer(name, type, bottom, name, params=params, blobs=blobs,
+                     param_specs=WEIGHT_BIAS_PARAM_SPECS)
 
-    def conv(self, name, bottom, top, channels_in, num_output, kernel,
-             pad=0, stride=1, group=1):
+    def conv(self, name, bottom, channels_in, num_output, kernel, pad=0,
+             stride=1, group=1):
         params = {'num_output': num_output, 'kernel_size': kernel}
-        if pad:
-            params['pad'] = pad
-        if stride != 1:
-            params['stride'] = stride
-        if group != 1:
-            params['group'] = group
-        fan_in = channels_in // group * kernel * kernel
-        self.w.layer(name, 'Convolution', bottom, top,
-                     params={'convolution_param': params},
-                     blobs=_he_blobs((num_output, channels_in // group,
-                                      kernel, kernel), fan_in, self._seed()),
-                     param_specs=WEIGHT_BIAS_PARAM_SPECS)
+        params.update((key, value) for key, value, default in (
+            ('pad', pad, 0), ('stride', stride, 1), ('group', group, 1))
+            if value != default)
+        self._weighted(name, 'Convolution', bottom,
+                       {'convolution_param': params},
+                       (num_output, channels_in // group, kernel, kernel),
+                       channels_in // group * kernel * kernel)
+        self.w.layer('relu' + name[len('conv'):], 'ReLU', name, name)
 
-    def fc(self, name, bottom, top, n_in, n_out):
-        self.w.layer(name, 'InnerProduct', bottom, top,
-                     params={'inner_product_param': {'num_output': n_out}},
-                     blobs=_he_blobs((n_out, n_in), n_in, self._seed()),
-                     param_specs=WEIGHT_BIAS_PARAM_SPECS)
+    def fc(self, name, bottom, n_in, n_out):
+        self._weighted(name, 'InnerProduct', bottom,
+                       {'inner_product_param': {'num_output': n_out}},
+                       (n_out, n_in), n_in)
 
-    def relu(self, name, blob):
-        self.w.layer(name, 'ReLU', blob, blob)
-
-    def max_pool(self, name, bottom, top, kernel, stride):
-        self.w.layer(name, 'Pooling', bottom, top, params={
+    def max_pool(self, name, bottom, kernel, stride):
+        self.w.layer(name, 'Pooling', bottom, name, params={
             'pooling_param': {'pool': 'MAX', 'kernel_size': kernel,
                               'stride': stride}})
-
-    def dropout(self, name, blob):
-        self.w.layer(name, 'Dropout', blob, blob,
-                     params={'dropout_param': {'dropout_ratio': 0.5}})
 
     def classifier(self, n_in, fc_size, n_class):
         """The head both nets share: fc6 on pool5 and fc7, each with ReLU
@@ -93,11 +76,12 @@ class _Builder:
         bottom = 'pool5'
         for i in (6, 7):
             name = 'fc{}'.format(i)
-            self.fc(name, bottom, name, n_in, fc_size)
-            self.relu('relu{}'.format(i), name)
-            self.dropout('drop{}'.format(i), name)
+            self.fc(name, bottom, n_in, fc_size)
+            self.w.layer('relu{}'.format(i), 'ReLU', name, name)
+            self.w.layer('drop{}'.format(i), 'Dropout', name, name,
+                         params={'dropout_param': {'dropout_ratio': 0.5}})
             bottom, n_in = name, fc_size
-        self.fc('fc8', bottom, 'fc8', n_in, n_class)
+        self.fc('fc8', bottom, n_in, n_class)
 
 
 def alexnet_writer(n_class: int = 1000, seed: int = 0, batch: int = 10,
@@ -132,22 +116,17 @@ def alexnet_writer(n_class: int = 1000, seed: int = 0, batch: int = 10,
     else:
         w.input('data', (batch, 3, 227, 227), form=input_form)
     b = _Builder(w, seed)
-    b.conv('conv1', 'data', 'conv1', 3, 96, 11, stride=4)
-    b.relu('relu1', 'conv1')
+    b.conv('conv1', 'data', 3, 96, 11, stride=4)
     lrn = {'lrn_param': {'local_size': 5, 'alpha': 0.0001, 'beta': 0.75}}
     w.layer('norm1', 'LRN', 'conv1', 'norm1', params=lrn)
-    b.max_pool('pool1', 'norm1', 'pool1', 3, 2)
-    b.conv('conv2', 'pool1', 'conv2', 96, 256, 5, pad=2, group=2)
-    b.relu('relu2', 'conv2')
+    b.max_pool('pool1', 'norm1', 3, 2)
+    b.conv('conv2', 'pool1', 96, 256, 5, pad=2, group=2)
     w.layer('norm2', 'LRN', 'conv2', 'norm2', params=lrn)
-    b.max_pool('pool2', 'norm2', 'pool2', 3, 2)
-    b.conv('conv3', 'pool2', 'conv3', 256, 384, 3, pad=1)
-    b.relu('relu3', 'conv3')
-    b.conv('conv4', 'conv3', 'conv4', 384, 384, 3, pad=1, group=2)
-    b.relu('relu4', 'conv4')
-    b.conv('conv5', 'conv4', 'conv5', 384, 256, 3, pad=1, group=2)
-    b.relu('relu5', 'conv5')
-    b.max_pool('pool5', 'conv5', 'pool5', 3, 2)
+    b.max_pool('pool2', 'norm2', 3, 2)
+    b.conv('conv3', 'pool2', 256, 384, 3, pad=1)
+    b.conv('conv4', 'conv3', 384, 384, 3, pad=1, group=2)
+    b.conv('conv5', 'conv4', 384, 256, 3, pad=1, group=2)
+    b.max_pool('pool5', 'conv5', 3, 2)
     b.classifier(256 * 6 * 6, 4096, n_class)
     if train:
         w.layer('loss', 'SoftmaxWithLoss', ['fc8', 'label'], 'loss')
@@ -222,12 +201,10 @@ def vgg16_writer(n_class: int = 1000, seed: int = 0, batch: int = 10,
         n_out = max(1, int(n_out * width))
         for i in range(1, n_conv + 1):
             name = 'conv{}_{}'.format(stage, i)
-            b.conv(name, bottom, name, channels, n_out, 3, pad=1)
-            b.relu('relu{}_{}'.format(stage, i), name)
+            b.conv(name, bottom, channels, n_out, 3, pad=1)
             bottom, channels = name, n_out
-        pool = 'pool{}'.format(stage)
-        b.max_pool(pool, bottom, pool, 2, 2)
-        bottom = pool
+        bottom = 'pool{}'.format(stage)
+        b.max_pool(bottom, name, 2, 2)
     b.classifier(channels * 7 * 7, fc_size, n_class)
     w.layer('prob', 'Softmax', 'fc8', 'prob')
     return w
