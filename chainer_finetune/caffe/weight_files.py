@@ -2,17 +2,14 @@
 
 :func:`save_weights` writes, for every Caffe layer of a
 :class:`~chainer_finetune.caffe.CaffeNet` that holds parameters, the blobs
-Caffe would store for it, computed back from the Chainer link (a
-Convolution's ``W`` and ``b`` as blobs 0 and 1, an InnerProduct's ``W``
-transposed back to ``(in, out)`` when the layer says ``transpose: true``,
-a BatchNorm's ``avg_mean`` and ``avg_var`` with a scale factor of 1...).
-Reading such a file is then exactly reading a caffemodel's weights, so
-``load_caffe(prototxt=..., weights='model.h5')`` works for every layer type
-the loader supports, with no per-type loading code. Chainer state that has
-no Caffe blob (BatchNorm's update count ``N``) is stored next to the blobs
-as an *extra* and restored after the net is built. Before writing, each
-layer is rebuilt from its blobs and compared with the link, so a file that
-would not load back to the same parameters is never written.
+Caffe would store for it, computed back from the Chainer link by its layer
+type's inverter (:mod:`chainer_finetune.caffe.layers`). Reading such a file
+is then exactly reading a caffemodel's weights, with no per-type loading
+code. Chainer state without a Caffe blob (BatchNorm's update count ``N``)
+is stored as an *extra* and restored after the net is built. Each layer is
+first rebuilt from its blobs and compared with the link, so a file that
+would not load back to the same parameters is never written. Guide:
+docs/cache_export.rst.
 
 Layout (the same keys in both formats)::
 
@@ -24,18 +21,17 @@ Layout (the same keys in both formats)::
     layers/<key>/blobs/<i>      blob i of the layer, float32, Caffe's shape
     layers/<key>/extras/<name>  a persistent value without a Caffe blob
 
-In HDF5 ``meta`` and ``structure`` are string datasets and each layer group
-also carries ``name`` and ``type`` attributes, each blob a ``role``
-attribute (``W``, ``b``, ``avg_mean``...). In NPZ (a zip of ``.npy``
-files, written without pickles and read with ``allow_pickle=False``) they
-are UTF-8 ``uint8`` arrays.
+In HDF5 ``meta`` and ``structure`` are string datasets, each layer group
+has ``name`` and ``type`` attributes and each blob a ``role`` (``W``,
+``b``, ``avg_mean``...). In NPZ (``.npy`` files in a zip, written without
+pickles and read with ``allow_pickle=False``) they are UTF-8 ``uint8``
+arrays.
 
-Layer names: ``<key>`` is the Caffe layer name percent-encoded (RFC 3986)
-as UTF-8: every byte other than ``A-Z a-z 0-9 - _ . ~`` becomes ``%XX``,
-and so does a leading ``.``. ``/`` (HDF5's group separator and a path
-separator in NPZ's zip entries) thus never appears in a key, ``%`` itself is
-encoded so decoding is unambiguous, and ``.``/``..`` cannot name a relative
-path: ``conv1/7x7_s2`` is stored as ``layers/conv1%2F7x7_s2``.
+``<key>`` is the layer name percent-encoded (RFC 3986) as UTF-8: every byte
+but ``A-Z a-z 0-9 - _ . ~``, and a leading ``.``, becomes ``%XX``; so no key
+holds ``/`` (HDF5's and zip's separator) or names ``.``/``..``, and
+decoding is unambiguous: ``conv1/7x7_s2`` is stored as
+``layers/conv1%2F7x7_s2``.
 """
 
 from __future__ import annotations
@@ -46,8 +42,7 @@ import logging
 import os
 import urllib.parse
 import zipfile
-from typing import (Callable, Dict, Iterator, List, NamedTuple, Optional,
-                    Union)
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import chainer
 import numpy
@@ -68,10 +63,9 @@ from chainer_finetune.errors import UnsupportedLayerError
 # output_file: the name this module has always given the shared helper.
 from chainer_finetune.files import atomic_output as output_file
 from chainer_finetune.files import ensure_absent
+from chainer_finetune.files import PathLike
 
 logger = logging.getLogger(__name__)
-
-PathLike = Union[str, 'os.PathLike[str]']
 
 #: The ``format`` written in every file's metadata.
 FORMAT = 'chainer_finetune.caffe_weights'
@@ -82,10 +76,6 @@ _HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
 _ZIP_SIGNATURES = (b'PK\x03\x04', b'PK\x05\x06')
 _SUFFIXES = {'.h5': 'h5', '.hdf5': 'h5', '.hdf': 'h5', '.npz': 'npz'}
 
-
-# --------------------------------------------------------------------------
-# Layer names
-# --------------------------------------------------------------------------
 
 def encode_name(name: str) -> str:
     """The key a Caffe layer name is stored under (see the module doc).
@@ -106,10 +96,6 @@ def decode_name(key: str) -> str:
     """The Caffe layer name of a key made by :func:`encode_name`."""
     return urllib.parse.unquote(key, encoding='utf-8', errors='strict')
 
-
-# --------------------------------------------------------------------------
-# Links back to Caffe blobs
-# --------------------------------------------------------------------------
 
 class LayerWeights(NamedTuple):
     """The stored form of one layer.
@@ -224,10 +210,6 @@ def structure_text(net: CaffeNet) -> str:
     message.layer.extend(net.caffe_layers)
     return text_format.MessageToString(message)
 
-
-# --------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------
 
 def weights_format(path: PathLike) -> Optional[str]:
     """``'h5'`` or ``'npz'`` from a file's first bytes, else None."""
@@ -354,10 +336,6 @@ def _write_npz(path: str, layers: List[LayerWeights], meta: str,
                 numpy.lib.format.write_array(f, numpy.asarray(array),
                                              allow_pickle=False)
 
-
-# --------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------
 
 class WeightsFile(NamedTuple):
     """What :func:`read_weights` found.
@@ -506,9 +484,8 @@ def model_file(weights: WeightsFile, with_structure: bool = True
         raise CaffeModelError('{}: holds no net structure; pass the '
                               'prototxt'.format(weights.path))
     net.name = weights.structure.name or weights.net_name
-    records = []
-    for layer in weights.structure.layer:
-        records.append(LayerRecord(layer, blobs.pop(layer.name, [])))
+    records = [LayerRecord(layer, blobs.pop(layer.name, []))
+               for layer in weights.structure.layer]
     if blobs:
         logger.debug('%s: weights of layers not in its structure ignored: '
                      '%s', weights.path, ', '.join(sorted(blobs)))

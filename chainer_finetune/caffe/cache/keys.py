@@ -1,14 +1,7 @@
 """What a cache entry is keyed by, and the versions it records.
 
-The entry key is the SHA-256 of everything the converted net depends on:
-
-* the contents of the caffemodel, prototxt and exported weights file
-  (SHA-256 each, see :mod:`.index`);
-* the options that change the result (``stop_at``);
-* the versions that decide whether the pickle loads and what it holds:
-  chainer_finetune (plus a fingerprint of its Caffe code, so an edited
-  checkout does not reuse nets built by older code), Chainer, NumPy major,
-  protobuf major, and the Python implementation and major.minor version.
+The key is the SHA-256 of the input files' SHA-256s (:mod:`.index`), the
+options that change the result (``stop_at``) and :func:`versions`.
 """
 
 from __future__ import annotations
@@ -38,9 +31,7 @@ _fingerprint: Optional[str] = None
 
 
 def _code_fingerprint() -> str:
-    # The net's pickle names classes of this package: code changes without a
-    # version bump (an editable checkout) must not reuse older entries. It
-    # covers the Caffe code (caffe/ and its subpackages) and _compat.py.
+    # Covers the Caffe code (caffe/ and its subpackages) and _compat.py.
     global _fingerprint
     if _fingerprint is None:
         digest = hashlib.sha256()
@@ -54,7 +45,13 @@ def _code_fingerprint() -> str:
 
 
 def versions() -> Dict[str, str]:
-    """The versions a cache entry depends on, by name."""
+    """The versions a cache entry depends on, by name.
+
+    Those that decide whether the pickle loads and what it holds:
+    chainer_finetune (plus a fingerprint of its Caffe code, so an edited
+    checkout does not reuse nets built by older code), Chainer, NumPy major,
+    protobuf major, and the Python implementation and major.minor version.
+    """
     import google.protobuf
     return {
         'chainer_finetune': __version__,

@@ -1,10 +1,9 @@
 """Where converted nets live, and whether a file there may be trusted.
 
-Entries are pickles, and loading a pickle runs whatever code it names, so
-they are only ever read from :func:`cache_dir`, which is created private
-(mode 0700); on POSIX the directory and each entry must belong to the
-current user and must not be writable by others, and a symbolic link in
-place of an entry is refused.
+Entries are pickles, which run code when loaded: they are only read from
+:func:`cache_dir`, created private (0700); on POSIX the directory and each
+entry must be the current user's and not writable by others, and a
+symbolic link in place of an entry is refused.
 """
 
 from __future__ import annotations
