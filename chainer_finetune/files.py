@@ -106,13 +106,16 @@ def atomic_output(path: PathLike, overwrite: bool = False, *,
     try:
         yield tmp
         if durable:
-            _fsync_file(tmp)
+            _fsync(tmp, os.O_RDWR | getattr(os, 'O_BINARY', 0))
         _move_into_place(tmp, path, overwrite)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    if durable:
-        _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    if durable and os.name == 'posix':
+        # Makes the new name itself durable; POSIX only (Windows cannot open
+        # a directory), and best effort: some file systems refuse it.
+        with contextlib.suppress(OSError):
+            _fsync(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
 
 
 def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
@@ -128,25 +131,12 @@ def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
         os.replace(tmp, path)
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDWR | getattr(os, 'O_BINARY', 0))
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the new name itself durable; POSIX only (Windows cannot open a
-    # directory), and best effort: some file systems refuse it.
-    if os.name != 'posix':
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class LockTimeout(OSError):

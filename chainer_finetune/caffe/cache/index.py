@@ -18,10 +18,8 @@ import time
 from typing import Dict, List, Optional
 
 from chainer_finetune.caffe.cache.stats import count
-from chainer_finetune.files import atomic_output
-from chainer_finetune.files import file_lock
-from chainer_finetune.files import PathLike
-from chainer_finetune.files import sha256_of
+from chainer_finetune.files import (
+    PathLike, atomic_output, file_lock, sha256_of)
 
 logger = logging.getLogger(__name__)
 
