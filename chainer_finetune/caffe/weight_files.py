@@ -462,16 +462,16 @@ def model_file(weights: WeightsFile, with_structure: bool = True
              for w in weights.layers}
     net = caffe_pb2.NetParameter(name=weights.net_name)
     if not with_structure:
-        records = [LayerRecord(caffe_pb2.LayerParameter(name=w.name,
-                                                        type=w.type),
-                               blobs[w.name]) for w in weights.layers]
-        return CaffeModelFile(weights.path, net, records, 2)
-    if weights.structure is None:
+        layers = [caffe_pb2.LayerParameter(name=w.name, type=w.type)
+                  for w in weights.layers]
+    elif weights.structure is None:
         raise CaffeModelError('{}: holds no net structure; pass the '
                               'prototxt'.format(weights.path))
-    net.name = weights.structure.name or weights.net_name
+    else:
+        net.name = weights.structure.name or weights.net_name
+        layers = weights.structure.layer
     records = [LayerRecord(layer, blobs.pop(layer.name, []))
-               for layer in weights.structure.layer]
+               for layer in layers]
     if blobs:
         logger.debug('%s: weights of layers not in its structure ignored: '
                      '%s', weights.path, ', '.join(sorted(blobs)))

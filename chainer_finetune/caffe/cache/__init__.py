@@ -1,15 +1,11 @@
 """A per-user cache of converted networks: ``load_caffe(..., cache=True)``.
 
-Unpickling a converted :class:`~chainer_finetune.caffe.CaffeNet` is faster
-than converting its caffemodel again; where entries live, why they are only
-read from a private :func:`cache_dir`, what keys them and how they are
-written is told in docs/cache_export.rst. The parts: :mod:`.location`
-(where, and whether a file may be trusted), :mod:`.keys` and :mod:`.index`
-(the key), :mod:`.container` (the checked format), :mod:`.stats`
-(counters). This module holds the policy: when to read, build, write, list
-and remove entries. A bad entry is logged at WARNING and rebuilt, and cache
-trouble (unwritable directory, full disk) only costs the conversion: never
-fatal.
+Where entries live, why they are trusted, what keys them and how they are
+written: docs/cache_export.rst, and the parts :mod:`.location`,
+:mod:`.keys`, :mod:`.index`, :mod:`.container`, :mod:`.stats`. This module
+holds the policy: when to read, build, write, list and remove entries. A
+bad entry is logged at WARNING and rebuilt; cache trouble (unwritable
+directory, full disk) only costs the conversion, never fatal.
 """
 
 from __future__ import annotations
@@ -40,11 +36,10 @@ T = TypeVar('T')
 
 #: Check the CRC-32 of every weight chunk when loading an entry. Off by
 #: default: it costs as much again as reading the weights (0.2-0.4 s per
-#: 550 MB on one core, run in parallel chunks), which made a cached load
-#: slower than converting the caffemodel. The header, lengths and pickle
-#: stream are always checked, and entries are fsync'ed before they are
-#: moved into place, so truncation and crash damage are caught either way;
-#: :func:`verify_cache` checks everything.
+#: 550 MB), which made a cached load slower than converting. The header,
+#: lengths and pickle stream are always checked and entries are fsync'ed,
+#: so truncation and crash damage are caught anyway; :func:`verify_cache`
+#: checks everything.
 VERIFY_WEIGHTS = False
 _ENTRY_RE = re.compile(r'^[0-9a-f]{64}\.pkl$')
 
@@ -267,10 +262,8 @@ def save_pickle(net: Any, path: PathLike, *, overwrite: bool = False
                 ) -> None:
     """Writes a net as a pickle in the cache's entry format.
 
-    The file holds a header and metadata (lengths, CRC-32s) before a
-    protocol 5 pickle of ``net`` without gradients, whose arrays follow as
-    out-of-band buffers. Only :func:`load_pickle` (or the cache) reads it
-    back.
+    A checked container (:mod:`.container`) of ``net`` without gradients,
+    read back only by :func:`load_pickle` (or the cache).
 
     Args:
         net: The net (any picklable object); CPU arrays load anywhere, GPU

@@ -60,8 +60,7 @@ def _remember(directory: pathlib.Path, path: str, entry: List) -> None:
             # A lost index only costs hashing again: no fsync.
             with atomic_output(directory / INDEX_NAME, overwrite=True,
                                mode=0o600, durable=False) as tmp:
-                with open(tmp, 'wb') as f:
-                    f.write(data)
+                pathlib.Path(tmp).write_bytes(data)
     except OSError as e:
         logger.debug('cannot update the hash index: %s', e)
 

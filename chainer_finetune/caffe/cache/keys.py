@@ -45,12 +45,10 @@ def _code_fingerprint() -> str:
 
 
 def versions() -> Dict[str, str]:
-    """The versions a cache entry depends on, by name.
+    """The versions that decide whether an entry loads and what it holds.
 
-    Those that decide whether the pickle loads and what it holds:
-    chainer_finetune (plus a fingerprint of its Caffe code, so an edited
-    checkout does not reuse nets built by older code), Chainer, NumPy major,
-    protobuf major, and the Python implementation and major.minor version.
+    The fingerprint of the Caffe code (``code``) keeps an edited checkout
+    from reusing nets built by older code.
     """
     import google.protobuf
     return {

@@ -117,5 +117,4 @@ def open_entry(path: pathlib.Path) -> Optional[Tuple[BinaryIO, int]]:
 def remove_bad(path: pathlib.Path) -> None:
     """Deletes a damaged entry (or a link in its place), quietly."""
     with contextlib.suppress(OSError):
-        if path.is_symlink() or path.exists():
-            path.unlink()
+        path.unlink()
