@@ -7,6 +7,7 @@ options that change the result (``stop_at``) and :func:`versions`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import pathlib
@@ -27,21 +28,17 @@ from chainer_finetune.files import PathLike
 # by importing the package, which may still be importing.
 _PACKAGE = pathlib.Path(__file__).resolve().parents[2]
 
-_fingerprint: Optional[str] = None
 
-
+@functools.lru_cache(maxsize=None)
 def _code_fingerprint() -> str:
     # Covers the Caffe code (caffe/ and its subpackages) and _compat.py.
-    global _fingerprint
-    if _fingerprint is None:
-        digest = hashlib.sha256()
-        for path in sorted(_PACKAGE.glob('caffe/**/*.py')) + [
-                _PACKAGE / '_compat.py']:
-            with contextlib.suppress(OSError):
-                name = path.relative_to(_PACKAGE).as_posix()
-                digest.update(name.encode() + b'\0' + path.read_bytes())
-        _fingerprint = digest.hexdigest()[:16]
-    return _fingerprint
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE.glob('caffe/**/*.py')) + [
+            _PACKAGE / '_compat.py']:
+        with contextlib.suppress(OSError):
+            name = path.relative_to(_PACKAGE).as_posix()
+            digest.update(name.encode() + b'\0' + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def versions() -> Dict[str, str]:
