@@ -227,20 +227,6 @@ def _format_of(path: str, format: Optional[str]) -> str:
     return _SUFFIXES[suffix]
 
 
-def _meta(net: CaffeNet, layers: List[LayerWeights]) -> str:
-    return json.dumps({
-        'format': FORMAT,
-        'format_version': FORMAT_VERSION,
-        'chainer_finetune': __version__,
-        'net_name': net.name or '',
-        'name_encoding': 'RFC 3986 percent-encoding of UTF-8; unreserved '
-                         'characters kept except a leading "."',
-        'layers': [{'name': w.name, 'key': encode_name(w.name),
-                    'type': w.type, 'blobs': w.roles,
-                    'extras': sorted(w.extras)} for w in layers],
-    }, indent=1)
-
-
 def save_weights(net: CaffeNet, path: PathLike, *, overwrite: bool = False,
                  format: Optional[str] = None) -> None:
     """Writes a net's weights by Caffe layer name, without pickle.
@@ -267,7 +253,17 @@ def save_weights(net: CaffeNet, path: PathLike, *, overwrite: bool = False,
     if not overwrite:
         ensure_absent(path)   # before the work, not only after it
     layers = net_weights(net)
-    meta = _meta(net, layers)
+    meta = json.dumps({
+        'format': FORMAT,
+        'format_version': FORMAT_VERSION,
+        'chainer_finetune': __version__,
+        'net_name': net.name or '',
+        'name_encoding': 'RFC 3986 percent-encoding of UTF-8; unreserved '
+                         'characters kept except a leading "."',
+        'layers': [{'name': w.name, 'key': encode_name(w.name),
+                    'type': w.type, 'blobs': w.roles,
+                    'extras': sorted(w.extras)} for w in layers],
+    }, indent=1)
     structure = structure_text(net)
     with output_file(path, overwrite) as tmp:
         if fmt == 'h5':

@@ -52,7 +52,14 @@ def usable_dir(create: bool) -> Optional[pathlib.Path]:
     try:
         if create and not directory.is_dir():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _write_tag(directory.parent)
+            # https://bford.info/cachedir/: backup tools skip this directory.
+            tag = directory.parent / 'CACHEDIR.TAG'
+            if not tag.exists():
+                with contextlib.suppress(OSError):
+                    tag.write_text(
+                        'Signature: 8a477f597d28d172789f06886806bc55\n# '
+                        'chainer_finetune cache: converted nets and fetched '
+                        'models.\n')
         st = os.stat(directory)
     except OSError as e:
         if create:
@@ -69,16 +76,6 @@ def usable_dir(create: bool) -> Optional[pathlib.Path]:
         count('errors')
         return None
     return directory
-
-
-def _write_tag(root: pathlib.Path) -> None:
-    # https://bford.info/cachedir/: backup tools skip this directory.
-    tag = root / 'CACHEDIR.TAG'
-    if not tag.exists():
-        with contextlib.suppress(OSError):
-            tag.write_text('Signature: 8a477f597d28d172789f06886806bc55\n'
-                           '# chainer_finetune cache: converted nets and '
-                           'fetched models.\n')
 
 
 def open_entry(path: pathlib.Path) -> Optional[Tuple[BinaryIO, int]]:
