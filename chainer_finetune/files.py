@@ -1,21 +1,9 @@
 """Files on disk: the cache root, atomic writes, a lock, a file's SHA-256.
 
-One home for the file facts that the converted-net cache
-(:mod:`chainer_finetune.caffe.cache`), the fetcher of pretrained files
-(:mod:`chainer_finetune.hub`) and the weight writer
-(:func:`chainer_finetune.save_weights`) share:
-
-* :func:`cache_root`: where the per-user cache lives
-  (``$CHAINER_FINETUNE_CACHE``, else ``$XDG_CACHE_HOME/chainer_finetune``,
-  else ``~/.cache/chainer_finetune``); converted nets go to ``nets/``,
-  fetched files to ``models/``.
-* :func:`atomic_output`: a file written under a temporary name in its final
-  directory and moved into place only when complete, never replacing an
-  existing file unless asked.
-* :func:`file_lock`: an exclusive lock between processes.
-* :func:`sha256_of`: a file's SHA-256.
-
-Nothing here imports Chainer or knows about Caffe.
+Shared by the converted-net cache (:mod:`chainer_finetune.caffe.cache`), the
+fetcher of pretrained files (:mod:`chainer_finetune.hub`) and
+:func:`chainer_finetune.save_weights`. Nothing here imports Chainer or knows
+about Caffe.
 """
 
 from __future__ import annotations
@@ -43,12 +31,8 @@ PathLike = Union[str, 'os.PathLike[str]']
 LOCK_TIMEOUT_S = 600.0
 
 
-# --------------------------------------------------------------------------
-# Where
-# --------------------------------------------------------------------------
-
 def cache_root() -> pathlib.Path:
-    """chainer_finetune's per-user cache root (nets and fetched models).
+    """chainer_finetune's per-user cache root (``nets/``, ``models/``).
 
     ``$CHAINER_FINETUNE_CACHE`` when set and not empty, else
     ``$XDG_CACHE_HOME/chainer_finetune``, ``XDG_CACHE_HOME`` defaulting to
@@ -64,10 +48,6 @@ def cache_root() -> pathlib.Path:
         xdg = os.path.join(os.path.expanduser('~'), '.cache')
     return pathlib.Path(xdg) / 'chainer_finetune'
 
-
-# --------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------
 
 def ensure_absent(path: PathLike) -> None:
     """Refuses to go on when ``path`` exists (a dangling link included).
@@ -97,13 +77,11 @@ def atomic_output(path: PathLike, overwrite: bool = False, *,
                   mode: int = 0o666, durable: bool = True) -> Iterator[str]:
     """Yields a temporary path next to ``path``, moved there on success.
 
-    The temporary file is created empty (exclusively, so it is ours) in
-    ``path``'s directory; write it by name and leave the ``with`` block. A
-    reader never sees a partial file: if the block raises, the temporary
-    file is removed and ``path`` is left as it was. An existing file is
-    never replaced unless ``overwrite``: the temporary file is then
-    hard-linked into place, which fails if ``path`` appeared meanwhile;
-    with ``overwrite`` it is moved with :func:`os.replace`.
+    Write the (new, empty, exclusively created) temporary file by name. A
+    reader never sees a partial file: if the block raises, it is removed
+    and ``path`` is left as it was. Without ``overwrite`` it is hard-linked
+    into place, which fails if ``path`` appeared meanwhile; with it, moved
+    with :func:`os.replace`.
 
     Args:
         path: The final file.
@@ -126,13 +104,16 @@ def atomic_output(path: PathLike, overwrite: bool = False, *,
     try:
         yield tmp
         if durable:
-            _fsync_file(tmp)
+            _fsync(tmp, os.O_RDWR | getattr(os, 'O_BINARY', 0))
         _move_into_place(tmp, path, overwrite)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    if durable:
-        _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    if durable and os.name == 'posix':
+        # Makes the new name itself durable; POSIX only (Windows cannot open
+        # a directory), and best effort: some file systems refuse it.
+        with contextlib.suppress(OSError):
+            _fsync(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
 
 
 def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
@@ -148,30 +129,13 @@ def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
         os.replace(tmp, path)
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDWR | getattr(os, 'O_BINARY', 0))
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the new name itself durable; POSIX only (Windows cannot open a
-    # directory), and best effort: some file systems refuse it.
-    if os.name != 'posix':
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-# --------------------------------------------------------------------------
-# Locks
-# --------------------------------------------------------------------------
 
 class LockTimeout(OSError):
     """Another process held a lock for longer than the timeout."""
@@ -269,10 +233,6 @@ def _marker_lock(path: str, timeout: float) -> Iterator[bool]:
             os.unlink(marker)
 
 
-# --------------------------------------------------------------------------
-# Hashing
-# --------------------------------------------------------------------------
-
 def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """The SHA-256 of a file, lowercase hex.
 
@@ -284,10 +244,7 @@ def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
     buf = bytearray(chunk_size)
     view = memoryview(buf)
     with open(path, 'rb') as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
+        while n := f.readinto(buf):
             digest.update(view[:n])
     return digest.hexdigest()
 

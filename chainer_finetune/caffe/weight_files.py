@@ -1,20 +1,12 @@
 """Pickle-free export of a converted net: Caffe blobs in HDF5 or NPZ.
 
-:func:`save_weights` writes, for every Caffe layer of a
-:class:`~chainer_finetune.caffe.CaffeNet` that holds parameters, the blobs
-Caffe would store for it, computed back from the Chainer link (a
-Convolution's ``W`` and ``b`` as blobs 0 and 1, an InnerProduct's ``W``
-transposed back to ``(in, out)`` when the layer says ``transpose: true``,
-a BatchNorm's ``avg_mean`` and ``avg_var`` with a scale factor of 1...).
-Reading such a file is then exactly reading a caffemodel's weights, so
-``load_caffe(prototxt=..., weights='model.h5')`` works for every layer type
-the loader supports, with no per-type loading code. Chainer state that has
-no Caffe blob (BatchNorm's update count ``N``) is stored next to the blobs
-as an *extra* and restored after the net is built. Before writing, each
-layer is rebuilt from its blobs and compared with the link, so a file that
-would not load back to the same parameters is never written.
-
-Layout (the same keys in both formats)::
+:func:`save_weights` writes, per Caffe layer with parameters, the blobs
+Caffe would store for it, computed back from the link by its layer type's
+inverter, so reading the file is exactly reading a caffemodel's weights.
+Chainer state without a Caffe blob (BatchNorm's ``N``) is stored as an
+*extra*. Each layer is first rebuilt from its blobs and compared with its
+link, so a file that would not load back the same is never written.
+Guide: docs/cache_export.rst. Layout (the same keys in both formats)::
 
     meta                        JSON: format, version, net name, and per
                                 layer its name, key, type, blob roles,
@@ -24,18 +16,13 @@ Layout (the same keys in both formats)::
     layers/<key>/blobs/<i>      blob i of the layer, float32, Caffe's shape
     layers/<key>/extras/<name>  a persistent value without a Caffe blob
 
-In HDF5 ``meta`` and ``structure`` are string datasets and each layer group
-also carries ``name`` and ``type`` attributes, each blob a ``role``
-attribute (``W``, ``b``, ``avg_mean``...). In NPZ (a zip of ``.npy``
-files, written without pickles and read with ``allow_pickle=False``) they
-are UTF-8 ``uint8`` arrays.
-
-Layer names: ``<key>`` is the Caffe layer name percent-encoded (RFC 3986)
-as UTF-8: every byte other than ``A-Z a-z 0-9 - _ . ~`` becomes ``%XX``,
-and so does a leading ``.``. ``/`` (HDF5's group separator and a path
-separator in NPZ's zip entries) thus never appears in a key, ``%`` itself is
-encoded so decoding is unambiguous, and ``.``/``..`` cannot name a relative
-path: ``conv1/7x7_s2`` is stored as ``layers/conv1%2F7x7_s2``.
+HDF5 stores ``meta`` and ``structure`` as strings, ``name`` and ``type``
+attributes per layer group and a ``role`` (``W``, ``b``...) per blob; NPZ
+(no pickles, read with ``allow_pickle=False``) as UTF-8 ``uint8`` arrays.
+``<key>`` is the layer name percent-encoded (RFC 3986) as UTF-8: every byte
+but ``A-Z a-z 0-9 - _ . ~``, and a leading ``.``, becomes ``%XX``, so no key
+holds ``/`` or names ``.``/``..``: ``conv1/7x7_s2`` is stored as
+``layers/conv1%2F7x7_s2``.
 """
 
 from __future__ import annotations
@@ -46,8 +33,7 @@ import logging
 import os
 import urllib.parse
 import zipfile
-from typing import (Callable, Dict, Iterator, List, NamedTuple, Optional,
-                    Union)
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import chainer
 import numpy
@@ -56,22 +42,16 @@ from google.protobuf import text_format
 from chainer_finetune._version import __version__
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe import layers as layer_builders
-from chainer_finetune.caffe.layers import InvertedBlob
-from chainer_finetune.caffe.layers import float32_array
-from chainer_finetune.caffe.layers import host_array
+from chainer_finetune.caffe.layers import (
+    InvertedBlob, float32_array, host_array)
 from chainer_finetune.caffe.net import CaffeNet
-from chainer_finetune.caffe.reader import Blob
-from chainer_finetune.caffe.reader import CaffeModelFile
-from chainer_finetune.caffe.reader import LayerRecord
-from chainer_finetune.errors import CaffeModelError
-from chainer_finetune.errors import UnsupportedLayerError
+from chainer_finetune.caffe.reader import Blob, CaffeModelFile, LayerRecord
+from chainer_finetune.errors import CaffeModelError, UnsupportedLayerError
 # output_file: the name this module has always given the shared helper.
 from chainer_finetune.files import atomic_output as output_file
-from chainer_finetune.files import ensure_absent
+from chainer_finetune.files import PathLike, ensure_absent
 
 logger = logging.getLogger(__name__)
-
-PathLike = Union[str, 'os.PathLike[str]']
 
 #: The ``format`` written in every file's metadata.
 FORMAT = 'chainer_finetune.caffe_weights'
@@ -82,10 +62,6 @@ _HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
 _ZIP_SIGNATURES = (b'PK\x03\x04', b'PK\x05\x06')
 _SUFFIXES = {'.h5': 'h5', '.hdf5': 'h5', '.hdf': 'h5', '.npz': 'npz'}
 
-
-# --------------------------------------------------------------------------
-# Layer names
-# --------------------------------------------------------------------------
 
 def encode_name(name: str) -> str:
     """The key a Caffe layer name is stored under (see the module doc).
@@ -106,10 +82,6 @@ def decode_name(key: str) -> str:
     """The Caffe layer name of a key made by :func:`encode_name`."""
     return urllib.parse.unquote(key, encoding='utf-8', errors='strict')
 
-
-# --------------------------------------------------------------------------
-# Links back to Caffe blobs
-# --------------------------------------------------------------------------
 
 class LayerWeights(NamedTuple):
     """The stored form of one layer.
@@ -225,10 +197,6 @@ def structure_text(net: CaffeNet) -> str:
     return text_format.MessageToString(message)
 
 
-# --------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------
-
 def weights_format(path: PathLike) -> Optional[str]:
     """``'h5'`` or ``'npz'`` from a file's first bytes, else None."""
     try:
@@ -259,20 +227,6 @@ def _format_of(path: str, format: Optional[str]) -> str:
     return _SUFFIXES[suffix]
 
 
-def _meta(net: CaffeNet, layers: List[LayerWeights]) -> str:
-    return json.dumps({
-        'format': FORMAT,
-        'format_version': FORMAT_VERSION,
-        'chainer_finetune': __version__,
-        'net_name': net.name or '',
-        'name_encoding': 'RFC 3986 percent-encoding of UTF-8; unreserved '
-                         'characters kept except a leading "."',
-        'layers': [{'name': w.name, 'key': encode_name(w.name),
-                    'type': w.type, 'blobs': w.roles,
-                    'extras': sorted(w.extras)} for w in layers],
-    }, indent=1)
-
-
 def save_weights(net: CaffeNet, path: PathLike, *, overwrite: bool = False,
                  format: Optional[str] = None) -> None:
     """Writes a net's weights by Caffe layer name, without pickle.
@@ -299,7 +253,17 @@ def save_weights(net: CaffeNet, path: PathLike, *, overwrite: bool = False,
     if not overwrite:
         ensure_absent(path)   # before the work, not only after it
     layers = net_weights(net)
-    meta = _meta(net, layers)
+    meta = json.dumps({
+        'format': FORMAT,
+        'format_version': FORMAT_VERSION,
+        'chainer_finetune': __version__,
+        'net_name': net.name or '',
+        'name_encoding': 'RFC 3986 percent-encoding of UTF-8; unreserved '
+                         'characters kept except a leading "."',
+        'layers': [{'name': w.name, 'key': encode_name(w.name),
+                    'type': w.type, 'blobs': w.roles,
+                    'extras': sorted(w.extras)} for w in layers],
+    }, indent=1)
     structure = structure_text(net)
     with output_file(path, overwrite) as tmp:
         if fmt == 'h5':
@@ -354,10 +318,6 @@ def _write_npz(path: str, layers: List[LayerWeights], meta: str,
                 numpy.lib.format.write_array(f, numpy.asarray(array),
                                              allow_pickle=False)
 
-
-# --------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------
 
 class WeightsFile(NamedTuple):
     """What :func:`read_weights` found.
@@ -498,17 +458,16 @@ def model_file(weights: WeightsFile, with_structure: bool = True
              for w in weights.layers}
     net = caffe_pb2.NetParameter(name=weights.net_name)
     if not with_structure:
-        records = [LayerRecord(caffe_pb2.LayerParameter(name=w.name,
-                                                        type=w.type),
-                               blobs[w.name]) for w in weights.layers]
-        return CaffeModelFile(weights.path, net, records, 2)
-    if weights.structure is None:
+        layers = [caffe_pb2.LayerParameter(name=w.name, type=w.type)
+                  for w in weights.layers]
+    elif weights.structure is None:
         raise CaffeModelError('{}: holds no net structure; pass the '
                               'prototxt'.format(weights.path))
-    net.name = weights.structure.name or weights.net_name
-    records = []
-    for layer in weights.structure.layer:
-        records.append(LayerRecord(layer, blobs.pop(layer.name, [])))
+    else:
+        net.name = weights.structure.name or weights.net_name
+        layers = weights.structure.layer
+    records = [LayerRecord(layer, blobs.pop(layer.name, []))
+               for layer in layers]
     if blobs:
         logger.debug('%s: weights of layers not in its structure ignored: '
                      '%s', weights.path, ', '.join(sorted(blobs)))

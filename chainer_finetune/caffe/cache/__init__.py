@@ -1,32 +1,11 @@
 """A per-user cache of converted networks: ``load_caffe(..., cache=True)``.
 
-Converting a large caffemodel is fast (well under a second for VGG-16), but
-unpickling the converted :class:`~chainer_finetune.caffe.CaffeNet` is
-faster still, so ``load_caffe(model, prototxt, cache=True)`` stores the
-converted net once and loads it back from the cache afterwards.
-
-Where: ``$CHAINER_FINETUNE_CACHE/nets`` when ``CHAINER_FINETUNE_CACHE`` is
-set, else ``$XDG_CACHE_HOME/chainer_finetune/nets`` (``XDG_CACHE_HOME``
-defaulting to ``~/.cache``): :func:`cache_dir`, inside
-:func:`chainer_finetune.files.cache_root` next to the fetched models.
-
-Security: a cache entry is a pickle, and loading a pickle runs whatever code
-it names, so entries are only read from :func:`cache_dir`, private to the
-current user (:mod:`.location`). Nothing else is read as a pickle;
-:func:`load_pickle` reads a pickle you name, for files you made yourself.
-
-An entry is keyed by the SHA-256 of its input files (remembered by file
-identity, :mod:`.index`), the options and the versions the pickle depends on
-(:mod:`.keys`). It is written to a temporary file, fsync'ed and moved into
-place under a per-entry lock (:func:`chainer_finetune.files.atomic_output`,
-:func:`~chainer_finetune.files.file_lock`), so processes loading the same
-model at once convert it once and never see a partial entry. Its format
-(:mod:`.container`) carries CRC-32s: a truncated or corrupt entry (the
-weights' checksums too with :data:`VERIFY_WEIGHTS` or :func:`verify_cache`)
-is logged at WARNING and rebuilt, never fatal. Cache trouble (unwritable
-directory, full disk) is logged and the net is converted as without cache.
-Counters: :mod:`.stats`. This module holds the policy: when to read, build,
-write, list and remove entries.
+Where entries live, why they are trusted, what keys them and how they are
+written: docs/cache_export.rst, and the parts :mod:`.location`,
+:mod:`.keys`, :mod:`.index`, :mod:`.container`, :mod:`.stats`. This module
+holds the policy: when to read, build, write, list and remove entries. A
+bad entry is logged at WARNING and rebuilt; cache trouble (unwritable
+directory, full disk) only costs the conversion, never fatal.
 """
 
 from __future__ import annotations
@@ -40,28 +19,16 @@ import time
 from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional,
                     Sequence, Tuple, TypeVar)
 
-from chainer_finetune.caffe.cache.container import CACHE_FORMAT
-from chainer_finetune.caffe.cache.container import CorruptEntryError
-from chainer_finetune.caffe.cache.container import read_entry
-from chainer_finetune.caffe.cache.container import read_layout
-from chainer_finetune.caffe.cache.container import write_entry
-from chainer_finetune.caffe.cache.index import file_sha256
-from chainer_finetune.caffe.cache.index import INDEX_NAME
-from chainer_finetune.caffe.cache.keys import cache_key
-from chainer_finetune.caffe.cache.keys import entry_meta
-from chainer_finetune.caffe.cache.location import cache_dir
-from chainer_finetune.caffe.cache.location import open_entry
-from chainer_finetune.caffe.cache.location import remove_bad
-from chainer_finetune.caffe.cache.location import usable_dir
-from chainer_finetune.caffe.cache.stats import cache_stats
-from chainer_finetune.caffe.cache.stats import CacheStats
-from chainer_finetune.caffe.cache.stats import count
+from chainer_finetune.caffe.cache.container import (
+    CACHE_FORMAT, CorruptEntryError, read_entry, read_layout, write_entry)
+from chainer_finetune.caffe.cache.index import INDEX_NAME, file_sha256
+from chainer_finetune.caffe.cache.keys import cache_key, entry_meta
+from chainer_finetune.caffe.cache.location import (
+    cache_dir, open_entry, remove_bad, usable_dir)
+from chainer_finetune.caffe.cache.stats import CacheStats, cache_stats, count
 from chainer_finetune.errors import CaffeModelError
-from chainer_finetune.files import atomic_output
-from chainer_finetune.files import cache_root
-from chainer_finetune.files import file_lock
-from chainer_finetune.files import LockTimeout
-from chainer_finetune.files import PathLike
+from chainer_finetune.files import (
+    LockTimeout, PathLike, atomic_output, cache_root, file_lock)
 
 logger = logging.getLogger(__name__)
 
@@ -69,29 +36,31 @@ T = TypeVar('T')
 
 #: Check the CRC-32 of every weight chunk when loading an entry. Off by
 #: default: it costs as much again as reading the weights (0.2-0.4 s per
-#: 550 MB on one core, run in parallel chunks), which made a cached load
-#: slower than converting the caffemodel. The header, lengths and pickle
-#: stream are always checked, and entries are fsync'ed before they are
-#: moved into place, so truncation and crash damage are caught either way;
-#: :func:`verify_cache` checks everything.
+#: 550 MB), which made a cached load slower than converting. The header,
+#: lengths and pickle stream are always checked and entries are fsync'ed,
+#: so truncation and crash damage are caught anyway; :func:`verify_cache`
+#: checks everything.
 VERIFY_WEIGHTS = False
 _ENTRY_RE = re.compile(r'^[0-9a-f]{64}\.pkl$')
 
 
-# --------------------------------------------------------------------------
-# Loading through the cache
-# --------------------------------------------------------------------------
-
-def _try_entry(path: pathlib.Path, key: str) -> Optional[Any]:
-    """The cached object, None without an entry; raises if it is bad."""
-    opened = open_entry(path)
-    if opened is None:
-        return None
-    f, size = opened
-    with f:
-        obj, _ = read_entry(f, size, os.fspath(path), VERIFY_WEIGHTS,
-                            key=key)
-    return obj
+def _try_entry(path: pathlib.Path, key: str, source: str,
+               warn: bool) -> Tuple[Optional[Any], bool]:
+    """``(cached object or None, whether the entry was bad)``."""
+    try:
+        opened = open_entry(path)
+        if opened is None:
+            return None, False
+        f, size = opened
+        with f:
+            return read_entry(f, size, os.fspath(path), VERIFY_WEIGHTS,
+                              key=key)[0], False
+    except (CorruptEntryError, OSError) as e:
+        if warn:
+            logger.warning('cache entry for %s is unusable, rebuilding it: '
+                           '%s', source, e)
+            count('corrupt')
+        return None, True
 
 
 def cached(inputs: Sequence[Tuple[str, Optional[PathLike]]],
@@ -120,15 +89,7 @@ def cached(inputs: Sequence[Tuple[str, Optional[PathLike]]],
         return build()
     entry = directory / (key + '.pkl')
     start = time.perf_counter()
-    reported = False
-    try:
-        obj = _try_entry(entry, key)
-    except (CorruptEntryError, OSError) as e:
-        logger.warning('cache entry for %s is unusable, rebuilding it: %s',
-                       source, e)
-        count('corrupt')
-        reported = True
-        obj = None
+    obj, reported = _try_entry(entry, key, source, warn=True)
     if obj is not None:
         return _hit(obj, source, entry, start)
     with contextlib.ExitStack() as stack:
@@ -141,17 +102,11 @@ def cached(inputs: Sequence[Tuple[str, Optional[PathLike]]],
             count('errors')
             return build()
         # Another process may have written the entry while this one waited.
-        try:
-            obj = _try_entry(entry, key)
-        except (CorruptEntryError, OSError) as e:
-            if not reported:
-                logger.warning('cache entry for %s is unusable, rebuilding '
-                               'it: %s', source, e)
-                count('corrupt')
-            remove_bad(entry)
-            obj = None
+        obj, bad = _try_entry(entry, key, source, warn=not reported)
         if obj is not None:
             return _hit(obj, source, entry, start)
+        if bad:
+            remove_bad(entry)
         count('misses')
         logger.info('cache miss for %s', source)
         obj = build()
@@ -183,10 +138,6 @@ def _store(entry: pathlib.Path, obj: Any, meta: Mapping[str, Any]) -> None:
                 time.perf_counter() - start)
 
 
-# --------------------------------------------------------------------------
-# Introspection and cleanup
-# --------------------------------------------------------------------------
-
 class CacheEntry(NamedTuple):
     """One cache entry, described from its header (not unpickled).
 
@@ -209,17 +160,21 @@ class CacheEntry(NamedTuple):
     problem: Optional[str]
 
 
-def cache_info() -> List[CacheEntry]:
-    """The entries in :func:`cache_dir`, oldest first (headers only)."""
-    directory = cache_dir()
-    entries = []
+def _names(directory: pathlib.Path, entries_only: bool = True
+           ) -> List[str]:
+    """The sorted names in ``directory`` (only entries' by default)."""
     try:
         names = sorted(os.listdir(directory))
     except OSError:
         return []
-    for name in names:
-        if not _ENTRY_RE.match(name):
-            continue
+    return [n for n in names if not entries_only or _ENTRY_RE.match(n)]
+
+
+def cache_info() -> List[CacheEntry]:
+    """The entries in :func:`cache_dir`, oldest first (headers only)."""
+    directory = cache_dir()
+    entries = []
+    for name in _names(directory):
         path = directory / name
         meta: Dict[str, Any] = {}
         problem = None
@@ -249,13 +204,8 @@ def verify_cache(remove: bool = True
         list: ``(entry, problem or None)`` per entry.
     """
     directory = cache_dir()
-    try:
-        names = sorted(n for n in os.listdir(directory)
-                       if _ENTRY_RE.match(n))
-    except OSError:
-        return []
     result = []
-    for name in names:
+    for name in _names(directory):
         path = directory / name
         try:
             opened = open_entry(path)
@@ -287,11 +237,7 @@ def clear_cache() -> Tuple[int, int]:
     """
     directory = cache_dir()
     removed = freed = 0
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return 0, 0
-    for name in names:
+    for name in _names(directory, entries_only=False):
         path = directory / name
         is_entry = bool(_ENTRY_RE.match(name))
         if not (is_entry or name.endswith('.lock') or
@@ -312,18 +258,12 @@ def clear_cache() -> Tuple[int, int]:
     return removed, freed
 
 
-# --------------------------------------------------------------------------
-# Pickle files named by the user
-# --------------------------------------------------------------------------
-
 def save_pickle(net: Any, path: PathLike, *, overwrite: bool = False
                 ) -> None:
     """Writes a net as a pickle in the cache's entry format.
 
-    The file holds a header and metadata (lengths, CRC-32s) before a
-    protocol 5 pickle of ``net`` without gradients, whose arrays follow as
-    out-of-band buffers. Only :func:`load_pickle` (or the cache) reads it
-    back.
+    A checked container (:mod:`.container`) of ``net`` without gradients,
+    read back only by :func:`load_pickle` (or the cache).
 
     Args:
         net: The net (any picklable object); CPU arrays load anywhere, GPU

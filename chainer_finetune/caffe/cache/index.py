@@ -1,14 +1,11 @@
 """The SHA-256 of the cache's input files, remembered by file identity.
 
 Hashing a 550 MB file takes 0.4-0.9 s, longer than loading its cache entry
-(0.2-0.3 s), so a file's SHA-256 is remembered in a small index
-(``hashes.json`` in the cache directory) keyed by its real path, device,
-inode, size, modification and change times (ns). An unchanged file is not
-read again; any write changes its change time, so an edited file is hashed
-again. As in git's "racily clean" rule, a hash recorded within
-``_RACY_NS`` (3 s) of the file's last change is not trusted (a later write
-in the same timestamp tick would go unnoticed on file systems with coarse
-timestamps).
+(0.2-0.3 s), so a file's SHA-256 is remembered in ``hashes.json`` in the
+cache directory, keyed by its real path, device, inode, size, modification
+and change times (ns): any write changes the change time, so an edited file
+is hashed again. As in git's "racily clean" rule, a hash computed less than
+``_RACY_NS`` after the file's last change is not trusted.
 """
 
 from __future__ import annotations
@@ -21,10 +18,8 @@ import time
 from typing import Dict, List, Optional
 
 from chainer_finetune.caffe.cache.stats import count
-from chainer_finetune.files import atomic_output
-from chainer_finetune.files import file_lock
-from chainer_finetune.files import PathLike
-from chainer_finetune.files import sha256_of
+from chainer_finetune.files import (
+    PathLike, atomic_output, file_lock, sha256_of)
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +33,13 @@ _MEMO_MIN_BYTES = 1 << 20
 _RACY_NS = 3_000_000_000
 
 
-def _index_path(directory: pathlib.Path) -> pathlib.Path:
-    return directory / INDEX_NAME
-
-
 def _stat_key(st: os.stat_result) -> List[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _load_index(directory: pathlib.Path) -> Dict[str, List]:
     try:
-        with open(_index_path(directory), 'rb') as f:
+        with open(directory / INDEX_NAME, 'rb') as f:
             index = json.loads(f.read().decode('utf-8'))
         files = index['files'] if index.get('version') == 1 else {}
         return files if isinstance(files, dict) else {}
@@ -67,10 +58,9 @@ def _remember(directory: pathlib.Path, path: str, entry: List) -> None:
                     del files[old]
             data = json.dumps({'version': 1, 'files': files}).encode()
             # A lost index only costs hashing again: no fsync.
-            with atomic_output(_index_path(directory), overwrite=True,
+            with atomic_output(directory / INDEX_NAME, overwrite=True,
                                mode=0o600, durable=False) as tmp:
-                with open(tmp, 'wb') as f:
-                    f.write(data)
+                pathlib.Path(tmp).write_bytes(data)
     except OSError as e:
         logger.debug('cannot update the hash index: %s', e)
 

@@ -1,19 +1,13 @@
 """What a cache entry is keyed by, and the versions it records.
 
-The entry key is the SHA-256 of everything the converted net depends on:
-
-* the contents of the caffemodel, prototxt and exported weights file
-  (SHA-256 each, see :mod:`.index`);
-* the options that change the result (``stop_at``);
-* the versions that decide whether the pickle loads and what it holds:
-  chainer_finetune (plus a fingerprint of its Caffe code, so an edited
-  checkout does not reuse nets built by older code), Chainer, NumPy major,
-  protobuf major, and the Python implementation and major.minor version.
+The key is the SHA-256 of the input files' SHA-256s (:mod:`.index`), the
+options that change the result (``stop_at``) and :func:`versions`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import pathlib
@@ -34,27 +28,25 @@ from chainer_finetune.files import PathLike
 # by importing the package, which may still be importing.
 _PACKAGE = pathlib.Path(__file__).resolve().parents[2]
 
-_fingerprint: Optional[str] = None
 
-
+@functools.lru_cache(maxsize=None)
 def _code_fingerprint() -> str:
-    # The net's pickle names classes of this package: code changes without a
-    # version bump (an editable checkout) must not reuse older entries. It
-    # covers the Caffe code (caffe/ and its subpackages) and _compat.py.
-    global _fingerprint
-    if _fingerprint is None:
-        digest = hashlib.sha256()
-        for path in sorted(_PACKAGE.glob('caffe/**/*.py')) + [
-                _PACKAGE / '_compat.py']:
-            with contextlib.suppress(OSError):
-                name = path.relative_to(_PACKAGE).as_posix()
-                digest.update(name.encode() + b'\0' + path.read_bytes())
-        _fingerprint = digest.hexdigest()[:16]
-    return _fingerprint
+    # Covers the Caffe code (caffe/ and its subpackages) and _compat.py.
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE.glob('caffe/**/*.py')) + [
+            _PACKAGE / '_compat.py']:
+        with contextlib.suppress(OSError):
+            name = path.relative_to(_PACKAGE).as_posix()
+            digest.update(name.encode() + b'\0' + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def versions() -> Dict[str, str]:
-    """The versions a cache entry depends on, by name."""
+    """The versions that decide whether an entry loads and what it holds.
+
+    The fingerprint of the Caffe code (``code``) keeps an edited checkout
+    from reusing nets built by older code.
+    """
     import google.protobuf
     return {
         'chainer_finetune': __version__,

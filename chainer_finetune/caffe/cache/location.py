@@ -1,10 +1,9 @@
 """Where converted nets live, and whether a file there may be trusted.
 
-Entries are pickles, and loading a pickle runs whatever code it names, so
-they are only ever read from :func:`cache_dir`, which is created private
-(mode 0700); on POSIX the directory and each entry must belong to the
-current user and must not be writable by others, and a symbolic link in
-place of an entry is refused.
+Entries are pickles, which run code when loaded: they are only read from
+:func:`cache_dir`, created private (0700); on POSIX the directory and each
+entry must be the current user's and not writable by others, and a
+symbolic link in place of an entry is refused.
 """
 
 from __future__ import annotations
@@ -53,7 +52,14 @@ def usable_dir(create: bool) -> Optional[pathlib.Path]:
     try:
         if create and not directory.is_dir():
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _write_tag(directory.parent)
+            # https://bford.info/cachedir/: backup tools skip this directory.
+            tag = directory.parent / 'CACHEDIR.TAG'
+            if not tag.exists():
+                with contextlib.suppress(OSError):
+                    tag.write_text(
+                        'Signature: 8a477f597d28d172789f06886806bc55\n# '
+                        'chainer_finetune cache: converted nets and fetched '
+                        'models.\n')
         st = os.stat(directory)
     except OSError as e:
         if create:
@@ -70,16 +76,6 @@ def usable_dir(create: bool) -> Optional[pathlib.Path]:
         count('errors')
         return None
     return directory
-
-
-def _write_tag(root: pathlib.Path) -> None:
-    # https://bford.info/cachedir/: backup tools skip this directory.
-    tag = root / 'CACHEDIR.TAG'
-    if not tag.exists():
-        with contextlib.suppress(OSError):
-            tag.write_text('Signature: 8a477f597d28d172789f06886806bc55\n'
-                           '# chainer_finetune cache: converted nets and '
-                           'fetched models.\n')
 
 
 def open_entry(path: pathlib.Path) -> Optional[Tuple[BinaryIO, int]]:
@@ -118,5 +114,4 @@ def open_entry(path: pathlib.Path) -> Optional[Tuple[BinaryIO, int]]:
 def remove_bad(path: pathlib.Path) -> None:
     """Deletes a damaged entry (or a link in its place), quietly."""
     with contextlib.suppress(OSError):
-        if path.is_symlink() or path.exists():
-            path.unlink()
+        path.unlink()

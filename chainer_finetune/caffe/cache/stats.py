@@ -18,8 +18,7 @@ class CacheStats(NamedTuple):
         hashed_bytes: Bytes read for that.
         errors: Times the cache was skipped (unusable directory, failed
             write, lock timeout).
-        waits: Times an entry's lock was held by another process (which
-            was writing the entry) when this one wanted it.
+        waits: Times an entry's lock was held by another process.
     """
 
     hits: int = 0
