@@ -76,17 +76,9 @@ def parse_input_shape(text: str) -> Tuple[Optional[str], Shape]:
     Raises:
         argparse.ArgumentTypeError: for anything else.
     """
+    from chainer_finetune.caffe import verify
     name, _, dims = text.rpartition('=')
-    try:
-        shape = tuple(int(d) for d in dims.replace('x', ',').split(',')
-                      if d.strip())
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise argparse.ArgumentTypeError(
-            'expected [NAME=]N,C,H,W with positive sizes, e.g. 1,3,224,224 '
-            'or data=1,3,224,224; got {!r}'.format(text))
-    return (name.strip() or None), shape
+    return (name.strip() or None), verify.parse_shape(dims)
 
 
 MODEL_ARGS = (

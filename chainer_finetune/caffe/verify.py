@@ -466,17 +466,20 @@ def format_comparison(rows: Sequence[ComparisonRow],
 
 
 def parse_shape(text: str) -> Shape:
-    """``'1,3,224,224'`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``."""
+    """``'1,3,224,224'`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything but positive integers.
+    """
     try:
         shape = tuple(int(d) for d in text.replace('x', ',').split(',')
                       if d.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            'a shape is integers separated by commas, e.g. 1,3,224,224; got '
-            '{!r}'.format(text)) from None
+        shape = ()
     if not shape or min(shape) < 1:
         raise argparse.ArgumentTypeError(
-            'a shape needs positive sizes, got {!r}'.format(text))
+            'expected a shape of positive integers separated by commas, '
+            'e.g. 1,3,224,224; got {!r}'.format(text))
     return shape
 
 

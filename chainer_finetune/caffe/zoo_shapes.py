@@ -161,12 +161,21 @@ def make_alexnet(path_caffemodel: PathLike,
         NetWriter: The caffemodel's net (``blob_arrays(name)`` gives the
         weights).
     """
-    check_format_version(version)
-    form = 'layer' if version == 2 else 'input_dim'
+    form = _input_form(version)
     deploy = alexnet_writer(n_class, seed, batch, form)
     model = alexnet_writer(n_class, seed, batch, form, train=True) \
         if train_layers else deploy
-    model.write_caffemodel(path_caffemodel, version)
+    return _write(model, deploy, path_caffemodel, path_prototxt, version)
+
+
+def _input_form(version: int) -> str:
+    check_format_version(version)
+    return 'layer' if version == 2 else 'input_dim'
+
+
+def _write(model: NetWriter, deploy: NetWriter, path: PathLike,
+           path_prototxt: Optional[PathLike], version: int) -> NetWriter:
+    model.write_caffemodel(path, version)
     if path_prototxt is not None:
         deploy.write_prototxt(path_prototxt, version)
     return model
@@ -219,21 +228,8 @@ def make_vgg16(path: PathLike, seed: int = 0,
     few MiB). The released VGG_ILSVRC_16_layers.caffemodel is V1: pass
     ``version=1`` to get that format (legacy 4-D blob dims, ``input_dim``).
 
-    Args:
-        path: The binary model to write.
-        seed: Seed of the weights.
-        path_prototxt: Also write the deploy prototxt here.
-        version: 2, or 1 for the released file's V1 format.
-        n_class: fc8's outputs.
-        batch: The declared input batch size.
-
-    Returns:
-        NetWriter: The net written.
+    Arguments and result as :func:`make_alexnet`'s, ``path`` being the
+    caffemodel.
     """
-    check_format_version(version)
-    w = vgg16_writer(n_class, seed, batch,
-                     'layer' if version == 2 else 'input_dim')
-    w.write_caffemodel(path, version)
-    if path_prototxt is not None:
-        w.write_prototxt(path_prototxt, version)
-    return w
+    w = vgg16_writer(n_class, seed, batch, _input_form(version))
+    return _write(w, w, path, path_prototxt, version)

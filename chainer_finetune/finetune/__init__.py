@@ -12,10 +12,7 @@ it writes a log, plots, the best model and a Markdown report. With
 ``compare_scratch`` the same network is also trained from random weights.
 :data:`DEMO` is the built-in demonstration.
 
-The modules: ``config`` (:class:`FinetuneConfig`, :data:`DEMO`,
-:class:`ModelSource`), ``model`` (building the network), ``datasets``
-(split, preprocessing, iterators), ``run`` (the training runs and the
-job), ``report`` (the results, the plot and ``report.md``).
+Its modules are listed in :doc:`/architecture`.
 """
 
 from chainer_finetune.errors import FinetuneError

@@ -12,11 +12,8 @@ Chainer's functions differ from Caffe's formulas (pooling sizes, AVE's
 divisor, LRN's alpha, BatchNorm's scale factor), the family module bridges
 the gap.
 
-The registry is :mod:`~chainer_finetune.caffe.layers.registry`, what
-builders and inverses share :mod:`~chainer_finetune.caffe.layers.base`;
-one module per family (``structure``, ``convolution``, ``pooling``,
-``activations``, ``normalization``, ``scale``, ``losses``). A new type is
-one ``@register(...)`` builder in its family plus its tests.
+The modules, and how to add a type (one ``@register(...)`` builder in
+its family module plus its tests): :doc:`/architecture`.
 """
 
 from chainer_finetune.caffe.layers.base import BuildContext  # NOQA
