@@ -27,7 +27,7 @@ ALL_LAYERS_N_CLASS = 5
 # net they are left out (they are in-place or on a side branch, so the rest
 # of the net is unchanged).
 _V2_ONLY_LAYERS = ('bn1', 'scale1', 'prelu2', 'elu2', 'bias3', 'reshape',
-                   'fc_t')
+                   'fc_t', 'crop')
 
 
 class _Weights:
@@ -164,6 +164,9 @@ def _add_heads(w: NetWriter, weights: _Weights) -> None:
                                       'stride': 2, 'pad': 1}})
     w.layer('drop2', 'Dropout', 'pool2', 'pool2',
             params={'dropout_param': {'dropout_ratio': 0.3}})
+    # s2 (2,6,4,4) cut to pool2's (2,6,3,3) from (0,0,1,1).
+    w.layer('crop', 'Crop', ['s2', 'pool2'], 'crop',
+            params={'crop_param': {'axis': 2, 'offset': [1]}})
     w.layer('gpool', 'Pooling', 's2', 'gpool',
             params={'pooling_param': {'pool': 'AVE',
                                       'global_pooling': True}})
@@ -209,15 +212,15 @@ def make_all_layers_net(path_caffemodel: PathLike,
     Convolution (pad, dilation, group), Deconvolution (group), BatchNorm,
     Scale (with bias), Bias, ReLU (leaky), PReLU, ELU, LRN (both regions),
     Pooling (MAX, AVE, global), Split, Eltwise (SUM with coeff, PROD,
-    MAX), Sigmoid, TanH, AbsVal, BNLL, Power, Concat, Slice, Dropout,
+    MAX), Sigmoid, TanH, AbsVal, BNLL, Power, Concat, Slice, Crop, Dropout,
     Flatten, Reshape, InnerProduct (also axis 2 + transpose), Softmax,
     SoftmaxWithLoss and Accuracy. Outputs include ``prob``, ``loss``,
     ``accuracy``, ``fc_t``.
 
     With ``version=1`` the net is written in the V1 format without the
     layers whose types V1 lacks (Input, BatchNorm, Scale, Bias, PReLU,
-    ELU, Reshape and the InnerProduct after it); inputs are then declared
-    with ``input_dim``.
+    ELU, Crop, Reshape and the InnerProduct after it); inputs are then
+    declared with ``input_dim``.
 
     Returns:
         NetWriter: The net written.

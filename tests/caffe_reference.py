@@ -477,6 +477,25 @@ def slice_(x, p, n_tops):
     return tops
 
 
+def crop(x, reference_shape, p):
+    """CropLayer::Reshape + crop_copy: offsets per axis from ``axis`` on
+    (one value for all, one each, or 0), sizes from bottom 1."""
+    start = canonical_axis(p.axis, x.ndim)
+    offsets = [0] * x.ndim
+    for i in range(start, x.ndim):
+        if len(p.offset) == 1:
+            offsets[i] = p.offset[0]
+        elif len(p.offset) > 1:
+            assert start + len(p.offset) == x.ndim
+            offsets[i] = p.offset[i - start]
+    new_shape = [reference_shape[i] if i >= start else x.shape[i]
+                 for i in range(x.ndim)]
+    top = np.empty(new_shape, dtype=x.dtype)
+    for index in np.ndindex(*new_shape):
+        top[index] = x[tuple(i + o for i, o in zip(index, offsets))]
+    return top
+
+
 def flatten(x, p):
     start = canonical_axis(p.axis, x.ndim)
     end = canonical_axis(p.end_axis, x.ndim)
@@ -676,6 +695,8 @@ def run_layer(layer, blobs, bottoms, train=False, dropout_masks=None):
         return slice_(x, layer.slice_param, len(layer.top))
     if t == 'Split':
         return [x.copy() for _ in layer.top]
+    if t == 'Crop':
+        return [crop(x, xs[1].shape, layer.crop_param)]
     if t == 'Flatten':
         return [flatten(x, layer.flatten_param)]
     if t == 'Reshape':

@@ -1,5 +1,5 @@
 """Inputs and the layers that route blobs: data inputs, Silence, Split,
-Eltwise, Concat, Slice, Flatten, Reshape."""
+Eltwise, Concat, Slice, Crop, Flatten, Reshape."""
 
 from __future__ import annotations
 
@@ -122,6 +122,63 @@ def _build_slice(ctx: base.BuildContext) -> base.Built:
     if list(p.slice_point) != sorted(p.slice_point):
         raise ctx.error('slice_point must increase')
     return base.Built(_Slice(axis, list(p.slice_point), n_tops), None)
+
+
+def crop_slices(shape: Tuple[int, ...], reference: Tuple[int, ...],
+                axis: int, offsets: Sequence[int]) -> Tuple[slice, ...]:
+    """The window Caffe's Crop layer cuts from a blob of ``shape``.
+
+    Every axis from ``axis`` on (negative counts from the end) takes the
+    size of that axis of ``reference`` (the second bottom's shape),
+    starting at its offset: one offset for all those axes, one per axis,
+    or none (0).
+
+    Raises:
+        CaffeModelError: the axis, the offsets or the sizes do not fit.
+    """
+    n = len(shape)
+    start = base.canonical_axis(axis, n)
+    if not 0 <= start < n:
+        raise CaffeModelError('crop axis {} does not fit shape {}'.format(
+            axis, shape))
+    if len(offsets) > 1 and len(offsets) != n - start:
+        raise CaffeModelError(
+            '{} crop offsets for the {} axes from axis {} of shape {}: give '
+            'one offset or one per axis'.format(len(offsets), n - start,
+                                                start, shape))
+    if len(reference) < n:
+        raise CaffeModelError('cannot crop shape {} to the {}-axis shape '
+                              '{}'.format(shape, len(reference), reference))
+    window = [slice(None)] * start
+    for i in range(start, n):
+        offset = offsets[i - start] if len(offsets) > 1 else \
+            (offsets[0] if offsets else 0)
+        if offset + reference[i] > shape[i]:
+            raise CaffeModelError(
+                'crop of axis {} to size {} at offset {} leaves shape '
+                '{}'.format(i, reference[i], offset, shape))
+        window.append(slice(offset, offset + reference[i]))
+    return tuple(window)
+
+
+@dataclasses.dataclass(eq=False)
+class _Crop(base.LayerFunction):
+    """Bottom 0 cut to bottom 1's shape; bottom 1 gives only its shape
+    (no gradient reaches it, as in Caffe)."""
+
+    axis: int
+    offsets: List[int]
+
+    def __call__(self, net, x, reference):
+        return x[crop_slices(x.shape, reference.shape, self.axis,
+                             self.offsets)],
+
+
+@register('Crop')
+def _build_crop(ctx: base.BuildContext) -> base.Built:
+    ctx.expect_bottoms(2)
+    p = ctx.layer.crop_param
+    return base.Built(_Crop(p.axis, list(p.offset)), None)
 
 
 @dataclasses.dataclass(eq=False)
