@@ -91,6 +91,9 @@ def _set_weights(ctx: base.BuildContext, link: chainer.Link, W: numpy.ndarray,
 
 # Convolution2D's (out, in / group, kh, kw) and Deconvolution2D's (in,
 # out / group, kh, kw) are Caffe's layouts: the blobs are the parameters.
+# A depthwise layer (group == channels) thus keeps its (C, 1, kh, kw) blob;
+# Chainer's groups= computes one small product per group, never a dense
+# block-diagonal weight.
 _CONVOLUTION_DECLARATION = dict(
     invert=base.named_blobs(_CONVOLUTION_BLOBS),
     param_names=_CONVOLUTION_BLOBS, output_field='convolution_param')
