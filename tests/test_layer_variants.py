@@ -330,6 +330,41 @@ def test_crop_gradient_reaches_bottom_0_only():
     assert reference.grad is None
 
 
+def _run_one(layer, x):
+    built = layers.build(layers.BuildContext(layer, [], 'test'))
+    with chainer.no_backprop_mode():
+        return built.function(None, x)[0]
+
+
+@pytest.mark.parametrize('axis, end_axis, shape', [
+    (2, 1, (2, 4, 1, 9, 8)),     # Caffe inserts an axis of size 1
+    (-1, -1, (2, 4, 9, 8)),
+    (-4, 3, (576,)),
+])
+def test_flatten_edge_axes_follow_caffe(axis, end_axis, shape):
+    layer = caffe_pb2.LayerParameter(name='flat', type='Flatten',
+                                     bottom=['x'], top=['flat'])
+    layer.flatten_param.axis = axis
+    layer.flatten_param.end_axis = end_axis
+    x = _w(*X)
+    y = _run_one(layer, x)
+    assert y.shape == shape
+    reference = R.run_layer(layer, [], [x])[0]
+    numpy.testing.assert_array_equal(y.array, reference.astype(
+        numpy.float32))
+
+
+@pytest.mark.parametrize('axis, end_axis', [(4, -1), (1, 4), (-5, -1),
+                                            (3, 1)])
+def test_flatten_axes_that_do_not_fit(axis, end_axis):
+    layer = caffe_pb2.LayerParameter(name='flat', type='Flatten',
+                                     bottom=['x'], top=['flat'])
+    layer.flatten_param.axis = axis
+    layer.flatten_param.end_axis = end_axis
+    with pytest.raises(CaffeModelError, match='do not fit shape'):
+        _run_one(layer, _w(*X))
+
+
 # --------------------------------------------------------------------------
 # Depthwise convolution: Caffe's (C, 1, kh, kw) weights, Chainer's groups
 # --------------------------------------------------------------------------

@@ -189,6 +189,13 @@ class _Flatten(base.LayerFunction):
     def __call__(self, net, x):
         start = base.canonical_axis(self.axis, x.ndim)
         end = base.canonical_axis(self.end_axis, x.ndim)
+        # Caffe's CanonicalAxisIndex and Blob::count(start, end + 1) checks;
+        # end == start - 1 inserts an axis of size 1, as in Caffe.
+        if not (0 <= start < x.ndim and 0 <= end < x.ndim and
+                start <= end + 1):
+            raise CaffeModelError('flatten axis {} / end_axis {} do not fit '
+                                  'shape {}'.format(self.axis, self.end_axis,
+                                                    x.shape))
         shape = x.shape[:start] + (
             int(numpy.prod(x.shape[start:end + 1])),) + x.shape[end + 1:]
         return F.reshape(x, shape),
