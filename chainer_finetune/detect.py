@@ -61,7 +61,8 @@ def _hw(size: Size) -> Tuple[int, int]:
 
 
 def input_blob(image: numpy.ndarray, size: Size,
-               mean: Optional[Sequence[float]] = None, scale: float = 1.0,
+               mean: Optional[Sequence[float]] = None,
+               scale: Optional[float] = 1.0,
                channel_order: str = 'RGB') -> numpy.ndarray:
     """One image as a detector's input, as OpenCV's ``blobFromImage`` does.
 
@@ -77,7 +78,8 @@ def input_blob(image: numpy.ndarray, size: Size,
             :func:`chainer_finetune.data.read_image`.
         size: ``(height, width)`` of the net's input, or one int.
         mean: Per-channel mean in BGR order (0-255); None for none.
-        scale: Multiplier after the mean subtraction.
+        scale: Multiplier after the mean subtraction (None: 1, as a
+            known model's undeclared ``input_scale``).
         channel_order: ``'RGB'`` (Pillow) or ``'BGR'`` (``cv2.imread``).
 
     Returns:
@@ -94,7 +96,8 @@ def input_blob(image: numpy.ndarray, size: Size,
                                   align_corners=False).array[0]
         resized = numpy.clip(numpy.rint(resized), 0, 255)
         x = resized[0] if x.ndim == 2 else resized.transpose(1, 2, 0)
-    prep = CaffePreprocessor(mean=mean, scale=scale,
+    prep = CaffePreprocessor(mean=mean,
+                             scale=1.0 if scale is None else scale,
                              channel_order=channel_order)
     return prep(x)
 
@@ -158,8 +161,9 @@ def decode_detections(rows: numpy.ndarray,
 
 
 def detect(net, images: Sequence[numpy.ndarray], *, size: Size,
-           mean: Optional[Sequence[float]] = None, scale: float = 1.0,
-           threshold: float = 0.5, input_name: Optional[str] = None,
+           mean: Optional[Sequence[float]] = None,
+           scale: Optional[float] = 1.0, threshold: float = 0.5,
+           input_name: Optional[str] = None,
            output_name: Optional[str] = None, batchsize: int = 8,
            channel_order: str = 'RGB') -> List[Detections]:
     """Runs a detector on images; returns what it found in each.
