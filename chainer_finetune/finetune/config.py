@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, List, Optional
 
 from chainer_finetune import hub
@@ -137,25 +136,14 @@ class ModelSource:
 
 
 def resolve_source(config: FinetuneConfig) -> ModelSource:
-    """Locates the configuration's model, fetching a known one by name.
-
-    ``config.caffemodel`` names a known model when it is a key of
-    :data:`~chainer_finetune.hub.MODELS` and no such file exists; its
-    files are then fetched (once, into the cache) with
-    :func:`chainer_finetune.hub.fetch_model`, and ``config.prototxt``,
-    if given, replaces the fetched prototxt.
+    """Locates the configuration's model, fetching a known one by name
+    (:func:`chainer_finetune.hub.locate_model`).
 
     Raises:
         ModelFetchError: a known model that cannot be fetched.
     """
     name = config.caffemodel
-    if name in hub.MODELS and not os.path.exists(name):
-        files = hub.fetch_model(name)
-        source = ModelSource(name, files.caffemodel,
-                             config.prototxt or files.prototxt,
-                             hub.MODELS[name])
-    else:
-        source = ModelSource(name, name, config.prototxt)
+    source = ModelSource(name, *hub.locate_model(name, config.prototxt))
     if config.mean is None and source.declared('mean_bgr') is None:
         logger.info('%s declares no mean and no --mean was given: '
                     'subtracting the ImageNet mean %s (BGR)', name,
