@@ -155,8 +155,17 @@ LAYER_PARAM_FIELDS = {
     'recurrent_param': 146, 'swish_param': 147, 'clip_param': 148,
 }
 
+# The SSD fork's (weiliu89/caffe, branch ssd) LayerParameter additions.
+SSD_LAYER_PARAM_FIELDS = {
+    'annotated_data_param': 200, 'multibox_loss_param': 201,
+    'permute_param': 202, 'prior_box_param': 203,
+    'detection_output_param': 204, 'detection_evaluate_param': 205,
+    'norm_param': 206, 'video_data_param': 207,
+}
 
-@pytest.mark.parametrize('field,number', sorted(LAYER_PARAM_FIELDS.items()))
+
+@pytest.mark.parametrize('field,number', sorted(
+    {**LAYER_PARAM_FIELDS, **SSD_LAYER_PARAM_FIELDS}.items()))
 def test_layerparameter_param_field_numbers(field, number):
     layer = caffe_pb2.LayerParameter()
     getattr(layer, field).SetInParent()
@@ -178,10 +187,10 @@ def test_layerparameter_key_params_hand_encoded():
         assert layer.SerializeToString() == tag + b'\x00', field
 
 
-def test_layerparameter_has_exactly_bvlc_param_fields():
+def test_layerparameter_has_exactly_bvlc_and_ssd_param_fields():
     names = {f.name for f in caffe_pb2.LayerParameter.DESCRIPTOR.fields
              if f.name.endswith('_param')}
-    assert names == set(LAYER_PARAM_FIELDS)
+    assert names == set(LAYER_PARAM_FIELDS) | set(SSD_LAYER_PARAM_FIELDS)
 
 
 # BVLC's V1LayerParameter fields and their numbers.
@@ -938,10 +947,10 @@ def test_text_format_rejects_non_bvlc_names():
 def test_unknown_fields_survive_round_trip():
     # A layer as a newer or forked schema may write it: known fields first
     # (ascending), then fields our schema does not know: 149 (a future
-    # LayerParameter field), 200 (SSD's annotated_data_param) and a varint.
+    # LayerParameter field), 300 (a made-up fork's message) and a varint.
     unknown_layer = (
         key(149, LEN) + b'\x02\x08\x01'
-        + key(200, LEN) + b'\x00'
+        + key(300, LEN) + b'\x00'
         + key(999, VARINT) + varint(12345)
     )
     layer_bytes = b'\x0a\x02l1\x12\x04Data' + unknown_layer
