@@ -21,10 +21,10 @@ from google.protobuf import text_format
 
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.wire import (
-    BLOB_DATA, BLOB_DOUBLE_DATA, BLOB_LEGACY_DIMS, BLOB_SHAPE, FIXED32,
-    FIXED64, LAYER_BLOBS, LAYER_NAME, LEN, NET_LAYER, NET_LAYERS,
-    V1_LAYER_BLOBS, V1_LAYER_NAME, V1_LAYER_V0, VARINT, WireFormatError,
-    decode_varint)
+    BLOB_DATA, BLOB_DOUBLE_DATA, BLOB_LEGACY_DIMS, BLOB_RAW_DATA,
+    BLOB_RAW_DATA_TYPE, BLOB_SHAPE, FIXED32, FIXED64, LAYER_BLOBS, LAYER_NAME,
+    LEN, NET_LAYER, NET_LAYERS, RAW_DATA_DTYPES, V1_LAYER_BLOBS, V1_LAYER_NAME,
+    V1_LAYER_V0, VARINT, WireFormatError, decode_varint)
 from chainer_finetune.errors import CaffeModelError
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,8 @@ def _read_blob(scanner: _Scanner, f: BinaryIO, start: int, end: int,
     legacy: Dict[int, int] = {}
     shape: Optional[List[int]] = None
     runs: Dict[int, List[_Field]] = {BLOB_DATA: [], BLOB_DOUBLE_DATA: []}
+    raw: Optional[_Field] = None
+    raw_type = caffe_pb2.DOUBLE   # the proto2 default of raw_data_type
     for field in scanner.fields(start, end, where):
         if field.number in BLOB_LEGACY_DIMS and field.wire_type == VARINT:
             # int32 fields: protobuf keeps the low 32 bits, signed.
@@ -193,24 +195,29 @@ def _read_blob(scanner: _Scanner, f: BinaryIO, start: int, end: int,
                 return _read_blob_with_protobuf(scanner, start, end, where)
             if field.value:
                 runs[field.number].append(field)
+        elif field.number == BLOB_RAW_DATA and field.wire_type == LEN:
+            raw = field   # a `bytes` field: the last one wins
+        elif field.number == BLOB_RAW_DATA_TYPE and field.wire_type == VARINT:
+            raw_type = field.value
     # Several packed runs of one field concatenate; rare enough to leave to
     # protobuf, like unpacked values.
     if any(len(r) > 1 for r in runs.values()):
         return _read_blob_with_protobuf(scanner, start, end, where)
     dims = [legacy.get(i, 0) for i in BLOB_LEGACY_DIMS] if legacy else shape
-    # Caffe reads `data` and falls back to `double_data`.
-    run = (runs[BLOB_DATA] or runs[BLOB_DOUBLE_DATA] or [None])[0]
-    dtype = numpy.dtype('<f8' if run is not None and
-                        run.number == BLOB_DOUBLE_DATA else '<f4')
+    # Caffe reads `data` and falls back to `double_data`; OpenCV reads
+    # NVIDIA's `raw_data` when `data` is empty.
+    run = (runs[BLOB_DATA] or runs[BLOB_DOUBLE_DATA] or [raw])[0]
+    is_raw = run is not None and run is raw
+    blob_where = '{}: {}'.format(scanner.path, where)
+    if is_raw:
+        dtype = raw_data_dtype(raw_type, blob_where)
+    else:
+        dtype = numpy.dtype('<f8' if run is not None and
+                            run.number == BLOB_DOUBLE_DATA else '<f4')
     nbytes = run.value if run is not None else 0
-    if nbytes % dtype.itemsize:
-        raise CaffeModelError(
-            '{}: {}: packed data of {} bytes is not a whole number of '
-            '{}-byte values'.format(scanner.path, where, nbytes,
-                                    dtype.itemsize))
-    count = nbytes // dtype.itemsize
+    count = _value_count(nbytes, dtype, is_raw, blob_where)
     _check_blob_count(dims if dims is not None else [count], count,
-                      '{}: {}'.format(scanner.path, where))
+                      blob_where)
     array = numpy.empty(count, dtype=dtype)
     if nbytes:
         f.seek(run.value_start)
@@ -231,6 +238,37 @@ def _read_blob_with_protobuf(scanner: _Scanner, start: int, end: int,
         raise CaffeModelError('{}: {}: cannot parse blob: {}'.format(
             scanner.path, where, e)) from None
     return blob_from_proto(blob, '{}: {}'.format(scanner.path, where))
+
+
+def raw_data_dtype(raw_type: int, where: str) -> numpy.dtype:
+    """The little-endian dtype of a blob's ``raw_data``.
+
+    Args:
+        raw_type: The blob's ``raw_data_type`` (a ``caffe_pb2.Type`` value).
+        where: File, layer and blob, for the error message.
+
+    Raises:
+        CaffeModelError: for a type that holds no floats (INT, UINT) or a
+            value the schema does not define.
+    """
+    dtype = RAW_DATA_DTYPES.get(raw_type)
+    if dtype is None:
+        name = (caffe_pb2.Type.Name(raw_type)
+                if raw_type in caffe_pb2.Type.values() else str(raw_type))
+        raise CaffeModelError(
+            '{}: raw_data of type {} is not supported (only FLOAT16, FLOAT '
+            'and DOUBLE hold weights)'.format(where, name))
+    return numpy.dtype(dtype)
+
+
+def _value_count(nbytes: int, dtype: numpy.dtype, raw: bool,
+                 where: str) -> int:
+    if nbytes % dtype.itemsize:
+        what = ('raw_data' if raw else 'packed data')
+        raise CaffeModelError(
+            '{}: {} of {} bytes is not a whole number of {}-byte '
+            'values'.format(where, what, nbytes, dtype.itemsize))
+    return nbytes // dtype.itemsize
 
 
 def _check_blob_count(dims: List[int], count: int, where: str) -> None:
@@ -264,9 +302,16 @@ def blob_from_proto(blob: caffe_pb2.BlobProto, where: str) -> Blob:
         dims = list(blob.shape.dim)
     else:
         dims = None
-    values = blob.data if len(blob.data) else blob.double_data
-    # upb's repeated scalar fields expose a buffer: this is one memcpy.
-    array = numpy.asarray(values, dtype=numpy.float32)
+    if not len(blob.data) and not len(blob.double_data) and \
+            blob.HasField('raw_data'):
+        dtype = raw_data_dtype(blob.raw_data_type, where)
+        count = _value_count(len(blob.raw_data), dtype, True, where)
+        array = numpy.frombuffer(blob.raw_data, dtype, count)
+        array = array.astype(numpy.float32)
+    else:
+        values = blob.data if len(blob.data) else blob.double_data
+        # upb's repeated scalar fields expose a buffer: this is one memcpy.
+        array = numpy.asarray(values, dtype=numpy.float32)
     if dims is None:
         dims = [array.size]
     _check_blob_count(dims, array.size, where)
@@ -467,7 +512,8 @@ def read_binaryproto(path: PathLike) -> Blob:
     except pb_message.DecodeError as e:
         raise CaffeModelError('{}: not a valid BlobProto: {}'.format(
             path, e)) from None
-    if not len(blob.data) and not len(blob.double_data):
+    if not len(blob.data) and not len(blob.double_data) and \
+            not blob.HasField('raw_data'):
         raise CaffeModelError('{}: holds no BlobProto values; expected a '
                               'binary BlobProto (a mean.binaryproto), not a '
                               'caffemodel or other file'.format(path))
