@@ -186,3 +186,159 @@ def test_binaryproto_with_raw_data(tmp_path):
     path.write_bytes(blob.SerializeToString())
     numpy.testing.assert_array_equal(reader.read_binaryproto(path).array,
                                      [0.5, 3.0])
+
+
+# --------------------------------------------------------------------------
+# Fields the schema lacks: skipped, one warning per field and layer
+# --------------------------------------------------------------------------
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.levelname == 'WARNING' and r.name.startswith(
+                'chainer_finetune')]
+
+
+FORKED_PROTOTXT = '''name: "forked"
+made_up_net_option: true
+layer { name: "data" type: "Input" top: "data"
+  input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 6 kernel_size: 3 pad: 1
+                      future_option: 7 }
+  made_up_param { level: 2 nested { name: "x" 'y' values: [1, -2.5] }
+                  mode: FAST }
+  made_up_param { level: 3 }
+}
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1"
+  made_up_param { level: 1 } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc"
+  inner_product_param { num_output: 5 } }
+'''
+
+
+def test_prototxt_unknown_fields_are_skipped_with_one_warning_each(
+        tmp_path, caplog):
+    _, model, _ = write_small(tmp_path, None)
+    prototxt = tmp_path / 'forked.prototxt'
+    prototxt.write_text(FORKED_PROTOTXT)
+    net = chainer_finetune.load_caffe(model, str(prototxt))
+    p = str(prototxt)
+    assert _warnings(caplog) == [
+        "{}: net: unknown field 'made_up_net_option' skipped "
+        "(line 2:1)".format(p),
+        "{}: layer 'conv1' (Convolution): unknown field "
+        "'convolution_param.future_option' skipped (line 7:23)".format(p),
+        "{}: layer 'conv1' (Convolution): unknown field 'made_up_param' "
+        "skipped (line 8:3)".format(p),
+        "{}: layer 'relu1' (ReLU): unknown field 'made_up_param' skipped "
+        "(line 13:3)".format(p),
+    ]
+    # The known fields around them were read.
+    conv = net.caffe_layers[1]
+    assert conv.convolution_param.num_output == 6
+    assert list(conv.convolution_param.pad) == [1]
+    x = numpy.ones((2, 3, 8, 8), numpy.float32)
+    y, = net(inputs={'data': x}, outputs=['fc'])
+    assert y.shape == (2, 5)
+
+
+def test_prototxt_real_syntax_errors_still_fail(tmp_path):
+    prototxt = tmp_path / 'broken.prototxt'
+    prototxt.write_text(FORKED_PROTOTXT.replace('level: 3 }', 'level: 3 '))
+    with pytest.raises(CaffeModelError, match='not a valid Caffe prototxt'):
+        reader.read_prototxt(prototxt)
+
+
+def _key(number, wire_type):
+    from chainer_finetune.caffe.wire import field_key
+    return field_key(number, wire_type)
+
+
+def _with_unknown(msg, extra):
+    """``msg`` parsed back with the bytes of unknown fields appended."""
+    return type(msg).FromString(msg.SerializeToString() + extra)
+
+
+def test_caffemodel_unknown_fields_are_kept_and_warned_once(tmp_path,
+                                                            caplog):
+    from chainer_finetune.caffe.wire import (FIXED32, LEN, VARINT,
+                                             encode_varint)
+    net = small_writer().net_parameter()
+    made_up_message = _key(1, VARINT) + b'\x02' + _key(2, LEN) + b'\x01z'
+    layer_extra = (_key(300, LEN) + encode_varint(len(made_up_message)) +
+                   made_up_message + _key(301, VARINT) + encode_varint(7) +
+                   _key(300, LEN) + b'\x00')   # field 300 twice: one warning
+    conv = net.layer[1]
+    conv.convolution_param.CopyFrom(_with_unknown(
+        conv.convolution_param, _key(99, FIXED32) + b'\x00\x00\x80\x3f'))
+    conv.CopyFrom(_with_unknown(conv, layer_extra))
+    relu = net.layer[2]
+    relu.CopyFrom(_with_unknown(relu, _key(300, LEN) + b'\x00'))
+    path = tmp_path / 'forked.caffemodel'
+    path.write_bytes(_with_unknown(net, _key(77, VARINT) + b'\x01')
+                     .SerializeToString())
+    loaded = chainer_finetune.load_caffe(str(path))
+    p = str(path)
+    assert _warnings(caplog) == [
+        "{}: net: unknown field '77' skipped".format(p),
+        "{}: layer 'conv1' (Convolution): unknown field '300' "
+        "skipped".format(p),
+        "{}: layer 'conv1' (Convolution): unknown field '301' "
+        "skipped".format(p),
+        "{}: layer 'conv1' (Convolution): unknown field "
+        "'convolution_param.99' skipped".format(p),
+        "{}: layer 'relu1' (ReLU): unknown field '300' skipped".format(p),
+    ]
+    numpy.testing.assert_array_equal(loaded['conv1'].W.array, CONV_W)
+    x = numpy.ones((2, 3, 8, 8), numpy.float32)
+    y, = loaded(inputs={'data': x}, outputs=['fc'])
+    assert y.shape == (2, 5)
+
+
+# --------------------------------------------------------------------------
+# Layer types the library cannot build: an error only when needed
+# --------------------------------------------------------------------------
+
+MADE_UP_TYPES_PROTOTXT = FORKED_PROTOTXT + '''
+layer { name: "boxes" type: "FancyBoxes" bottom: "fc" bottom: "data"
+  top: "boxes"
+  fancy_boxes_param { anchors: [1, 2, 3] clip { low: 0 high: 1 } } }
+layer { name: "relu_boxes" type: "ReLU" bottom: "boxes" top: "boxes" }
+layer { name: "nms" type: "MadeUpNMS" bottom: "boxes" top: "detections"
+  nms_thing_param { threshold: 0.45 } }
+'''
+
+
+def test_unsupported_types_are_listed_at_once_and_stop_at_avoids_them(
+        tmp_path):
+    _, model, _ = write_small(tmp_path, None)
+    prototxt = tmp_path / 'made_up.prototxt'
+    prototxt.write_text(MADE_UP_TYPES_PROTOTXT)
+    parsed = reader.read_prototxt(prototxt)
+    assert [layer.type for layer in parsed.layer][-3:] == [
+        'FancyBoxes', 'ReLU', 'MadeUpNMS']
+    with pytest.raises(chainer_finetune.UnsupportedLayerError) as e:
+        chainer_finetune.load_caffe(model, str(prototxt))
+    message = str(e.value)
+    for fragment in (str(prototxt), '2 layers are of a type that is not '
+                     'supported', "layer 'boxes' (type 'FancyBoxes')",
+                     "layer 'nms' (type 'MadeUpNMS')", 'supported types: ',
+                     'Convolution', 'stop_at='):
+        assert fragment in message, (fragment, message)
+    for stop_at in ('fc', ['fc'], 'pool1'):
+        net = chainer_finetune.load_caffe(model, str(prototxt),
+                                          stop_at=stop_at)
+        assert 'FancyBoxes' not in [layer.type for layer in net.caffe_layers]
+    net = chainer_finetune.load_caffe(model, str(prototxt), stop_at='fc')
+    x = numpy.ones((2, 3, 8, 8), numpy.float32)
+    y, = net(inputs={'data': x}, outputs=['fc'])
+    assert y.shape == (2, 5)
+    # Needing the layer after the first unsupported one names that one.
+    with pytest.raises(chainer_finetune.UnsupportedLayerError) as e:
+        chainer_finetune.load_caffe(model, str(prototxt),
+                                    stop_at='relu_boxes')
+    assert "1 layer is of a type that is not supported: layer 'boxes' " \
+           "(type 'FancyBoxes')" in str(e.value)
+    assert 'MadeUpNMS' not in str(e.value)

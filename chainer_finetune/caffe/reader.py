@@ -5,19 +5,31 @@ layer descriptions go through protobuf, each blob's packed floats are read
 straight from the file into their final array (about one copy of the
 weights in memory), and every length is checked against the bytes that
 remain before anything is read or allocated (docs/loading.rst).
+
+Fields the schema lacks (a fork's or a newer Caffe's) never make reading
+fail: protobuf keeps them as unknown fields of a caffemodel and skips them
+in a prototxt, and each is logged once per layer as a warning.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mmap
 import os
 from typing import (BinaryIO, Callable, Dict, List, NamedTuple, Optional,
-                    Tuple, Union)
+                    Sequence, Tuple, Union)
 
 import numpy
+from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
+
+try:
+    from google.protobuf.unknown_fields import UnknownFieldSet
+except ImportError:   # protobuf < 4.22
+    def UnknownFieldSet(msg):  # noqa: N802  (the class's name)
+        return msg.UnknownFields()
 
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.wire import (
@@ -432,6 +444,7 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
     version = 2 if NET_LAYER in versions else 1
     net = caffe_pb2.NetParameter()
     _parse_message(net, bytes(header), path, 'the net header')
+    _warn_unknown(path, 'net', _unknown_binary_fields(net))
     blobs_field = LAYER_BLOBS if version == 2 else V1_LAYER_BLOBS
     layers = []
     for index, (_, start, end) in enumerate(spans):
@@ -452,6 +465,8 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
         param = (caffe_pb2.LayerParameter() if version == 2
                  else caffe_pb2.V1LayerParameter())
         _parse_message(param, bytes(rest), path, where)
+        _warn_unknown(path, _layer_label(param),
+                      _unknown_binary_fields(param))
         blobs = [_read_blob(scanner, f, s, e, '{}, blob {}'.format(where, i))
                  for i, (s, e) in enumerate(blob_spans)]
         layers.append(LayerRecord(param, blobs))
@@ -462,8 +477,131 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
     return CaffeModelFile(path, net, layers, version)
 
 
+# Where an unknown field sits: the NetParameter field of its layer
+# ('layer' or 'layers') and the layer's index there, or None at net level.
+LayerSlot = Optional[Tuple[str, int]]
+
+
+class _UnknownTextFields:
+    """Finds the fields of a text NetParameter that the schema lacks.
+
+    Walks the text's tokens against the schema's descriptors, only as far
+    as the structure goes (values are protobuf's business: this runs after
+    protobuf parsed the text with unknown fields allowed).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.tokens = text_format.Tokenizer(text.splitlines())
+        # (layer, dotted field path, where in the text)
+        self.found: List[Tuple[LayerSlot, str, str]] = []
+        self.layer_counts = {'layer': 0, 'layers': 0}
+
+    def walk(self) -> List[Tuple[LayerSlot, str, str]]:
+        self._message(caffe_pb2.NetParameter.DESCRIPTOR, None, '', None)
+        return self.found
+
+    def _message(self, descriptor: Optional[pb_descriptor.Descriptor],
+                 end: Optional[str], path: str, slot: LayerSlot) -> None:
+        tokens = self.tokens
+        while not (tokens.AtEnd() if end is None else tokens.LookingAt(end)):
+            name = tokens.token
+            tokens.NextToken()
+            field = None
+            if descriptor is not None:
+                field = descriptor.fields_by_name.get(name)
+                if field is None:
+                    at = tokens.ParseErrorPreviousToken('')
+                    self.found.append((slot, path + name, ' (line {}:{})'
+                                       .format(at.GetLine(), at.GetColumn())))
+            tokens.TryConsume(':')
+            sub = field.message_type if field is not None else None
+            at_net_level = descriptor is caffe_pb2.NetParameter.DESCRIPTOR
+            container = (name if at_net_level and name in self.layer_counts
+                         else None)
+            self._value(sub, path + name + '.', slot, container)
+            if not tokens.TryConsume(','):
+                tokens.TryConsume(';')
+
+    def _value(self, sub: Optional[pb_descriptor.Descriptor], path: str,
+               slot: LayerSlot, container: Optional[str]) -> None:
+        tokens = self.tokens
+        if tokens.TryConsume('['):   # short repeated form: [a, b, ...]
+            while not tokens.TryConsume(']'):
+                self._value(sub, path, slot, container)
+                tokens.TryConsume(',')
+        elif tokens.LookingAt('{') or tokens.LookingAt('<'):
+            close = '}' if tokens.token == '{' else '>'
+            tokens.NextToken()
+            if container is not None:
+                slot = (container, self.layer_counts[container])
+                self.layer_counts[container] += 1
+                path = ''
+            self._message(sub, close, path, slot)
+            tokens.Consume(close)
+        else:
+            if tokens.token == '-':
+                tokens.NextToken()
+            tokens.NextToken()
+            # Adjacent string literals are one value.
+            while tokens.token[:1] in ('"', "'"):
+                tokens.NextToken()
+
+
+def _unknown_binary_fields(msg: pb_message.Message, path: str = ''
+                           ) -> List[str]:
+    """Dotted paths (numbers for the unknown part) of the unknown fields
+    protobuf kept in ``msg`` and its sub-messages."""
+    found = [path + str(f.field_number) for f in UnknownFieldSet(msg)]
+    for field, value in msg.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            for v in ([value] if isinstance(value, pb_message.Message)
+                      else value):
+                found += _unknown_binary_fields(v, path + field.name + '.')
+    return found
+
+
+def _layer_label(layer: Union[caffe_pb2.LayerParameter,
+                              caffe_pb2.V1LayerParameter]) -> str:
+    if isinstance(layer, caffe_pb2.V1LayerParameter):
+        type_name = caffe_pb2.V1LayerParameter.LayerType.Name(layer.type) \
+            if layer.type in caffe_pb2.V1LayerParameter.LayerType.values() \
+            else str(layer.type)
+    else:
+        type_name = layer.type
+    return 'layer {!r} ({})'.format(layer.name, type_name)
+
+
+def _warn_unknown(path: str, where: str, fields: Sequence[str],
+                  positions: Sequence[str] = ()) -> None:
+    """Logs each unknown field once for its layer (``where``), with the
+    position of its first occurrence where given."""
+    first: Dict[str, str] = {}
+    for field, position in itertools.zip_longest(fields, positions,
+                                                 fillvalue=''):
+        first.setdefault(field, position)
+    for field, position in first.items():
+        logger.warning("%s: %s: unknown field '%s' skipped%s", path, where,
+                       field, position)
+
+
+def _warn_unknown_text_fields(path: str, text: str,
+                              net: caffe_pb2.NetParameter) -> None:
+    by_slot: Dict[LayerSlot, List[Tuple[str, str]]] = {}
+    for slot, field, position in _UnknownTextFields(text).walk():
+        by_slot.setdefault(slot, []).append((field, position))
+    for slot, found in by_slot.items():
+        where = 'net' if slot is None else _layer_label(
+            getattr(net, slot[0])[slot[1]])
+        fields, positions = zip(*found)
+        _warn_unknown(path, where, fields, positions)
+
+
 def read_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
     """Reads a text ``.prototxt`` net description (V1 or V2).
+
+    Fields the schema lacks are skipped, each logged once per layer as a
+    warning (``"deploy.prototxt: layer 'x' (Type): unknown field 'foo'
+    skipped"``).
 
     Raises:
         CaffeModelError: if the file is missing, empty, binary (e.g. a
@@ -485,9 +623,15 @@ def read_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
     net = caffe_pb2.NetParameter()
     try:
         text_format.Parse(text, net)
-    except text_format.ParseError as e:
-        raise CaffeModelError('{}: not a valid Caffe prototxt: {}'.format(
-            path, e)) from None
+    except text_format.ParseError:
+        # Perhaps only fields the schema lacks: parse again skipping them.
+        net = caffe_pb2.NetParameter()
+        try:
+            text_format.Parse(text, net, allow_unknown_field=True)
+        except text_format.ParseError as e:
+            raise CaffeModelError('{}: not a valid Caffe prototxt: '
+                                  '{}'.format(path, e)) from None
+        _warn_unknown_text_fields(path, text, net)
     if not net.layer and not net.layers:
         raise CaffeModelError('{}: prototxt defines no layers'.format(path))
     return net
