@@ -309,7 +309,6 @@ def test_prototxt_syntax_error_has_line_and_column(write):
         # (line index to break, replacement, expected "line:col")
         (first, '  name: "conv1', '{}:'.format(first + 1)),  # open string
         (first + 1, '  type "Convolution"', '{}:8'.format(first + 2)),
-        (first, '  nmae: "conv1"', '{}:3'.format(first + 1)),  # no field
     ]
     for index, replacement, position in cases:
         broken = list(text)
@@ -319,6 +318,24 @@ def test_prototxt_syntax_error_has_line_and_column(write):
                'prototxt', position)
     path = write('unclosed.prototxt', '\n'.join(text[:-1]) + '\n')
     expect(lambda: load_caffe(model, path), path, 'Expected "}"')
+
+
+def test_prototxt_unknown_field_is_a_warning_with_line_and_column(
+        write, caplog):
+    # A field the schema lacks (a fork's, or a typo) is skipped with one
+    # warning naming it, its layer and its position (issue 10); the load
+    # then fails only for what the skipped field leaves missing.
+    model = write('ok.caffemodel', small_net().SerializeToString())
+    text = deploy_text(small_net()).splitlines()
+    first = text.index('layer {') + 1     # name: "conv1"; line first + 1
+    text[first] = '  nmae: "conv1"'
+    path = write('typo.prototxt', '\n'.join(text) + '\n')
+    expect(lambda: load_caffe(model, path), path, "layer ''",
+           'expects 2 blob(s)')
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == 'WARNING']
+    assert warnings == ["{}: layer '' (Convolution): unknown field 'nmae' "
+                        "skipped (line {}:3)".format(path, first + 1)]
 
 
 def test_prototxt_errors(write):

@@ -155,8 +155,17 @@ LAYER_PARAM_FIELDS = {
     'recurrent_param': 146, 'swish_param': 147, 'clip_param': 148,
 }
 
+# The SSD fork's (weiliu89/caffe, branch ssd) LayerParameter additions.
+SSD_LAYER_PARAM_FIELDS = {
+    'annotated_data_param': 200, 'multibox_loss_param': 201,
+    'permute_param': 202, 'prior_box_param': 203,
+    'detection_output_param': 204, 'detection_evaluate_param': 205,
+    'norm_param': 206, 'video_data_param': 207,
+}
 
-@pytest.mark.parametrize('field,number', sorted(LAYER_PARAM_FIELDS.items()))
+
+@pytest.mark.parametrize('field,number', sorted(
+    {**LAYER_PARAM_FIELDS, **SSD_LAYER_PARAM_FIELDS}.items()))
 def test_layerparameter_param_field_numbers(field, number):
     layer = caffe_pb2.LayerParameter()
     getattr(layer, field).SetInParent()
@@ -178,10 +187,10 @@ def test_layerparameter_key_params_hand_encoded():
         assert layer.SerializeToString() == tag + b'\x00', field
 
 
-def test_layerparameter_has_exactly_bvlc_param_fields():
+def test_layerparameter_has_exactly_bvlc_and_ssd_param_fields():
     names = {f.name for f in caffe_pb2.LayerParameter.DESCRIPTOR.fields
              if f.name.endswith('_param')}
-    assert names == set(LAYER_PARAM_FIELDS)
+    assert names == set(LAYER_PARAM_FIELDS) | set(SSD_LAYER_PARAM_FIELDS)
 
 
 # BVLC's V1LayerParameter fields and their numbers.
@@ -597,6 +606,97 @@ def test_defaults_match_bvlc(message, field, value):
     assert msg.SerializeToString() == b''   # defaults are never written
 
 
+# The SSD fork's defaults (weiliu89/caffe, branch ssd, caffe.proto).
+SSD_DEFAULTS = [
+    ('NormalizeParameter', 'across_spatial', True),
+    ('NormalizeParameter', 'channel_shared', True),
+    ('NormalizeParameter', 'eps', f32(1e-10)),
+    ('PriorBoxParameter', 'flip', True),
+    ('PriorBoxParameter', 'clip', False),
+    ('PriorBoxParameter', 'offset', 0.5),
+    ('DetectionOutputParameter', 'share_location', True),
+    ('DetectionOutputParameter', 'background_label_id', 0),
+    ('DetectionOutputParameter', 'code_type', 1),     # CORNER
+    ('DetectionOutputParameter', 'variance_encoded_in_target', False),
+    ('DetectionOutputParameter', 'keep_top_k', -1),
+    ('NonMaximumSuppressionParameter', 'nms_threshold', f32(0.3)),
+    ('NonMaximumSuppressionParameter', 'eta', 1.0),
+    ('MultiBoxLossParameter', 'loc_loss_type', 1),    # SMOOTH_L1
+    ('MultiBoxLossParameter', 'match_type', 1),       # PER_PREDICTION
+    ('MultiBoxLossParameter', 'neg_pos_ratio', 3.0),
+    ('MultiBoxLossParameter', 'mining_type', 1),      # MAX_NEGATIVE
+    ('MultiBoxLossParameter', 'sample_size', 64),
+    ('BatchSampler', 'max_trials', 100),
+    ('ResizeParameter', 'resize_mode', 1),            # WARP
+    ('NoiseParameter', 'jpeg', -1.0),
+    ('ExpansionParameter', 'max_expand_ratio', 1.0),
+    ('DetectionEvaluateParameter', 'overlap_threshold', 0.5),
+    ('DetectionEvaluateParameter', 'evaluate_difficult_gt', True),
+]
+
+
+@pytest.mark.parametrize('message,field,value', SSD_DEFAULTS)
+def test_ssd_defaults(message, field, value):
+    test_defaults_match_bvlc(message, field, value)
+
+
+def test_ssd_messages_wire_format():
+    layer = caffe_pb2.LayerParameter()
+    prior = layer.prior_box_param
+    prior.min_size.append(30.0)
+    prior.aspect_ratio.extend([2.0, 3.0])
+    prior.variance.append(0.1)
+    prior.step = 8.0
+    layer.norm_param.across_spatial = False
+    layer.permute_param.order.extend([0, 2, 3, 1])
+    out = layer.detection_output_param
+    out.num_classes = 21
+    out.nms_param.nms_threshold = 0.45
+    out.nms_param.top_k = 100
+    out.code_type = caffe_pb2.PriorBoxParameter.CENTER_SIZE
+    out.confidence_threshold = 0.01
+    expected = (
+        # permute_param = 202 {order = 1, unpacked}
+        key(202, LEN) + b'\x08' + b'\x08\x00\x08\x02\x08\x03\x08\x01'
+        # prior_box_param = 203 {min_size = 1, aspect_ratio = 3 x2,
+        # variance = 6, step = 10}
+        + key(203, LEN) + b'\x19'
+        + b'\x0d' + struct.pack('<f', 30.0)
+        + b'\x1d' + struct.pack('<f', 2.0) + b'\x1d' + struct.pack('<f', 3.0)
+        + b'\x35' + struct.pack('<f', 0.1)
+        + b'\x55' + struct.pack('<f', 8.0)
+        # detection_output_param = 204 {num_classes = 1, nms_param = 4
+        # {nms_threshold = 1, top_k = 2}, code_type = 6,
+        # confidence_threshold = 9}
+        + key(204, LEN) + b'\x12'
+        + b'\x08\x15' + b'\x22\x07\x0d' + struct.pack('<f', 0.45)
+        + b'\x10\x64' + b'\x30\x02' + b'\x4d' + struct.pack('<f', 0.01)
+        # norm_param = 206 {across_spatial = 1}
+        + key(206, LEN) + b'\x02\x08\x00'
+    )
+    assert layer.SerializeToString() == expected
+    assert caffe_pb2.LayerParameter.FromString(expected) == layer
+
+
+def test_ssd_transformation_parameter_fields():
+    numbers = {f.name: f.number for f in
+               caffe_pb2.TransformationParameter.DESCRIPTOR.fields}
+    assert {k: numbers[k] for k in (
+        'resize_param', 'noise_param', 'emit_constraint', 'crop_h',
+        'crop_w', 'distort_param', 'expand_param')} == {
+        'resize_param': 8, 'noise_param': 9, 'emit_constraint': 10,
+        'crop_h': 11, 'crop_w': 12, 'distort_param': 13, 'expand_param': 14}
+
+
+def test_blobproto_raw_data_wire_format():
+    # NVIDIA's Caffe / OpenCV: raw_data_type = 10 (enum Type), raw_data = 12.
+    assert dict(caffe_pb2.Type.items()) == {
+        'DOUBLE': 0, 'FLOAT': 1, 'FLOAT16': 2, 'INT': 3, 'UINT': 4}
+    blob = caffe_pb2.BlobProto(raw_data_type=caffe_pb2.FLOAT16,
+                               raw_data=b'\x00\x3c')
+    assert blob.SerializeToString() == b'\x50\x02\x62\x02\x00\x3c'
+
+
 def test_repeated_convolution_geometry_has_no_default():
     # pad / kernel_size / stride / dilation are repeated: empty by default,
     # and Chainer's CaffeFunction relies on len() == 0 meaning "unset".
@@ -684,6 +784,23 @@ def test_other_enums_are_bvlcs():
         pb.DataParameter.DB: {'LEVELDB': 0, 'LMDB': 1},
         pb.SolverParameter.SnapshotFormat: {'HDF5': 0, 'BINARYPROTO': 1},
         pb.SolverParameter.SolverMode: {'CPU': 0, 'GPU': 1},
+        pb.PriorBoxParameter.CodeType: {'CORNER': 1, 'CENTER_SIZE': 2,
+                                        'CORNER_SIZE': 3},
+        pb.MultiBoxLossParameter.LocLossType: {'L2': 0, 'SMOOTH_L1': 1},
+        pb.MultiBoxLossParameter.ConfLossType: {'SOFTMAX': 0, 'LOGISTIC': 1},
+        pb.MultiBoxLossParameter.MatchType: {'BIPARTITE': 0,
+                                             'PER_PREDICTION': 1},
+        pb.MultiBoxLossParameter.MiningType: {'NONE': 0, 'MAX_NEGATIVE': 1,
+                                              'HARD_EXAMPLE': 2},
+        pb.EmitConstraint.EmitType: {'CENTER': 0, 'MIN_OVERLAP': 1},
+        pb.AnnotatedDatum.AnnotationType: {'BBOX': 0},
+        pb.ResizeParameter.Resize_mode: {'WARP': 1, 'FIT_SMALL_SIZE': 2,
+                                         'FIT_LARGE_SIZE_AND_PAD': 3},
+        pb.ResizeParameter.Pad_mode: {'CONSTANT': 1, 'MIRRORED': 2,
+                                      'REPEAT_NEAREST': 3},
+        pb.ResizeParameter.Interp_mode: {'LINEAR': 1, 'AREA': 2,
+                                         'NEAREST': 3, 'CUBIC': 4,
+                                         'LANCZOS4': 5},
         pb.SolverParameter.SolverType: {'SGD': 0, 'NESTEROV': 1, 'ADAGRAD': 2,
                                         'RMSPROP': 3, 'ADADELTA': 4,
                                         'ADAM': 5},
@@ -938,10 +1055,10 @@ def test_text_format_rejects_non_bvlc_names():
 def test_unknown_fields_survive_round_trip():
     # A layer as a newer or forked schema may write it: known fields first
     # (ascending), then fields our schema does not know: 149 (a future
-    # LayerParameter field), 200 (SSD's annotated_data_param) and a varint.
+    # LayerParameter field), 300 (a made-up fork's message) and a varint.
     unknown_layer = (
         key(149, LEN) + b'\x02\x08\x01'
-        + key(200, LEN) + b'\x00'
+        + key(300, LEN) + b'\x00'
         + key(999, VARINT) + varint(12345)
     )
     layer_bytes = b'\x0a\x02l1\x12\x04Data' + unknown_layer

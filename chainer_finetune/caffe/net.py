@@ -113,6 +113,9 @@ class CaffeNet(CaffeFunction):
         self.inputs: Dict[str, Optional[Tuple[int, ...]]] = {}
         self._functions = {}
         self._caffe_layers_bytes: List[bytes] = []
+        # Every unsupported type at once, before building anything.
+        layer_builders.check_supported(description.layers,
+                                       description.source)
         for layer in description.layers:
             self._add(layer, description)
         # Blobs used before any layer produces them are inputs too (e.g. a

@@ -5,26 +5,38 @@ layer descriptions go through protobuf, each blob's packed floats are read
 straight from the file into their final array (about one copy of the
 weights in memory), and every length is checked against the bytes that
 remain before anything is read or allocated (docs/loading.rst).
+
+Fields the schema lacks (a fork's or a newer Caffe's) never make reading
+fail: protobuf keeps them as unknown fields of a caffemodel and skips them
+in a prototxt, and each is logged once per layer as a warning.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mmap
 import os
 from typing import (BinaryIO, Callable, Dict, List, NamedTuple, Optional,
-                    Tuple, Union)
+                    Sequence, Tuple, Union)
 
 import numpy
+from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
+try:
+    from google.protobuf.unknown_fields import UnknownFieldSet
+except ImportError:   # protobuf < 4.22
+    def UnknownFieldSet(msg):  # noqa: N802  (the class's name)
+        return msg.UnknownFields()
+
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.wire import (
-    BLOB_DATA, BLOB_DOUBLE_DATA, BLOB_LEGACY_DIMS, BLOB_SHAPE, FIXED32,
-    FIXED64, LAYER_BLOBS, LAYER_NAME, LEN, NET_LAYER, NET_LAYERS,
-    V1_LAYER_BLOBS, V1_LAYER_NAME, V1_LAYER_V0, VARINT, WireFormatError,
-    decode_varint)
+    BLOB_DATA, BLOB_DOUBLE_DATA, BLOB_LEGACY_DIMS, BLOB_RAW_DATA,
+    BLOB_RAW_DATA_TYPE, BLOB_SHAPE, FIXED32, FIXED64, LAYER_BLOBS, LAYER_NAME,
+    LEN, NET_LAYER, NET_LAYERS, RAW_DATA_DTYPES, V1_LAYER_BLOBS, V1_LAYER_NAME,
+    V1_LAYER_V0, VARINT, WireFormatError, decode_varint)
 from chainer_finetune.errors import CaffeModelError
 
 logger = logging.getLogger(__name__)
@@ -175,6 +187,8 @@ def _read_blob(scanner: _Scanner, f: BinaryIO, start: int, end: int,
     legacy: Dict[int, int] = {}
     shape: Optional[List[int]] = None
     runs: Dict[int, List[_Field]] = {BLOB_DATA: [], BLOB_DOUBLE_DATA: []}
+    raw: Optional[_Field] = None
+    raw_type = caffe_pb2.DOUBLE   # the proto2 default of raw_data_type
     for field in scanner.fields(start, end, where):
         if field.number in BLOB_LEGACY_DIMS and field.wire_type == VARINT:
             # int32 fields: protobuf keeps the low 32 bits, signed.
@@ -193,24 +207,29 @@ def _read_blob(scanner: _Scanner, f: BinaryIO, start: int, end: int,
                 return _read_blob_with_protobuf(scanner, start, end, where)
             if field.value:
                 runs[field.number].append(field)
+        elif field.number == BLOB_RAW_DATA and field.wire_type == LEN:
+            raw = field   # a `bytes` field: the last one wins
+        elif field.number == BLOB_RAW_DATA_TYPE and field.wire_type == VARINT:
+            raw_type = field.value
     # Several packed runs of one field concatenate; rare enough to leave to
     # protobuf, like unpacked values.
     if any(len(r) > 1 for r in runs.values()):
         return _read_blob_with_protobuf(scanner, start, end, where)
     dims = [legacy.get(i, 0) for i in BLOB_LEGACY_DIMS] if legacy else shape
-    # Caffe reads `data` and falls back to `double_data`.
-    run = (runs[BLOB_DATA] or runs[BLOB_DOUBLE_DATA] or [None])[0]
-    dtype = numpy.dtype('<f8' if run is not None and
-                        run.number == BLOB_DOUBLE_DATA else '<f4')
+    # Caffe reads `data` and falls back to `double_data`; OpenCV reads
+    # NVIDIA's `raw_data` when `data` is empty.
+    run = (runs[BLOB_DATA] or runs[BLOB_DOUBLE_DATA] or [raw])[0]
+    is_raw = run is not None and run is raw
+    blob_where = '{}: {}'.format(scanner.path, where)
+    if is_raw:
+        dtype = raw_data_dtype(raw_type, blob_where)
+    else:
+        dtype = numpy.dtype('<f8' if run is not None and
+                            run.number == BLOB_DOUBLE_DATA else '<f4')
     nbytes = run.value if run is not None else 0
-    if nbytes % dtype.itemsize:
-        raise CaffeModelError(
-            '{}: {}: packed data of {} bytes is not a whole number of '
-            '{}-byte values'.format(scanner.path, where, nbytes,
-                                    dtype.itemsize))
-    count = nbytes // dtype.itemsize
+    count = _value_count(nbytes, dtype, is_raw, blob_where)
     _check_blob_count(dims if dims is not None else [count], count,
-                      '{}: {}'.format(scanner.path, where))
+                      blob_where)
     array = numpy.empty(count, dtype=dtype)
     if nbytes:
         f.seek(run.value_start)
@@ -231,6 +250,37 @@ def _read_blob_with_protobuf(scanner: _Scanner, start: int, end: int,
         raise CaffeModelError('{}: {}: cannot parse blob: {}'.format(
             scanner.path, where, e)) from None
     return blob_from_proto(blob, '{}: {}'.format(scanner.path, where))
+
+
+def raw_data_dtype(raw_type: int, where: str) -> numpy.dtype:
+    """The little-endian dtype of a blob's ``raw_data``.
+
+    Args:
+        raw_type: The blob's ``raw_data_type`` (a ``caffe_pb2.Type`` value).
+        where: File, layer and blob, for the error message.
+
+    Raises:
+        CaffeModelError: for a type that holds no floats (INT, UINT) or a
+            value the schema does not define.
+    """
+    dtype = RAW_DATA_DTYPES.get(raw_type)
+    if dtype is None:
+        name = (caffe_pb2.Type.Name(raw_type)
+                if raw_type in caffe_pb2.Type.values() else str(raw_type))
+        raise CaffeModelError(
+            '{}: raw_data of type {} is not supported (only FLOAT16, FLOAT '
+            'and DOUBLE hold weights)'.format(where, name))
+    return numpy.dtype(dtype)
+
+
+def _value_count(nbytes: int, dtype: numpy.dtype, raw: bool,
+                 where: str) -> int:
+    if nbytes % dtype.itemsize:
+        what = ('raw_data' if raw else 'packed data')
+        raise CaffeModelError(
+            '{}: {} of {} bytes is not a whole number of {}-byte '
+            'values'.format(where, what, nbytes, dtype.itemsize))
+    return nbytes // dtype.itemsize
 
 
 def _check_blob_count(dims: List[int], count: int, where: str) -> None:
@@ -264,9 +314,16 @@ def blob_from_proto(blob: caffe_pb2.BlobProto, where: str) -> Blob:
         dims = list(blob.shape.dim)
     else:
         dims = None
-    values = blob.data if len(blob.data) else blob.double_data
-    # upb's repeated scalar fields expose a buffer: this is one memcpy.
-    array = numpy.asarray(values, dtype=numpy.float32)
+    if not len(blob.data) and not len(blob.double_data) and \
+            blob.HasField('raw_data'):
+        dtype = raw_data_dtype(blob.raw_data_type, where)
+        count = _value_count(len(blob.raw_data), dtype, True, where)
+        array = numpy.frombuffer(blob.raw_data, dtype, count)
+        array = array.astype(numpy.float32)
+    else:
+        values = blob.data if len(blob.data) else blob.double_data
+        # upb's repeated scalar fields expose a buffer: this is one memcpy.
+        array = numpy.asarray(values, dtype=numpy.float32)
     if dims is None:
         dims = [array.size]
     _check_blob_count(dims, array.size, where)
@@ -387,6 +444,7 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
     version = 2 if NET_LAYER in versions else 1
     net = caffe_pb2.NetParameter()
     _parse_message(net, bytes(header), path, 'the net header')
+    _warn_unknown(path, 'net', _unknown_binary_fields(net))
     blobs_field = LAYER_BLOBS if version == 2 else V1_LAYER_BLOBS
     layers = []
     for index, (_, start, end) in enumerate(spans):
@@ -407,6 +465,8 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
         param = (caffe_pb2.LayerParameter() if version == 2
                  else caffe_pb2.V1LayerParameter())
         _parse_message(param, bytes(rest), path, where)
+        _warn_unknown(path, _layer_label(param),
+                      _unknown_binary_fields(param))
         blobs = [_read_blob(scanner, f, s, e, '{}, blob {}'.format(where, i))
                  for i, (s, e) in enumerate(blob_spans)]
         layers.append(LayerRecord(param, blobs))
@@ -417,8 +477,131 @@ def _read_net(buf: mmap.mmap, f: BinaryIO, path: str, size: int,
     return CaffeModelFile(path, net, layers, version)
 
 
+# Where an unknown field sits: the NetParameter field of its layer
+# ('layer' or 'layers') and the layer's index there, or None at net level.
+LayerSlot = Optional[Tuple[str, int]]
+
+
+class _UnknownTextFields:
+    """Finds the fields of a text NetParameter that the schema lacks.
+
+    Walks the text's tokens against the schema's descriptors, only as far
+    as the structure goes (values are protobuf's business: this runs after
+    protobuf parsed the text with unknown fields allowed).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.tokens = text_format.Tokenizer(text.splitlines())
+        # (layer, dotted field path, where in the text)
+        self.found: List[Tuple[LayerSlot, str, str]] = []
+        self.layer_counts = {'layer': 0, 'layers': 0}
+
+    def walk(self) -> List[Tuple[LayerSlot, str, str]]:
+        self._message(caffe_pb2.NetParameter.DESCRIPTOR, None, '', None)
+        return self.found
+
+    def _message(self, descriptor: Optional[pb_descriptor.Descriptor],
+                 end: Optional[str], path: str, slot: LayerSlot) -> None:
+        tokens = self.tokens
+        while not (tokens.AtEnd() if end is None else tokens.LookingAt(end)):
+            name = tokens.token
+            tokens.NextToken()
+            field = None
+            if descriptor is not None:
+                field = descriptor.fields_by_name.get(name)
+                if field is None:
+                    at = tokens.ParseErrorPreviousToken('')
+                    self.found.append((slot, path + name, ' (line {}:{})'
+                                       .format(at.GetLine(), at.GetColumn())))
+            tokens.TryConsume(':')
+            sub = field.message_type if field is not None else None
+            at_net_level = descriptor is caffe_pb2.NetParameter.DESCRIPTOR
+            container = (name if at_net_level and name in self.layer_counts
+                         else None)
+            self._value(sub, path + name + '.', slot, container)
+            if not tokens.TryConsume(','):
+                tokens.TryConsume(';')
+
+    def _value(self, sub: Optional[pb_descriptor.Descriptor], path: str,
+               slot: LayerSlot, container: Optional[str]) -> None:
+        tokens = self.tokens
+        if tokens.TryConsume('['):   # short repeated form: [a, b, ...]
+            while not tokens.TryConsume(']'):
+                self._value(sub, path, slot, container)
+                tokens.TryConsume(',')
+        elif tokens.LookingAt('{') or tokens.LookingAt('<'):
+            close = '}' if tokens.token == '{' else '>'
+            tokens.NextToken()
+            if container is not None:
+                slot = (container, self.layer_counts[container])
+                self.layer_counts[container] += 1
+                path = ''
+            self._message(sub, close, path, slot)
+            tokens.Consume(close)
+        else:
+            if tokens.token == '-':
+                tokens.NextToken()
+            tokens.NextToken()
+            # Adjacent string literals are one value.
+            while tokens.token[:1] in ('"', "'"):
+                tokens.NextToken()
+
+
+def _unknown_binary_fields(msg: pb_message.Message, path: str = ''
+                           ) -> List[str]:
+    """Dotted paths (numbers for the unknown part) of the unknown fields
+    protobuf kept in ``msg`` and its sub-messages."""
+    found = [path + str(f.field_number) for f in UnknownFieldSet(msg)]
+    for field, value in msg.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            for v in ([value] if isinstance(value, pb_message.Message)
+                      else value):
+                found += _unknown_binary_fields(v, path + field.name + '.')
+    return found
+
+
+def _layer_label(layer: Union[caffe_pb2.LayerParameter,
+                              caffe_pb2.V1LayerParameter]) -> str:
+    if isinstance(layer, caffe_pb2.V1LayerParameter):
+        type_name = caffe_pb2.V1LayerParameter.LayerType.Name(layer.type) \
+            if layer.type in caffe_pb2.V1LayerParameter.LayerType.values() \
+            else str(layer.type)
+    else:
+        type_name = layer.type
+    return 'layer {!r} ({})'.format(layer.name, type_name)
+
+
+def _warn_unknown(path: str, where: str, fields: Sequence[str],
+                  positions: Sequence[str] = ()) -> None:
+    """Logs each unknown field once for its layer (``where``), with the
+    position of its first occurrence where given."""
+    first: Dict[str, str] = {}
+    for field, position in itertools.zip_longest(fields, positions,
+                                                 fillvalue=''):
+        first.setdefault(field, position)
+    for field, position in first.items():
+        logger.warning("%s: %s: unknown field '%s' skipped%s", path, where,
+                       field, position)
+
+
+def _warn_unknown_text_fields(path: str, text: str,
+                              net: caffe_pb2.NetParameter) -> None:
+    by_slot: Dict[LayerSlot, List[Tuple[str, str]]] = {}
+    for slot, field, position in _UnknownTextFields(text).walk():
+        by_slot.setdefault(slot, []).append((field, position))
+    for slot, found in by_slot.items():
+        where = 'net' if slot is None else _layer_label(
+            getattr(net, slot[0])[slot[1]])
+        fields, positions = zip(*found)
+        _warn_unknown(path, where, fields, positions)
+
+
 def read_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
     """Reads a text ``.prototxt`` net description (V1 or V2).
+
+    Fields the schema lacks are skipped, each logged once per layer as a
+    warning (``"deploy.prototxt: layer 'x' (Type): unknown field 'foo'
+    skipped"``).
 
     Raises:
         CaffeModelError: if the file is missing, empty, binary (e.g. a
@@ -440,9 +623,15 @@ def read_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
     net = caffe_pb2.NetParameter()
     try:
         text_format.Parse(text, net)
-    except text_format.ParseError as e:
-        raise CaffeModelError('{}: not a valid Caffe prototxt: {}'.format(
-            path, e)) from None
+    except text_format.ParseError:
+        # Perhaps only fields the schema lacks: parse again skipping them.
+        net = caffe_pb2.NetParameter()
+        try:
+            text_format.Parse(text, net, allow_unknown_field=True)
+        except text_format.ParseError as e:
+            raise CaffeModelError('{}: not a valid Caffe prototxt: '
+                                  '{}'.format(path, e)) from None
+        _warn_unknown_text_fields(path, text, net)
     if not net.layer and not net.layers:
         raise CaffeModelError('{}: prototxt defines no layers'.format(path))
     return net
@@ -467,7 +656,8 @@ def read_binaryproto(path: PathLike) -> Blob:
     except pb_message.DecodeError as e:
         raise CaffeModelError('{}: not a valid BlobProto: {}'.format(
             path, e)) from None
-    if not len(blob.data) and not len(blob.double_data):
+    if not len(blob.data) and not len(blob.double_data) and \
+            not blob.HasField('raw_data'):
         raise CaffeModelError('{}: holds no BlobProto values; expected a '
                               'binary BlobProto (a mean.binaryproto), not a '
                               'caffemodel or other file'.format(path))

@@ -38,6 +38,16 @@ BLOB_LEGACY_DIMS = tuple(
 BLOB_DATA = caffe_pb2.BlobProto.DATA_FIELD_NUMBER
 BLOB_SHAPE = caffe_pb2.BlobProto.SHAPE_FIELD_NUMBER
 BLOB_DOUBLE_DATA = caffe_pb2.BlobProto.DOUBLE_DATA_FIELD_NUMBER
+# NVIDIA Caffe's raw blob bytes and their element type (caffe.Type).
+BLOB_RAW_DATA = caffe_pb2.BlobProto.RAW_DATA_FIELD_NUMBER
+BLOB_RAW_DATA_TYPE = caffe_pb2.BlobProto.RAW_DATA_TYPE_FIELD_NUMBER
+# The raw_data element types that hold floats, as little-endian NumPy
+# dtypes (OpenCV reads FLOAT16 and FLOAT; DOUBLE is read like `double_data`).
+RAW_DATA_DTYPES = {
+    caffe_pb2.FLOAT16: '<f2',
+    caffe_pb2.FLOAT: '<f4',
+    caffe_pb2.DOUBLE: '<f8',
+}
 
 # A varint of more than ten bytes (70 bits) is not a 64-bit value.
 _MAX_VARINT_SHIFT = 70

@@ -15,7 +15,10 @@ and writes it in either of Caffe's formats:
   :meth:`NetWriter.v1_compatible` says whether a net can.
 
 Blobs are written as Caffe's ``Blob::ToProto`` writes them; ``legacy=True``
-gives a V2 file with legacy dims, as Caffe wrote them in 2014-2015. The
+gives a V2 file with legacy dims, as Caffe wrote them in 2014-2015, and
+``raw_data_type='FLOAT16'`` (or ``'FLOAT'``, ``'DOUBLE'``) stores the values
+as NVIDIA Caffe's ``raw_data`` bytes of that type instead of packed
+``data``, as FP16 model files do (OpenCV reads them). The
 caffemodel is streamed (:mod:`chainer_finetune.caffe.wire`), each blob from
 its array or a :class:`RandomBlob`'s chunks straight to the file: a
 VGG-16-sized model (528 MiB) takes seconds and a few MiB. Its bytes are
@@ -56,8 +59,9 @@ from chainer_finetune.caffe.upgrade import V1_PARAM_SPEC_LISTS
 from chainer_finetune.caffe.upgrade import V1_TYPE_NAMES
 from chainer_finetune.caffe.upgrade import copy_shared_layer_fields
 from chainer_finetune.caffe.wire import (
-    BLOB_DATA, BLOB_LEGACY_DIMS, BLOB_SHAPE, LAYER_BLOBS, NET_LAYER,
-    NET_LAYERS, V1_LAYER_BLOBS, VARINT, encode_varint, field_key, len_prefix)
+    BLOB_DATA, BLOB_LEGACY_DIMS, BLOB_RAW_DATA, BLOB_RAW_DATA_TYPE, BLOB_SHAPE,
+    LAYER_BLOBS, NET_LAYER, NET_LAYERS, RAW_DATA_DTYPES, V1_LAYER_BLOBS,
+    VARINT, encode_varint, field_key, len_prefix)
 from chainer_finetune.errors import CaffeModelError
 from chainer_finetune.files import atomic_output
 
@@ -253,11 +257,32 @@ def legacy_dims(shape: Sequence[int], where: str = 'blob') -> Tuple[int, ...]:
     return (1,) * (4 - len(shape)) + shape
 
 
+def check_raw_data_type(raw_data_type: Optional[str]) -> Optional[int]:
+    """The ``caffe_pb2.Type`` value of a writer's ``raw_data_type`` option.
+
+    Args:
+        raw_data_type: None (packed float32 ``data``), ``'FLOAT16'``,
+            ``'FLOAT'`` or ``'DOUBLE'``.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if raw_data_type is None:
+        return None
+    names = {caffe_pb2.Type.Name(t): t for t in RAW_DATA_DTYPES}
+    if raw_data_type not in names:
+        raise ValueError('raw_data_type must be None or one of {}, not '
+                         '{!r}'.format(sorted(names), raw_data_type))
+    return names[raw_data_type]
+
+
 class _EncodedBlob:
     """One BlobProto, laid out as protobuf serializes it: legacy dims
-    (fields 1-4), packed data (5), shape (7)."""
+    (fields 1-4), packed data (5), shape (7), then, in place of packed data,
+    raw_data_type (10) and raw_data (12) when ``raw_type`` is given."""
 
-    def __init__(self, blob: BlobLike, legacy: bool, where: str) -> None:
+    def __init__(self, blob: BlobLike, legacy: bool, where: str,
+                 raw_type: Optional[int] = None) -> None:
         self.blob = blob
         shape = tuple(blob.shape)
         self.prefix = self.suffix = b''
@@ -269,25 +294,49 @@ class _EncodedBlob:
         elif shape:   # Blob::ToProto adds no shape for a 0-axis blob.
             encoded = caffe_pb2.BlobShape(dim=shape).SerializeToString()
             self.suffix = len_prefix(BLOB_SHAPE, len(encoded)) + encoded
-        self.nbytes = 4 * int(numpy.prod(shape, dtype=numpy.int64))
-        self.data_header = len_prefix(BLOB_DATA, self.nbytes) \
-            if self.nbytes else b''
+        count = int(numpy.prod(shape, dtype=numpy.int64))
+        self.raw_header = b''
+        if raw_type is None:
+            self.dtype = numpy.dtype('<f4')
+            self.nbytes = 4 * count
+            self.data_header = len_prefix(BLOB_DATA, self.nbytes) \
+                if self.nbytes else b''
+        else:
+            self.dtype = numpy.dtype(RAW_DATA_DTYPES[raw_type])
+            self.nbytes = self.dtype.itemsize * count
+            self.data_header = b''
+            self.raw_header = (field_key(BLOB_RAW_DATA_TYPE, VARINT) +
+                               encode_varint(raw_type) +
+                               len_prefix(BLOB_RAW_DATA, self.nbytes))
         self.length = (len(self.prefix) + len(self.data_header) +
-                       self.nbytes + len(self.suffix))
+                       self.nbytes + len(self.suffix) + len(self.raw_header))
 
     def write(self, f: BinaryIO) -> None:
         f.write(self.prefix)
-        f.write(self.data_header)
+        if self.raw_header:
+            f.write(self.suffix)
+            f.write(self.raw_header)
+            self._write_values(f)
+        else:
+            f.write(self.data_header)
+            self._write_values(f)
+            f.write(self.suffix)
+
+    def _write_values(self, f: BinaryIO) -> None:
         if isinstance(self.blob, RandomBlob):
             for chunk in self.blob.chunks():
-                f.write(_little_endian(chunk).data)
+                f.write(_little_endian(chunk, self.dtype).data)
         elif self.nbytes:
-            f.write(_little_endian(self.blob).data)
-        f.write(self.suffix)
+            f.write(_little_endian(self.blob, self.dtype).data)
 
 
-def _little_endian(array: numpy.ndarray) -> numpy.ndarray:
-    return numpy.ascontiguousarray(array, dtype='<f4').reshape(-1)
+def _little_endian(array: numpy.ndarray,
+                   dtype: Union[str, numpy.dtype] = '<f4') -> numpy.ndarray:
+    # The float32 values are what the net holds: a narrower type is rounded
+    # from them (to nearest even, as NVIDIA Caffe's and OpenCV's float16
+    # conversions round), not from the caller's float64.
+    values = numpy.ascontiguousarray(array, dtype='<f4').reshape(-1)
+    return values if values.dtype == dtype else values.astype(dtype)
 
 
 def _split_serialize(msg: pb_message.Message, number: int
@@ -523,7 +572,8 @@ class NetWriter:
         return net
 
     def net_parameter(self, version: int = 2, with_blobs: bool = True,
-                      legacy: Optional[bool] = None
+                      legacy: Optional[bool] = None,
+                      raw_data_type: Optional[str] = None
                       ) -> caffe_pb2.NetParameter:
         """The whole net as one protobuf message.
 
@@ -532,10 +582,13 @@ class NetWriter:
             with_blobs: Include the weights (materializing RandomBlobs:
                 meant for small nets).
             legacy: Write blob shapes as legacy 4-D dims (default: for V1).
+            raw_data_type: As :meth:`write_caffemodel`.
 
         Raises:
             CaffeModelError: as :meth:`write_caffemodel`.
+            ValueError: as :meth:`write_caffemodel`.
         """
+        raw_type = check_raw_data_type(raw_data_type)
         legacy = version == 1 if legacy is None else legacy
         layers = self._layer_messages(version)
         net = self._net_header()
@@ -545,7 +598,8 @@ class NetWriter:
             msg.CopyFrom(layer)
             for j, blob in enumerate(self._blobs[i] if with_blobs else ()):
                 encoded = io.BytesIO()
-                _EncodedBlob(blob, legacy, self._where(i, j)).write(encoded)
+                _EncodedBlob(blob, legacy, self._where(i, j),
+                             raw_type).write(encoded)
                 msg.blobs.add().ParseFromString(encoded.getvalue())
         return net
 
@@ -553,7 +607,8 @@ class NetWriter:
         return 'layer {!r} blob {}'.format(self._layers[index].name, blob)
 
     def write_caffemodel(self, path: PathLike, version: int = 2,
-                         legacy: Optional[bool] = None) -> int:
+                         legacy: Optional[bool] = None,
+                         raw_data_type: Optional[str] = None) -> int:
         """Writes the binary caffemodel, streaming blob data to the file.
 
         Args:
@@ -562,6 +617,12 @@ class NetWriter:
                 type codes, legacy 4-D blob dims).
             legacy: Legacy 4-D blob dims in a V2 file too (as Caffe wrote
                 them in 2014-2015); default: only for V1.
+            raw_data_type: None to store each blob's values as packed
+                float32 ``data`` (as BVLC Caffe does); ``'FLOAT16'``,
+                ``'FLOAT'`` or ``'DOUBLE'`` to store them as NVIDIA Caffe's
+                ``raw_data`` bytes of that type, with ``raw_data_type`` set
+                (``'FLOAT16'`` rounds the float32 values to half precision,
+                as an FP16 model file holds them).
 
         Returns:
             int: The number of bytes written.
@@ -570,15 +631,17 @@ class NetWriter:
             CaffeModelError: V1 requested for a net with a type, field or
                 ``Input`` layer that V1 lacks, or legacy dims for a blob of
                 more than 4 axes; the message names the layer.
-            ValueError: a version other than 1 or 2.
+            ValueError: a version other than 1 or 2, or an unknown
+                ``raw_data_type``.
         """
+        raw_type = check_raw_data_type(raw_data_type)
         legacy = version == 1 if legacy is None else legacy
         layer_field = NET_LAYER if version == 2 else NET_LAYERS
         blobs_field = LAYER_BLOBS if version == 2 else V1_LAYER_BLOBS
         layers = []
         for i, layer in enumerate(self._layer_messages(version)):
             head, tail = _split_serialize(layer, blobs_field)
-            encoded = [_EncodedBlob(b, legacy, self._where(i, j))
+            encoded = [_EncodedBlob(b, legacy, self._where(i, j), raw_type)
                        for j, b in enumerate(self._blobs[i])]
             layers.append((head, encoded, tail))
         net_head, net_tail = _split_serialize(self._net_header(),

@@ -25,6 +25,7 @@ from chainer_finetune.caffe.layers.base import float32_array  # NOQA
 from chainer_finetune.caffe.layers.base import host_array  # NOQA
 from chainer_finetune.caffe.layers.registry import LayerType  # NOQA
 from chainer_finetune.caffe.layers.registry import build  # NOQA
+from chainer_finetune.caffe.layers.registry import check_supported  # NOQA
 from chainer_finetune.caffe.layers.registry import find_layer_type  # NOQA
 from chainer_finetune.caffe.layers.registry import layer_type  # NOQA
 from chainer_finetune.caffe.layers.registry import learnable_blob_names  # NOQA

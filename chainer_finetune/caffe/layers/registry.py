@@ -5,7 +5,8 @@ the loader, ``save_weights``, ``lr_mults_from_prototxt`` and
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import (Callable, Dict, Iterable, Iterator, List, Optional,
+                    Tuple)
 
 from google.protobuf import message
 
@@ -114,6 +115,37 @@ def layer_type(type_name: str, where: str = '') -> LayerType:
                 where + ': ' if where else '', type_name,
                 ', '.join(supported_types())))
     return entry
+
+
+def check_supported(layers: Iterable[caffe_pb2.LayerParameter],
+                    source: str) -> None:
+    """Checks that the library converts the type of every layer given.
+
+    Called with the layers a load keeps (after ``stop_at``), so a layer
+    nobody needs never stops a load.
+
+    Args:
+        layers: The layers to build.
+        source: The file(s) they come from, for the message.
+
+    Raises:
+        UnsupportedLayerError: naming every layer of an unsupported type
+            (name and type) at once, with the supported types and the hint
+            to use ``stop_at``.
+    """
+    unsupported = [(layer.name, layer.type) for layer in layers
+                   if layer.type not in _REGISTRY]
+    if not unsupported:
+        return
+    listed = ', '.join('layer {!r} (type {!r})'.format(name, type_name)
+                       for name, type_name in unsupported)
+    raise UnsupportedLayerError(
+        '{}: {} of a type that is not supported: {}; supported types: {}. '
+        'Use stop_at= to load only the layers before {}.'.format(
+            source, '1 layer is' if len(unsupported) == 1 else
+            '{} layers are'.format(len(unsupported)), listed,
+            ', '.join(supported_types()),
+            'it' if len(unsupported) == 1 else 'them'))
 
 
 def registered_types() -> Iterator[LayerType]:
