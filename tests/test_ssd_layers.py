@@ -273,3 +273,211 @@ def test_prior_box_opencv_extensions_are_unsupported(tmp_path):
         ['feat', 'data'])
     with pytest.raises(UnsupportedLayerError, match='width'):
         load_caffe(model, prototxt)
+
+
+# --------------------------------------------------------------------------
+# DetectionOutput
+# --------------------------------------------------------------------------
+
+NUM, PRIORS, CLASSES = 2, 30, 4
+
+
+def crafted_inputs(num_loc_classes, seed=0, conf_scale=1.0):
+    """loc, conf and prior blobs whose boxes crowd a few places, so that
+    NMS has boxes to suppress."""
+    rng = np.random.RandomState(seed)
+    groups = rng.uniform(0.3, 0.7, (3, 2))
+    centers = groups[rng.randint(0, 3, PRIORS)] + rng.normal(
+        0, 0.03, (PRIORS, 2))
+    sizes = rng.uniform(0.1, 0.3, (PRIORS, 2))
+    boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], 1)
+    variances = np.tile([0.1, 0.1, 0.2, 0.2], PRIORS)
+    prior = np.stack([boxes.ravel(), variances]).astype(np.float32)[None]
+    loc = rng.normal(0, 0.5, (NUM, PRIORS * num_loc_classes * 4))
+    conf = rng.dirichlet(np.ones(CLASSES) * conf_scale, (NUM, PRIORS))
+    return {'loc': loc.astype(np.float32),
+            'conf': conf.reshape(NUM, -1).astype(np.float32),
+            'prior': prior}
+
+
+def detection_net(tmp_path, param, inputs):
+    shapes = {name: value.shape for name, value in inputs.items()}
+    return one_layer_net(tmp_path, shapes, 'DetectionOutput',
+                         {'detection_output_param': param},
+                         ['loc', 'conf', 'prior'])
+
+
+def by_image_and_score(rows):
+    rows = np.asarray(rows).reshape(-1, 7)
+    return rows[np.lexsort((rows[:, 1], -rows[:, 2], rows[:, 0]))]
+
+
+NMS_45 = {'nms_threshold': 0.45, 'top_k': 20}
+DETECTION = {
+    'center_size_keep_top_k': {
+        'share_location': True, 'background_label_id': 0,
+        'code_type': 'CENTER_SIZE', 'keep_top_k': 10,
+        'confidence_threshold': 0.2, 'nms_param': NMS_45},
+    'corner': {'share_location': True, 'background_label_id': 0,
+               'code_type': 'CORNER', 'keep_top_k': 100,
+               'nms_param': {'nms_threshold': 0.3}},
+    'per_class_boxes_top_k': {
+        'share_location': False, 'background_label_id': 0,
+        'code_type': 'CENTER_SIZE', 'keep_top_k': 50,
+        'confidence_threshold': 0.1,
+        'nms_param': {'nms_threshold': 0.5, 'top_k': 5}},
+    'no_background': {
+        'share_location': False, 'background_label_id': -1,
+        'code_type': 'CENTER_SIZE', 'confidence_threshold': 0.25,
+        'keep_top_k': 40, 'nms_param': {'nms_threshold': 0.4}},
+    'variance_in_target': {
+        'share_location': True, 'background_label_id': 2,
+        'code_type': 'CENTER_SIZE', 'variance_encoded_in_target': True,
+        'keep_top_k': 12, 'confidence_threshold': 0.05,
+        'nms_param': NMS_45},
+    'keep_top_k_across_classes': {
+        'share_location': True, 'background_label_id': 0,
+        'code_type': 'CENTER_SIZE', 'keep_top_k': 3,
+        'nms_param': {'nms_threshold': 0.45}},
+}
+
+
+def detection_param(name):
+    param = dict(DETECTION[name], num_classes=CLASSES)
+    loc_classes = 1 if param['share_location'] else CLASSES
+    return param, loc_classes
+
+
+@pytest.mark.parametrize('name', sorted(DETECTION))
+def test_detection_output(tmp_path, name):
+    param, loc_classes = detection_param(name)
+    inputs = crafted_inputs(loc_classes)
+    w, model, prototxt = detection_net(tmp_path, param, inputs)
+    p = w.layers[-1].detection_output_param
+    ours = run_ours(model, prototxt, inputs)
+    expected = R.detection_output(inputs['loc'], inputs['conf'],
+                                  inputs['prior'], p)
+    assert ours.shape == expected.shape and ours.dtype == np.float32
+    np.testing.assert_array_equal(ours[0, 0, :, :2], expected[0, 0, :, :2])
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-6)
+    # NMS matters: without it more boxes come out.
+    p.nms_param.nms_threshold = 1.0
+    p.keep_top_k = -1
+    assert R.detection_output(inputs['loc'], inputs['conf'],
+                              inputs['prior'], p).shape[2] > ours.shape[2]
+    if cv2 is not None:
+        # OpenCV sorts each image's rows by score (the fork: by label) and
+        # pads them with zero rows to keep_top_k per image.
+        theirs = opencv_detections(tmp_path, param, inputs)
+        rows = ours.shape[2]
+        assert not theirs[rows:].any()
+        np.testing.assert_allclose(by_image_and_score(ours),
+                                   by_image_and_score(theirs[:rows]),
+                                   rtol=0, atol=2e-6)
+
+
+def opencv_detections(tmp_path, param, inputs):
+    """OpenCV's rows for the net; with variance_encoded_in_target OpenCV
+    wants the priors without their variance channel (the fork ignores
+    it)."""
+    if param.get('variance_encoded_in_target'):
+        inputs = dict(inputs, prior=inputs['prior'][:, :1].copy())
+        tmp_path = tmp_path / 'opencv'
+        tmp_path.mkdir()
+    _, model, prototxt = detection_net(tmp_path, param, inputs)
+    return run_opencv(model, prototxt, inputs)[0, 0]
+
+
+def test_detection_output_keep_top_k_keeps_the_best():
+    param, _ = detection_param('keep_top_k_across_classes')
+    inputs = crafted_inputs(1)
+    ours = detection.detect(np, inputs['loc'], inputs['conf'],
+                            inputs['prior'], detection.DetectionSettings(
+                                CLASSES, keep_top_k=3, nms_threshold=0.45))
+    everything = detection.detect(np, inputs['loc'], inputs['conf'],
+                                  inputs['prior'], detection.DetectionSettings(
+                                      CLASSES, nms_threshold=0.45))
+    for image in range(NUM):
+        kept = ours[0, 0][ours[0, 0, :, 0] == image]
+        scores = everything[0, 0][everything[0, 0, :, 0] == image, 2]
+        assert len(kept) == 3
+        np.testing.assert_array_equal(np.sort(kept[:, 2])[::-1],
+                                      np.sort(scores)[::-1][:3])
+        assert (np.diff(kept[:, 1]) >= 0).all()     # by label, as the fork
+
+
+def test_detection_output_corner_size_and_eta(tmp_path):
+    # OpenCV has no CORNER_SIZE and ignores eta (it passes 1 to its NMS):
+    # these are checked against the fork's formulas only.
+    inputs = crafted_inputs(1, seed=3)
+    for extra in ({'code_type': 'CORNER_SIZE'},
+                  {'code_type': 'CENTER_SIZE',
+                   'nms_param': {'nms_threshold': 0.9, 'eta': 0.7}}):
+        param = dict({'num_classes': CLASSES, 'share_location': True,
+                      'background_label_id': 0}, **extra)
+        directory = tmp_path / extra['code_type']
+        directory.mkdir()
+        w, model, prototxt = detection_net(directory, param, inputs)
+        p = w.layers[-1].detection_output_param
+        ours = run_ours(model, prototxt, inputs)
+        expected = R.detection_output(inputs['loc'], inputs['conf'],
+                                      inputs['prior'], p)
+        assert ours.shape == expected.shape
+        np.testing.assert_allclose(ours, expected, rtol=0, atol=2e-6)
+        if p.nms_param.eta < 1:
+            p.nms_param.eta = 1
+            assert R.detection_output(
+                inputs['loc'], inputs['conf'], inputs['prior'],
+                p).shape[2] > ours.shape[2]
+
+
+def test_detection_output_without_detections(tmp_path):
+    # The fork gives one row [image, -1, -1, -1, -1, -1, -1] per image;
+    # OpenCV gives keep_top_k zero rows per image.
+    inputs = crafted_inputs(1)
+    param = {'num_classes': CLASSES, 'share_location': True,
+             'background_label_id': 0, 'keep_top_k': 7,
+             'code_type': 'CENTER_SIZE',
+             'confidence_threshold': 0.999, 'nms_param': NMS_45}
+    _, model, prototxt = detection_net(tmp_path, param, inputs)
+    ours = run_ours(model, prototxt, inputs)
+    np.testing.assert_array_equal(ours[0, 0], [[0] + [-1] * 6,
+                                               [1] + [-1] * 6])
+    if cv2 is not None:
+        theirs = run_opencv(model, prototxt, inputs)
+        assert theirs.shape == (1, 1, NUM * 7, 7) and not theirs.any()
+
+
+def test_detection_output_checks_its_inputs(tmp_path):
+    inputs = crafted_inputs(1)
+    param = {'num_classes': CLASSES + 1, 'share_location': True}
+    _, model, prototxt = detection_net(tmp_path, param, inputs)
+    with pytest.raises(CaffeModelError, match='do not fit'):
+        run_ours(model, prototxt, inputs)
+
+
+@pytest.mark.parametrize('param,match', [
+    ({'share_location': True}, 'num_classes'),
+    ({'num_classes': 3, 'share_location': True,
+      'background_label_id': -1}, 'share_location'),
+    ({'num_classes': 3, 'nms_param': {'eta': 1.5}}, 'eta'),
+])
+def test_detection_output_rejects_what_the_fork_rejects(tmp_path, param,
+                                                        match):
+    # Background -1 with shared boxes: the fork skips the shared label -1
+    # as background when decoding, then aborts (OpenCV fails alike).
+    _, model, prototxt = detection_net(tmp_path, param, crafted_inputs(1))
+    with pytest.raises(CaffeModelError, match=match):
+        load_caffe(model, prototxt)
+
+
+def test_backward_through_detection_output_raises(tmp_path):
+    inputs = crafted_inputs(1)
+    param, _ = detection_param('center_size_keep_top_k')
+    _, model, prototxt = detection_net(tmp_path, param, inputs)
+    net = load_caffe(model, prototxt)
+    loc = chainer.Variable(inputs['loc'])
+    out, = net.forward(dict(inputs, loc=loc), ['out'])
+    assert out.requires_grad
+    with pytest.raises(NoGradientError, match='DetectionOutput'):
+        F.sum(out).backward()
