@@ -481,3 +481,27 @@ def test_backward_through_detection_output_raises(tmp_path):
     assert out.requires_grad
     with pytest.raises(NoGradientError, match='DetectionOutput'):
         F.sum(out).backward()
+
+
+def _cupy_or_skip():
+    if not chainer.backends.cuda.available:
+        pytest.skip('needs CuPy and a GPU')
+    import cupy
+    return cupy
+
+
+def test_detection_output_on_cupy_matches_numpy():
+    cupy = _cupy_or_skip()
+    inputs = crafted_inputs(CLASSES)
+    settings = detection.DetectionSettings(
+        CLASSES, share_location=False, background_label_id=-1,
+        code_type=detection.caffe_pb2.PriorBoxParameter.CENTER_SIZE,
+        keep_top_k=20, confidence_threshold=0.1, nms_threshold=0.45,
+        top_k=10)
+    on_cpu = detection.detect(np, inputs['loc'], inputs['conf'],
+                              inputs['prior'], settings)
+    on_gpu = detection.detect(cupy, *(cupy.asarray(inputs[k]) for k in
+                                      ('loc', 'conf', 'prior')), settings)
+    assert isinstance(on_gpu, cupy.ndarray)
+    np.testing.assert_allclose(cupy.asnumpy(on_gpu), on_cpu, rtol=0,
+                               atol=1e-6)
