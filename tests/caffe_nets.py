@@ -247,8 +247,8 @@ def make_all_layers_net(path_caffemodel: PathLike,
 
     With ``version=1`` the net is written in the V1 format without the
     layers whose types V1 lacks (Input, BatchNorm, Scale, Bias, PReLU,
-    ELU, Reshape and the InnerProduct after it, the SSD head); inputs are then declared
-    with ``input_dim``.
+    ELU, Reshape and the InnerProduct after it, the SSD head); inputs are
+    then declared with ``input_dim``.
 
     Returns:
         NetWriter: The net written.

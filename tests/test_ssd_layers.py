@@ -448,6 +448,23 @@ def test_detection_output_without_detections(tmp_path):
         assert theirs.shape == (1, 1, NUM * 7, 7) and not theirs.any()
 
 
+def test_detection_output_accepts_priors_without_variances():
+    # With variance_encoded_in_target the variances are unused: OpenCV's
+    # nets may give the priors alone, (1, 1, num_priors * 4).
+    inputs = crafted_inputs(1)
+    settings = detection.DetectionSettings(
+        CLASSES, variance_encoded_in_target=True, keep_top_k=10)
+    both = detection.detect(np, inputs['loc'], inputs['conf'],
+                            inputs['prior'], settings)
+    alone = detection.detect(np, inputs['loc'], inputs['conf'],
+                             inputs['prior'][:, :1], settings)
+    np.testing.assert_array_equal(both, alone)
+    with pytest.raises(CaffeModelError, match='variances'):
+        detection.detect(np, inputs['loc'], inputs['conf'],
+                         inputs['prior'][:, :1],
+                         detection.DetectionSettings(CLASSES))
+
+
 def test_detection_output_checks_its_inputs(tmp_path):
     inputs = crafted_inputs(1)
     param = {'num_classes': CLASSES + 1, 'share_location': True}

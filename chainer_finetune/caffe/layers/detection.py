@@ -224,7 +224,8 @@ class _PriorBox(base.LayerFunction):
     def __call__(self, net, x, image=None):
         image_hw = (0, 0) if image is None else tuple(image.shape[2:4])
         priors = self.settings.priors(tuple(x.shape[2:4]), image_hw)
-        device = backend.get_device_from_array(x.array)
+        device = backend.get_device_from_array(
+            x.array if isinstance(x, chainer.Variable) else x)
         return chainer.Variable(device.send(priors), requires_grad=False),
 
 
@@ -411,7 +412,14 @@ def detect(xp, loc, conf, prior, settings: DetectionSettings):
     loc = loc.reshape(num, num_priors, settings.num_loc_classes, 4)
     conf = conf.reshape(num, num_priors, settings.num_classes)
     priors = prior[0, 0].reshape(num_priors, 1, 4)
-    variances = prior[0, 1].reshape(num_priors, 1, 4)
+    if prior.shape[1] > 1:
+        variances = prior[0, 1].reshape(num_priors, 1, 4)
+    elif settings.variance_encoded_in_target:
+        # OpenCV's convention: priors without the unused variance channel.
+        variances = xp.ones_like(priors)
+    else:
+        raise CaffeModelError('DetectionOutput: the priors {} hold no '
+                              'variances'.format(prior.shape))
     boxes = decode_boxes(xp, loc, priors, variances, settings.code_type,
                          settings.variance_encoded_in_target)
     rows = []
