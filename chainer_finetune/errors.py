@@ -17,6 +17,11 @@ class UnsupportedLayerError(CaffeModelError):
     """A Caffe layer type that the loader cannot convert faithfully."""
 
 
+class NoGradientError(ChainerFinetuneError, RuntimeError):
+    """A backward pass reached a layer that has no gradient (Caffe's
+    ``DetectionOutput``: its box selection is not differentiable)."""
+
+
 class ModelFetchError(ChainerFinetuneError, OSError):
     """A pretrained model could not be downloaded, extracted or verified."""
 

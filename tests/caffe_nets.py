@@ -26,8 +26,11 @@ ALL_LAYERS_N_CLASS = 5
 # Types of make_all_layers_net's layers that V1 cannot express: in the V1
 # net they are left out (they are in-place or on a side branch, so the rest
 # of the net is unchanged).
+# The SSD fork's layers (no V1 type codes): a tiny detection head.
+_SSD_LAYERS = ('ssd_norm', 'ssd_perm', 'ssd_loc', 'ssd_conf', 'ssd_prior',
+               'ssd_det')
 _V2_ONLY_LAYERS = ('bn1', 'scale1', 'prelu2', 'elu2', 'bias3', 'reshape',
-                   'fc_t', 'crop')
+                   'fc_t', 'crop') + _SSD_LAYERS
 
 
 class _Weights:
@@ -54,6 +57,7 @@ def all_layers_writer(version: int = 2, seed: int = 0) -> NetWriter:
     _add_trunk(w, weights)
     _add_branches(w, weights)
     _add_heads(w, weights)
+    _add_ssd_head(w, weights)
     if version == 1:
         for name in _V2_ONLY_LAYERS:
             w.remove_layer(name)
@@ -191,6 +195,32 @@ def _add_heads(w: NetWriter, weights: _Weights) -> None:
     w.layer('silence', 'Silence', ['s3'], [])
 
 
+def _add_ssd_head(w: NetWriter, weights: _Weights) -> None:
+    """Normalize, Permute, PriorBox and DetectionOutput: 24 priors (on
+    gpool's 1x1 map: 4 sizes x 5 ratios + 4 max sizes), 4 classes."""
+    w.layer('ssd_norm', 'Normalize', 's3', 'ssd_norm',
+            params={'norm_param': {'across_spatial': False,
+                                   'channel_shared': False}},
+            blobs=[weights.positive(6)])
+    w.layer('ssd_perm', 'Permute', 'ssd_norm', 'ssd_perm',
+            params={'permute_param': {'order': [0, 2, 3, 1]}})
+    w.layer('ssd_loc', 'Flatten', 'ssd_perm', 'ssd_loc')
+    w.layer('ssd_conf', 'Flatten', 'sigmoid', 'ssd_conf')
+    w.layer('ssd_prior', 'PriorBox', ['gpool', 'data'], 'ssd_prior',
+            params={'prior_box_param': {
+                'min_size': [1.0, 2.0, 3.0, 4.0],
+                'max_size': [2.0, 3.0, 5.0, 6.0],
+                'aspect_ratio': [2.0, 3.0], 'flip': True, 'clip': True,
+                'variance': [0.1, 0.1, 0.2, 0.2]}})
+    w.layer('ssd_det', 'DetectionOutput', ['ssd_loc', 'ssd_conf',
+                                           'ssd_prior'], 'ssd_det',
+            params={'detection_output_param': {
+                'num_classes': 4, 'share_location': True,
+                'background_label_id': 0, 'code_type': 'CENTER_SIZE',
+                'keep_top_k': 8, 'confidence_threshold': 0.5,
+                'nms_param': {'nms_threshold': 0.45, 'top_k': 10}}})
+
+
 def all_layers_inputs(seed: int = 0) -> Dict[str, numpy.ndarray]:
     """Inputs for :func:`make_all_layers_net`'s net: ``data`` (float32) and
     ``label`` (int32, one label ignored)."""
@@ -214,13 +244,14 @@ def make_all_layers_net(path_caffemodel: PathLike,
     Pooling (MAX, AVE, global), Split, Eltwise (SUM with coeff, PROD,
     MAX), Sigmoid, TanH, AbsVal, BNLL, Power, Concat, Slice, Crop, Dropout,
     Flatten, Reshape, InnerProduct (also axis 2 + transpose), Softmax,
-    SoftmaxWithLoss and Accuracy. Outputs include ``prob``, ``loss``,
-    ``accuracy``, ``fc_t``.
+    SoftmaxWithLoss, Accuracy and the SSD fork's Normalize, Permute,
+    PriorBox and DetectionOutput. Outputs include ``prob``, ``loss``,
+    ``accuracy``, ``fc_t``, ``ssd_det``.
 
     With ``version=1`` the net is written in the V1 format without the
     layers whose types V1 lacks (Input, BatchNorm, Scale, Bias, PReLU,
-    ELU, Crop, Reshape and the InnerProduct after it); inputs are then
-    declared with ``input_dim``.
+    ELU, Crop, Reshape and the InnerProduct after it, the SSD head); inputs
+    are then declared with ``input_dim``.
 
     Returns:
         NetWriter: The net written.

@@ -20,6 +20,8 @@ import numpy as np
 
 from chainer_finetune.caffe import caffe_pb2
 
+import ssd_reference
+
 FLT_MIN = float(np.finfo(np.float32).tiny)
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -709,6 +711,9 @@ def run_layer(layer, blobs, bottoms, train=False, dropout_masks=None):
         return [accuracy(x, bottoms[1], layer.accuracy_param)]
     if t == 'Silence':
         return []
+    ssd_tops = ssd_reference.run_layer(layer, blobs, xs)
+    if ssd_tops is not None:
+        return ssd_tops
     raise NotImplementedError('no reference for layer type {!r}'.format(t))
 
 

@@ -820,7 +820,7 @@ def _net_with_head(head_type, head_params=None):
 
 
 @pytest.mark.parametrize('head_type,params', [
-    ('PriorBox', None),
+    ('Proposal', None),   # Faster R-CNN's; PriorBox is supported now
     ('Python', {'python_param': {'module': 'rpn.proposal_layer',
                                  'layer': 'ProposalLayer'}}),
 ])
@@ -873,17 +873,19 @@ def test_gradients_reach_every_parameter(tmp_path):
     x = chainer.Variable(inputs['data'])
     rng = np.random.RandomState(0)
     with chainer.using_config('train', False):
-        fc1, fc_t, loss_value, s3 = net(
+        fc1, fc_t, loss_value, s3, ssd_norm = net(
             inputs={'data': x, 'label': inputs['label']},
-            outputs=['fc1', 'fc_t', 'loss', 's3'])
+            outputs=['fc1', 'fc_t', 'loss', 's3', 'ssd_norm'])
     total = (F.sum(fc1 * rng.standard_normal(fc1.shape).astype(np.float32)) +
              F.sum(fc_t * rng.standard_normal(fc_t.shape).astype(np.float32))
-             + loss_value + F.sum(s3 * s3))
+             + loss_value + F.sum(s3 * s3) + F.sum(
+                 ssd_norm * rng.standard_normal(ssd_norm.shape).astype(
+                     np.float32)))
     net.cleargrads()
     total.backward()
     params = dict(net.namedparams())
     parametric = {'conv1', 'scale1', 'conv2', 'prelu2', 'deconv2', 'bias3',
-                  'fc1', 'fc_t'}
+                  'fc1', 'fc_t', 'ssd_norm'}
     assert {name.split('/')[1] for name in params} == parametric
     for name, param in params.items():
         assert param.grad is not None, name

@@ -37,6 +37,7 @@ from chainer_finetune.caffe.layers.registry import supported_types  # NOQA
 # The families register their types when imported.
 from chainer_finetune.caffe.layers import activations  # NOQA
 from chainer_finetune.caffe.layers import convolution  # NOQA
+from chainer_finetune.caffe.layers import detection  # NOQA
 from chainer_finetune.caffe.layers import losses  # NOQA
 from chainer_finetune.caffe.layers import normalization  # NOQA
 from chainer_finetune.caffe.layers import scale  # NOQA

@@ -1,5 +1,5 @@
-"""Normalization: LRN (Caffe's alpha / size) and BatchNorm (Caffe's running
-sums and scale factor)."""
+"""Normalization: LRN (Caffe's alpha / size), BatchNorm (Caffe's running
+sums and scale factor) and the SSD fork's Normalize (L2, learned scale)."""
 
 from __future__ import annotations
 
@@ -124,3 +124,39 @@ def _build_batch_norm(ctx: base.BuildContext) -> base.Built:
     global_stats = p.HasField('use_global_stats') and p.use_global_stats
     return base.Built(_BatchNorm('', global_stats, p.moving_average_fraction),
                  link)
+
+
+@dataclasses.dataclass(eq=False)
+class _Normalize(base.LinkedFunction):
+    """The SSD fork's Normalize: x / sqrt(sum of x^2 + eps) over each
+    sample (``across_spatial``) or over the channels at each position,
+    times a learned scale (one, or one per channel)."""
+
+    across_spatial: bool
+    eps: float
+
+    def __call__(self, net, x):
+        axes = tuple(range(1, x.ndim)) if self.across_spatial else (1,)
+        norm = F.sqrt(F.sum(x * x, axis=axes, keepdims=True) + self.eps)
+        y = x / F.broadcast_to(norm, x.shape)
+        scale = self.link(net).W
+        shape = (1, scale.shape[0]) + (1,) * (x.ndim - 2)
+        return y * F.broadcast_to(F.reshape(scale, shape), x.shape),
+
+
+def _normalize_blobs(layer: caffe_pb2.LayerParameter) -> List[str]:
+    return ['W']
+
+
+@register('Normalize', invert=base.named_blobs(_normalize_blobs),
+          param_names=_normalize_blobs)
+def _build_normalize(ctx: base.BuildContext) -> base.Built:
+    ctx.expect_bottoms(1)
+    p = ctx.layer.norm_param
+    ctx.expect_blobs(['scale'])
+    # The fork writes a channel-shared scale as a 0-axis blob, which reads
+    # back as (1,); per channel it is (channels,).
+    scale = ctx.blob(0, (1,) if p.channel_shared else (None,), 'scale')
+    link = chainer.Link()
+    base.set_params(link, W=scale)
+    return base.Built(_Normalize('', p.across_spatial, p.eps), link)
