@@ -14,6 +14,7 @@ import os
 
 import chainer_finetune  # noqa: F401  (must precede `import chainer`)
 
+import chainer  # noqa: E402
 import numpy  # noqa: E402
 import pytest  # noqa: E402
 
@@ -89,7 +90,8 @@ def test_every_blob_and_the_detections_match_opencv(detector):
         bad = [(r.layer, r.blob, r.rel_l2) for r in compared
                if not r.rel_l2 <= BLOB_TOLERANCE]
         assert not bad, '{} {}: {}'.format(name, photo, bad)
-        ours, = net(inputs={'data': blob}, outputs=[out])
+        with chainer.using_config('train', False):
+            ours, = net(inputs={'data': blob}, outputs=[out])
         assert_same_detections(ours.array, opencv_rows(cv_net, blob),
                                '{} {}'.format(name, photo))
 

@@ -39,15 +39,18 @@ def preprocessors(config: FinetuneConfig, source: ModelSource
             ', '.join(AUGMENTATIONS), config.augment))
     mean = resolve_mean(config, source)
     size = resolve_input_size(config, source)
+    # A known model's input scale (MobileNet-SSD: 1/127.5), after the mean.
+    scale = source.declared('input_scale') or 1.0
     if config.augment == 'none':
-        train = CaffePreprocessor(mean=mean, resize=size)
+        train = CaffePreprocessor(mean=mean, resize=size, scale=scale)
     else:
         # Resize to 1/8 more and crop: the scale ratio of Caffe's
         # 256 -> 227 recipe, smaller, since small images shift less.
         big = size + max(1, size // 8)
         train = CaffePreprocessor(mean=mean, resize=big, crop=size,
+                                  scale=scale,
                                   mirror=config.augment == 'crop+mirror')
-    test = CaffePreprocessor(mean=mean, resize=size)
+    test = CaffePreprocessor(mean=mean, resize=size, scale=scale)
     return train, test
 
 
