@@ -4,7 +4,7 @@ table), Power, PReLU and Dropout."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import chainer
 from chainer import backend
@@ -85,19 +85,12 @@ class _PReLU(base.LinkedFunction):
         return F.relu(x) - slope * F.relu(-x),
 
 
-def _prelu_blobs(layer: caffe_pb2.LayerParameter) -> List[str]:
-    return ['W']
-
-
-@register('PReLU', invert=base.named_blobs(_prelu_blobs),
-          param_names=_prelu_blobs)
+@register('PReLU', invert=base.named_blobs(base.weight_blob),
+          param_names=base.weight_blob)
 def _build_prelu(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
-    ctx.expect_blobs(['slopes'])
-    shared = ctx.layer.prelu_param.channel_shared
-    W = ctx.blob(0, (1,) if shared else (None,), 'slopes')
-    link = chainer.Link()
-    base.set_params(link, W=W)
+    link = base.channel_vector_link(
+        ctx, ctx.layer.prelu_param.channel_shared, 'slopes')
     return base.Built(_PReLU(''), link)
 
 

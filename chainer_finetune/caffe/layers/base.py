@@ -124,6 +124,25 @@ def set_params(link: chainer.Link, **arrays: numpy.ndarray) -> None:
                 numpy.asarray(array, dtype=numpy.float32, order='C')))
 
 
+def channel_vector_link(ctx: BuildContext, shared: bool, what: str
+                        ) -> chainer.Link:
+    """A link holding the layer's one blob as its parameter ``W``.
+
+    For the types with one learned value per channel, or one for all
+    channels (PReLU's slopes, Normalize's scale): shape ``(1,)`` when
+    ``shared`` (also read from a 0-axis blob), else ``(channels,)``.
+    """
+    ctx.expect_blobs([what])
+    link = chainer.Link()
+    set_params(link, W=ctx.blob(0, (1,) if shared else (None,), what))
+    return link
+
+
+def weight_blob(layer: caffe_pb2.LayerParameter) -> List[str]:
+    """``param_names`` of a type whose one blob is the learned ``W``."""
+    return ['W']
+
+
 class InvertedBlob(NamedTuple):
     """One Caffe blob computed back from a link.
 

@@ -144,19 +144,11 @@ class _Normalize(base.LinkedFunction):
         return y * F.broadcast_to(F.reshape(scale, shape), x.shape),
 
 
-def _normalize_blobs(layer: caffe_pb2.LayerParameter) -> List[str]:
-    return ['W']
-
-
-@register('Normalize', invert=base.named_blobs(_normalize_blobs),
-          param_names=_normalize_blobs)
+@register('Normalize', invert=base.named_blobs(base.weight_blob),
+          param_names=base.weight_blob)
 def _build_normalize(ctx: base.BuildContext) -> base.Built:
     ctx.expect_bottoms(1)
     p = ctx.layer.norm_param
-    ctx.expect_blobs(['scale'])
-    # The fork writes a channel-shared scale as a 0-axis blob, which reads
-    # back as (1,); per channel it is (channels,).
-    scale = ctx.blob(0, (1,) if p.channel_shared else (None,), 'scale')
-    link = chainer.Link()
-    base.set_params(link, W=scale)
+    # The fork writes a channel-shared scale as a 0-axis blob.
+    link = base.channel_vector_link(ctx, p.channel_shared, 'scale')
     return base.Built(_Normalize('', p.across_spatial, p.eps), link)
