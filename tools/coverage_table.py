@@ -19,9 +19,8 @@ rows are OpenCV's: OpenCV pads that blob with zero rows up to
 ``keep_top_k``, so it is compared row for row over the real detections
 (score above 0), not as a blob.
 
-The models and photographs are fetched into ``$CHAINER_FINETUNE_CACHE/models``
-when that variable is set, else into the repository's ``.cache/models``
-(the tests' cache); the first run needs PyPI, later ones do not.
+The models, photographs and cache are those of tools/detection_pictures.py
+(the tests' cache unless ``$CHAINER_FINETUNE_CACHE`` is set).
 """
 
 import argparse
@@ -34,11 +33,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-# After the path is set, so this checkout's package is the one measured;
-# before Chainer, which imports on NumPy 2 only once it is patched.
+# The sibling script puts this checkout first on the path and imports
+# chainer_finetune, which Chainer needs imported first on NumPy 2.
+from detection_pictures import PHOTOS, ROOT, cache_root
 from chainer_finetune import detect, hub, load_caffe  # noqa: E402
 import chainer  # noqa: E402
 from chainer_finetune.caffe import verify  # noqa: E402
@@ -46,7 +43,6 @@ from chainer_finetune.data import read_image  # noqa: E402
 
 logger = logging.getLogger('coverage_table')
 
-PHOTOS = ('astronaut.png', 'chelsea.png', 'horse.png', 'motorcycle_left.png')
 OUTPUT = os.path.join(ROOT, 'docs', 'coverage_table.inc')
 #: The layer type whose blob is compared row for row instead.
 DETECTION_TYPE = 'DetectionOutput'
@@ -71,9 +67,7 @@ class DetectionMatch(NamedTuple):
 
 def cache_dir() -> str:
     """Where the models and photos are fetched to (the tests' cache)."""
-    root = os.environ.get('CHAINER_FINETUNE_CACHE') or \
-        os.path.join(ROOT, '.cache')
-    return os.path.join(root, 'models')
+    return os.path.join(cache_root(), 'models')
 
 
 def opencv_blob(model: hub.KnownModel, path: str) -> numpy.ndarray:
