@@ -261,8 +261,10 @@ def draw_detections(image: numpy.ndarray, detections: Detections,
         y = ymin - height if ymin >= height else ymin
         draw.rectangle([xmin, y, xmin + right - left + 4, y + height],
                        fill=colour)
-        draw.text((xmin + 2, y + 2 - top), caption, fill=(0, 0, 0),
-                  font=font)
+        # Black on light colours, white on dark ones (Rec. 601 luma).
+        luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+        draw.text((xmin + 2, y + 2 - top), caption, font=font,
+                  fill=(0, 0, 0) if luma > 128 else (255, 255, 255))
     return picture
 
 
