@@ -247,7 +247,7 @@ def _at_cut(rows: numpy.ndarray, ours: numpy.ndarray, theirs: numpy.ndarray,
         scores = [side[side[:, 0] == image, 2] for side in (ours, theirs)]
         if keep_top_k < 0 or max(len(s) for s in scores) < keep_top_k:
             continue
-        cut = max(s.min(initial=-numpy.inf) for s in scores)
+        cut = max(s.min() for s in scores if len(s))
         near |= (rows[:, 0] == image) & (rows[:, 2] <= cut + tolerance)
     return near
 
