@@ -223,3 +223,20 @@ def test_snapshot_with_deploy_prototxt_matches_opencv(files):
     assert not bad, verify.format_comparison(rows, 1e-5)
     det = rows[-1]
     assert det.detections is not None and det.detections.matched >= 3
+
+
+def test_snapshot_alone_is_its_test_phase_trunk(files):
+    snapshot, deploy_model, deploy_prototxt = files
+    net = load_caffe(snapshot)
+    # The TRAIN-only data and loss layers drop out; `data` is an input.
+    assert net.inputs == {'data': None}
+    assert [name for name, _, _ in net.layers] == [
+        'conv1', 'bn1', 'scale1', 'relu1', 'loc', 'loc_perm', 'loc_flat',
+        'conf', 'conf_perm', 'conf_flat', 'priorbox', 'aux']
+    x = np.random.RandomState(3).uniform(-1, 1, (1, 3, SIZE, SIZE)).astype(
+        np.float32)
+    got = blobs_of(net, x)
+    expected = blobs_of(load_caffe(deploy_model, deploy_prototxt), x)
+    for name in ('conv1', 'loc_flat', 'conf_flat', 'priorbox'):
+        np.testing.assert_array_equal(got[name], expected[name],
+                                      err_msg=name)
