@@ -30,6 +30,7 @@ from typing import (Dict, Iterable, List, Mapping, NamedTuple, Optional,
 import chainer
 import numpy
 
+from chainer_finetune import hub
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.caffe.loader import load_caffe
@@ -46,6 +47,10 @@ InputShape = Union[Sequence[int], Mapping[str, Sequence[int]], None]
 #: The default tolerance of ``chainer-finetune verify`` (relative L2).
 DEFAULT_TOLERANCE = 1e-4
 
+#: The default largest difference of a detection's score or corner
+#: (fractions of the image) from OpenCV's (``DetectionOutput`` blobs).
+DEFAULT_DETECTION_TOLERANCE = 1e-3
+
 #: Layer types whose tops are supplied by the caller.
 DATA_LAYER_TYPES = frozenset([
     'Input', 'Data', 'MemoryData', 'ImageData', 'DummyData', 'HDF5Data',
@@ -61,7 +66,12 @@ class ComparisonRow(NamedTuple):
         shape: The shape of our output.
         max_abs: ``max |ours - opencv|``; None when not compared.
         rel_l2: ``||ours - opencv||_2 / ||opencv||_2`` (float64; ``inf``
-            for a shape or NaN mismatch); None when not compared.
+            for a shape or NaN mismatch); None when not compared. For a
+            ``DetectionOutput`` blob, 0 when the detections match and
+            ``inf`` when they do not (see ``detections``).
+        detections: For a ``DetectionOutput`` blob, the detections compared
+            as sets (:class:`DetectionMatch`; ``max_abs`` is then its
+            ``max_abs``); None for any other blob.
     """
 
     layer: str
@@ -69,6 +79,7 @@ class ComparisonRow(NamedTuple):
     shape: Shape
     max_abs: Optional[float]
     rel_l2: Optional[float]
+    detections: Optional['DetectionMatch'] = None
 
     @property
     def compared(self) -> bool:
@@ -125,6 +136,162 @@ def compare_arrays(ours: numpy.ndarray, reference: numpy.ndarray
         norm = float(numpy.linalg.norm(numpy.where(numpy.isfinite(a), a,
                                                    0.0).ravel()))
     return max_abs, (err / norm if norm > 0 else math.inf)
+
+
+# --------------------------------------------------------------------------
+# DetectionOutput blobs, compared as detections
+# --------------------------------------------------------------------------
+
+class DetectionMatch(NamedTuple):
+    """A ``DetectionOutput`` blob compared as two sets of detections.
+
+    Ours holds exactly the detections, grouped by image and label (Caffe's
+    layout); OpenCV's is ``(1, 1, keep_top_k, 7)``, sorted by score and
+    padded with zero rows. A detection of one side matches one of the
+    other with the same image and label whose score and corners differ by
+    at most ``tolerance``.
+
+    Attributes:
+        ours: Our detections (``(n, 7)``, placeholder rows left out).
+        theirs: OpenCV's detections (padding left out).
+        matched: The number of pairs found.
+        max_abs: The largest ``|difference|`` of score or corner over the
+            pairs (0 without pairs).
+        unmatched_ours: Our detections without a partner, ``(k, 7)``.
+        unmatched_theirs: OpenCV's detections without a partner.
+        at_cut: Detections left unpaired but allowed: their score lies
+            within ``tolerance`` of the confidence threshold or of the
+            lowest score kept when ``keep_top_k`` cut the list, where
+            rounding decides which side keeps them.
+        tolerance: The largest difference of score or corner allowed.
+    """
+
+    ours: numpy.ndarray
+    theirs: numpy.ndarray
+    matched: int
+    max_abs: float
+    unmatched_ours: numpy.ndarray
+    unmatched_theirs: numpy.ndarray
+    at_cut: int
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether every detection (but those at a cut) has a partner."""
+        return not len(self.unmatched_ours) and not len(self.unmatched_theirs)
+
+    def describe(self) -> str:
+        """A one-line verdict, e.g. ``111 of 111 detections matched``."""
+        text = '{} of {} detections matched (OpenCV: {})'.format(
+            self.matched, len(self.ours), len(self.theirs))
+        if self.at_cut:
+            text += ', {} unpaired at the cut'.format(self.at_cut)
+        if self.ok:
+            return text
+        worst = [r for r in (self.unmatched_ours[:1], self.unmatched_theirs[:1])
+                 if len(r)]
+        return '{}; unmatched: {} of ours, {} of OpenCV\'s, e.g. {}'.format(
+            text, len(self.unmatched_ours), len(self.unmatched_theirs),
+            _format_detection(worst[0][0]))
+
+
+def _format_detection(row: numpy.ndarray) -> str:
+    return 'image {:g} label {:g} score {:.4g} box ({})'.format(
+        row[0], row[1], row[2], ', '.join('{:.4g}'.format(v)
+                                          for v in row[3:7]))
+
+
+def detection_rows(blob: numpy.ndarray) -> numpy.ndarray:
+    """The detections of a ``DetectionOutput`` blob, ``(n, 7)`` float64.
+
+    Left out: Caffe's placeholder for an image without detections (label
+    ``-1``) and OpenCV's padding (rows of zeros).
+    """
+    rows = numpy.asarray(blob, dtype=numpy.float64).reshape(-1, 7)
+    keep = (rows[:, 0] >= 0) & (rows[:, 1] >= 0) & (rows != 0).any(axis=1)
+    return rows[keep]
+
+
+def _pair_detections(ours: numpy.ndarray, theirs: numpy.ndarray,
+                     tolerance: float
+                     ) -> Tuple[numpy.ndarray, numpy.ndarray, List[float]]:
+    """Greedy pairing, best scores first: ``(our unpaired mask, their
+    unpaired mask, differences of the pairs)``."""
+    free = numpy.ones(len(theirs), bool)
+    lonely = numpy.zeros(len(ours), bool)
+    errors: List[float] = []
+    for i in numpy.argsort(-ours[:, 2], kind='stable'):
+        row = ours[i]
+        same = free & (theirs[:, 0] == row[0]) & (theirs[:, 1] == row[1])
+        error = numpy.where(same, numpy.abs(theirs[:, 2:7] - row[2:7]).max(
+            axis=1, initial=0.0), numpy.inf)
+        j = int(numpy.argmin(error)) if len(error) else -1
+        if j >= 0 and error[j] <= tolerance:
+            free[j] = False
+            errors.append(float(error[j]))
+        else:
+            lonely[i] = True
+    return lonely, free, errors
+
+
+def _at_cut(rows: numpy.ndarray, ours: numpy.ndarray, theirs: numpy.ndarray,
+            tolerance: float, keep_top_k: int,
+            confidence_threshold: Optional[float]) -> numpy.ndarray:
+    """Which ``rows`` lie where rounding may decide whether a side keeps
+    them: at the confidence threshold, or at the lowest score kept in an
+    image whose list ``keep_top_k`` cut."""
+    near = numpy.zeros(len(rows), bool)
+    if confidence_threshold is not None:
+        near |= rows[:, 2] <= confidence_threshold + tolerance
+    for image in numpy.unique(rows[:, 0]):
+        scores = [side[side[:, 0] == image, 2] for side in (ours, theirs)]
+        if keep_top_k < 0 or max(len(s) for s in scores) < keep_top_k:
+            continue
+        cut = max(s.min() for s in scores if len(s))
+        near |= (rows[:, 0] == image) & (rows[:, 2] <= cut + tolerance)
+    return near
+
+
+def compare_detections(ours: numpy.ndarray, theirs: numpy.ndarray,
+                       tolerance: float = DEFAULT_DETECTION_TOLERANCE,
+                       keep_top_k: int = -1,
+                       confidence_threshold: Optional[float] = None
+                       ) -> DetectionMatch:
+    """Compares two ``DetectionOutput`` blobs as sets of detections.
+
+    Args:
+        ours: Rows ``image_id, label, score, xmin, ymin, xmax, ymax`` in
+            any order (any shape ending in 7).
+        theirs: The same from the reference (OpenCV's padded blob).
+        tolerance: The largest difference of score or corner (fractions of
+            the image) in a pair.
+        keep_top_k: The layer's ``keep_top_k`` (-1: none): where a list was
+            cut, detections at the lowest kept score may be on one side
+            only.
+        confidence_threshold: The layer's threshold, if set: detections
+            at it may be on one side only.
+
+    Returns:
+        The :class:`DetectionMatch`.
+    """
+    mine, other = detection_rows(ours), detection_rows(theirs)
+    lonely, free, errors = _pair_detections(mine, other, tolerance)
+    excused_mine = _at_cut(mine[lonely], mine, other, tolerance, keep_top_k,
+                           confidence_threshold)
+    excused_other = _at_cut(other[free], mine, other, tolerance, keep_top_k,
+                            confidence_threshold)
+    return DetectionMatch(
+        mine, other, len(errors), max(errors, default=0.0),
+        mine[lonely][~excused_mine], other[free][~excused_other],
+        int(excused_mine.sum() + excused_other.sum()), tolerance)
+
+
+def _detection_limits(layer: caffe_pb2.LayerParameter
+                      ) -> Tuple[int, Optional[float]]:
+    """``(keep_top_k, confidence_threshold or None)`` of a layer."""
+    p = layer.detection_output_param
+    return p.keep_top_k, (p.confidence_threshold
+                          if p.HasField('confidence_threshold') else None)
 
 
 def _external_inputs(net: CaffeNet) -> List[str]:
@@ -324,12 +491,64 @@ def opencv_outputs(model: PathLike, prototxt: PathLike,
     return outs
 
 
+def _comparison_rows(net: CaffeNet,
+                     ours: Mapping[Tuple[str, str], numpy.ndarray],
+                     theirs: Mapping[str, List[numpy.ndarray]],
+                     skipped: Sequence[str], wanted: Optional[set],
+                     detection_tolerance: float
+                     ) -> Tuple[List[ComparisonRow], List[str]]:
+    """The rows of :func:`compare_with_opencv`, and the layers OpenCV did
+    not expose."""
+    caffe_layers = {layer.name: layer for layer in net.caffe_layers}
+    rows: List[ComparisonRow] = []
+    not_exposed: List[str] = []
+    for name, bottoms, tops in net.layers:
+        if name not in net.forwards or (wanted is not None and
+                                        name not in wanted):
+            continue
+        outs = theirs.get(name)
+        if outs is None and name not in skipped:
+            not_exposed.append(name)
+        layer = caffe_layers.get(name)
+        for i, top in enumerate(tops):
+            value = ours.get((name, top))
+            shape = tuple(value.shape) if value is not None else ()
+            if value is None or outs is None or i >= len(outs):
+                rows.append(ComparisonRow(name, top, shape, None, None))
+            elif layer is not None and layer.type == 'DetectionOutput':
+                # Not the same layout: OpenCV sorts by score and pads.
+                match = compare_detections(value, outs[i],
+                                           detection_tolerance,
+                                           *_detection_limits(layer))
+                rows.append(ComparisonRow(
+                    name, top, shape, match.max_abs,
+                    0.0 if match.ok else math.inf, match))
+            else:
+                rows.append(_blob_row(name, top, value, outs[i]))
+    return rows, not_exposed
+
+
+def _blob_row(layer: str, top: str, value: numpy.ndarray,
+              reference: numpy.ndarray) -> ComparisonRow:
+    """One blob compared element by element."""
+    if reference.size != value.size:
+        logger.warning('%s/%s: our shape %s, OpenCV\'s %s', layer, top,
+                       value.shape, reference.shape)
+    elif reference.shape != value.shape:
+        logger.debug('%s/%s: our shape %s, OpenCV\'s %s (same values '
+                     'compared)', layer, top, value.shape, reference.shape)
+    max_abs, rel = compare_arrays(value, reference)
+    return ComparisonRow(layer, top, tuple(value.shape), max_abs, rel)
+
+
 def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
                         input_shape: InputShape = None, seed: int = 0,
                         layers: Optional[Iterable[str]] = None, *,
                         scale: float = 1.0,
                         inputs: Optional[Mapping[str, numpy.ndarray]] = None,
-                        net: Optional[CaffeNet] = None
+                        net: Optional[CaffeNet] = None,
+                        detection_tolerance: float =
+                        DEFAULT_DETECTION_TOLERANCE
                         ) -> List[ComparisonRow]:
     """Compares every layer's output of our net with OpenCV's.
 
@@ -351,6 +570,9 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
         net: An already loaded net of ``model`` + ``prototxt`` (or of an
             equivalent net with the same layer names), to avoid loading it
             again.
+        detection_tolerance: For ``DetectionOutput`` blobs, which are
+            compared as detections (:func:`compare_detections`): the
+            largest difference of a score or corner.
 
     Returns:
         One :class:`ComparisonRow` per top of each layer, in execution
@@ -389,30 +611,8 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
                 f.write(deploy_prototxt(
                     net, {k: v.shape for k, v in inputs.items()}, skipped))
         theirs = opencv_outputs(model, prototxt, inputs, wanted)
-    rows: List[ComparisonRow] = []
-    not_exposed: List[str] = []
-    for name, bottoms, tops in net.layers:
-        if name not in net.forwards or (wanted is not None and
-                                        name not in wanted):
-            continue
-        outs = theirs.get(name)
-        if outs is None and name not in skipped:
-            not_exposed.append(name)
-        for i, top in enumerate(tops):
-            value = ours.get((name, top))
-            shape = tuple(value.shape) if value is not None else ()
-            if value is None or outs is None or i >= len(outs):
-                rows.append(ComparisonRow(name, top, shape, None, None))
-                continue
-            if outs[i].size != value.size:
-                logger.warning('%s/%s: our shape %s, OpenCV\'s %s', name,
-                               top, value.shape, outs[i].shape)
-            elif outs[i].shape != value.shape:
-                logger.debug('%s/%s: our shape %s, OpenCV\'s %s (same '
-                             'values compared)', name, top, value.shape,
-                             outs[i].shape)
-            max_abs, rel = compare_arrays(value, outs[i])
-            rows.append(ComparisonRow(name, top, shape, max_abs, rel))
+    rows, not_exposed = _comparison_rows(net, ours, theirs, skipped, wanted,
+                                         detection_tolerance)
     if skipped:
         logger.info('not run for lack of an input: %s', ', '.join(skipped))
     if not_exposed:
@@ -425,8 +625,11 @@ def compare_with_opencv(model: PathLike, prototxt: Optional[PathLike] = None,
 
 
 def worst(rows: Iterable[ComparisonRow]) -> Optional[ComparisonRow]:
-    """The compared row with the largest ``rel_l2`` (None if none)."""
-    compared = [r for r in rows if r.compared]
+    """The compared blob with the largest ``rel_l2`` (None if none).
+
+    ``DetectionOutput`` rows, whose ``rel_l2`` is a verdict, are left out.
+    """
+    compared = [r for r in rows if r.compared and r.detections is None]
     return max(compared, key=lambda r: r.rel_l2) if compared else None
 
 
@@ -435,7 +638,9 @@ def format_comparison(rows: Sequence[ComparisonRow],
     """A text table of the rows, with a summary line.
 
     Rows beyond ``tolerance`` (when given) are marked ``FAIL``; rows not
-    compared say so.
+    compared say so. A ``DetectionOutput`` blob is one row whose last
+    column is the verdict on its detections (:meth:`DetectionMatch.describe`,
+    ``FAIL`` first when they differ).
     """
     header = ('layer', 'blob', 'shape', 'max_abs', 'rel_l2', '')
     table = [header]
@@ -443,6 +648,11 @@ def format_comparison(rows: Sequence[ComparisonRow],
         shape = 'x'.join(map(str, r.shape)) or '-'
         if not r.compared:
             table.append((r.layer, r.blob, shape, '-', '-', 'not compared'))
+            continue
+        if r.detections is not None:
+            table.append((r.layer, r.blob, shape, '{:.3g}'.format(r.max_abs),
+                          '-', ('' if r.detections.ok else 'FAIL: ') +
+                          r.detections.describe()))
             continue
         table.append((r.layer, r.blob, shape, '{:.3g}'.format(r.max_abs),
                       '{:.3g}'.format(r.rel_l2),
@@ -486,13 +696,21 @@ def parse_shape(text: str) -> Shape:
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the arguments :func:`run_verify` reads to ``parser``."""
     parser.add_argument('model', metavar='MODEL',
-                        help='the .caffemodel to check')
+                        help='the .caffemodel to check, or the name of a '
+                             'known model (fetched once)')
     parser.add_argument('--prototxt', metavar='PROTOTXT',
-                        help='the deploy prototxt (default: the '
-                             "caffemodel's own structure)")
+                        help='the deploy prototxt (default: a known '
+                             "model's own, else the caffemodel's own "
+                             'structure)')
     parser.add_argument('--tolerance', type=float, default=DEFAULT_TOLERANCE,
                         help='largest relative L2 error allowed per blob '
                              '(default %(default)g)')
+    parser.add_argument('--detection-tolerance', type=float,
+                        default=DEFAULT_DETECTION_TOLERANCE,
+                        dest='detection_tolerance',
+                        help='largest difference of a detection\'s score '
+                             'or corner (DetectionOutput blobs, compared as '
+                             'detections; default %(default)g)')
     parser.add_argument('--input-shape', type=parse_shape, metavar='SHAPE',
                         help='shape of the first input, e.g. 1,3,224,224 '
                              '(default: as the net declares)')
@@ -516,10 +734,12 @@ def run_verify(args: argparse.Namespace, out: Optional[TextIO] = None
 
     Args:
         args: Parsed arguments (see :func:`add_verify_arguments`):
-            ``model`` (MODEL), ``prototxt`` (None or a path),
-            ``tolerance`` (float, relative L2, default 1e-4),
-            ``input_shape`` (None or a tuple of ints); optionally ``seed``,
-            ``input_scale``, ``layers`` and ``failed_only``.
+            ``model`` (MODEL: a path, or a name of
+            :data:`chainer_finetune.hub.MODELS`, fetched once),
+            ``prototxt`` (None or a path), ``tolerance`` (float, relative
+            L2, default 1e-4), ``input_shape`` (None or a tuple of ints);
+            optionally ``seed``, ``input_scale``, ``layers``,
+            ``failed_only`` and ``detection_tolerance``.
         out: Where the table goes (default ``sys.stdout``).
 
     Returns:
@@ -530,11 +750,14 @@ def run_verify(args: argparse.Namespace, out: Optional[TextIO] = None
     out = sys.stdout if out is None else out
     tolerance = getattr(args, 'tolerance', DEFAULT_TOLERANCE)
     try:
+        model, prototxt, _ = hub.locate_model(
+            args.model, getattr(args, 'prototxt', None))
         rows = compare_with_opencv(
-            args.model, getattr(args, 'prototxt', None),
-            getattr(args, 'input_shape', None), getattr(args, 'seed', 0),
-            getattr(args, 'layers', None),
-            scale=getattr(args, 'input_scale', 1.0))
+            model, prototxt, getattr(args, 'input_shape', None),
+            getattr(args, 'seed', 0), getattr(args, 'layers', None),
+            scale=getattr(args, 'input_scale', 1.0),
+            detection_tolerance=getattr(args, 'detection_tolerance',
+                                        DEFAULT_DETECTION_TOLERANCE))
     except ChainerFinetuneError as e:
         logger.error('cannot compare: %s', e)
         return 2
