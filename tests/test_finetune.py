@@ -494,24 +494,25 @@ def test_open_nsfw_declaration_matches_its_prototxt(monkeypatch):
 @pytest.mark.network
 @pytest.mark.slow
 def test_detector_backbone_beats_scratch_on_digits(tmp_path, monkeypatch):
-    """MobileNet-SSD cut at its conv5 (depthwise convolutions, frozen) with
-    a new head: the pretrained features beat the same net from scratch."""
+    """MobileNet-SSD cut at its last backbone layer, conv13 (depthwise
+    convolutions, frozen), with a new head: the pretrained features beat
+    the same net from scratch (measured: 0.583 against 0.297)."""
     models_cache = os.path.join(os.path.dirname(__file__), '..', '.cache',
                                 'models')
     from chainer_finetune import hub
     monkeypatch.setattr(hub, 'default_cache_dir',
                         lambda: os.path.abspath(models_cache))
     config = finetune.FinetuneConfig(
-        caffemodel='mobilenet_ssd_voc', data='digits', feature_layer='conv5',
+        caffemodel='mobilenet_ssd_voc', data='digits', feature_layer='conv13',
         input_size=64, train_per_class=10, test_per_class=30, epochs=6,
         augment='crop', compare_scratch=True, out=str(tmp_path))
     result = finetune.run_finetune(config)
     pretrained, scratch = result.runs
     assert pretrained.pretrained and not scratch.pretrained
-    # Every backbone convolution up to conv5 came from the caffemodel, and
-    # the declared input scale (1/127.5 after the mean 127.5) was used.
-    assert {'backbone/conv0', 'backbone/conv5_dw', 'backbone/conv5'} <= set(
-        pretrained.copy_report.copied_links)
+    # Every backbone convolution came from the caffemodel, and the
+    # declared input scale (1/127.5 after the mean 127.5) was used.
+    assert {'backbone/conv0', 'backbone/conv13_dw', 'backbone/conv13'} <= \
+        set(pretrained.copy_report.copied_links)
     _, test_prep = job_data.preprocessors(
         config, finetune.resolve_source(config))
     assert test_prep.scale == pytest.approx(0.007843)
