@@ -17,6 +17,7 @@ import itertools
 import logging
 import mmap
 import os
+import stat
 from typing import (BinaryIO, Callable, Dict, List, NamedTuple, Optional,
                     Sequence, Tuple, Union)
 
@@ -164,21 +165,75 @@ def _looks_like_text(head: bytes) -> bool:
     return printable >= 0.98 * len(text)
 
 
-def _open_checked(path: PathLike, kind: str) -> Tuple[str, BinaryIO, int]:
+# What a path that is not a regular file is, for messages.
+_NOT_REGULAR = ((stat.S_ISDIR, 'a directory'),
+                (stat.S_ISFIFO, 'a named pipe (FIFO)'),
+                (stat.S_ISSOCK, 'a socket'),
+                (stat.S_ISCHR, 'a character device'),
+                (stat.S_ISBLK, 'a block device'))
+
+
+def _file_type(mode: int) -> str:
+    for test, name in _NOT_REGULAR:
+        if test(mode):
+            return name
+    return 'not a regular file'
+
+
+def open_regular_file(path: PathLike, kind: str
+                      ) -> Tuple[str, BinaryIO, int]:
+    """Opens a model file for reading, refusing anything but a regular file.
+
+    The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` before
+    anything is read, so that a named pipe, a device or a directory given
+    by mistake is an error at once instead of a read that waits forever.
+    Virtual files (``/proc``, ``/sys``) that report a size of 0 yet hold
+    text are refused too: a model is never one.
+
+    Args:
+        path: The file.
+        kind: What the file should be (``'binary caffemodel'``), for
+            messages.
+
+    Returns:
+        tuple: ``(path as str, the open binary file, its size in bytes)``.
+
+    Raises:
+        CaffeModelError: the file is missing, unreadable, not a regular
+            file, or empty.
+    """
     path = os.fspath(path)
+    flags = (os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) |
+             getattr(os, 'O_BINARY', 0) | getattr(os, 'O_CLOEXEC', 0))
     try:
-        f = open(path, 'rb')
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise CaffeModelError('{}: {} not found'.format(path, kind)) from None
     except OSError as e:
         raise CaffeModelError('{}: cannot open {}: {}'.format(
             path, kind, e.strerror or e)) from None
-    size = os.fstat(f.fileno()).st_size
-    if size == 0:
-        f.close()
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CaffeModelError(
+                '{}: cannot open {}: it is {}, not a regular file'.format(
+                    path, kind, _file_type(info.st_mode)))
+        if hasattr(os, 'set_blocking'):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    f = os.fdopen(fd, 'rb')
+    if info.st_size == 0:
+        with f:
+            virtual = bool(f.read(1))
+        if virtual:
+            raise CaffeModelError(
+                '{}: a virtual file (size 0 yet not empty, as in /proc or '
+                '/sys), expected a {}'.format(path, kind))
         raise CaffeModelError('{}: empty file, expected a {}'.format(path,
                                                                      kind))
-    return path, f, size
+    return path, f, info.st_size
 
 
 def _read_blob(scanner: _Scanner, f: BinaryIO, start: int, end: int,
@@ -387,7 +442,7 @@ def read_caffemodel(path: PathLike,
             binary Caffe net (e.g. a text prototxt), holds a blob whose
             shape does not match its values, or uses the V0 format.
     """
-    path, f, size = _open_checked(path, 'binary caffemodel')
+    path, f, size = open_regular_file(path, 'binary caffemodel')
     with f:
         head = f.read(4096)
         if _looks_like_text(head):
@@ -608,7 +663,7 @@ def read_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
             caffemodel) or not a valid text ``NetParameter``; the message
             carries protobuf's line and column.
     """
-    path, f, _ = _open_checked(path, 'text prototxt')
+    path, f, _ = open_regular_file(path, 'text prototxt')
     with f:
         raw = f.read()
     if not _looks_like_text(raw[:4096]):
@@ -644,7 +699,7 @@ def read_binaryproto(path: PathLike) -> Blob:
         CaffeModelError: if the file is missing, empty, not a BlobProto, or
             its shape does not match its values.
     """
-    path, f, _ = _open_checked(path, 'binaryproto (BlobProto) file')
+    path, f, _ = open_regular_file(path, 'binaryproto (BlobProto) file')
     with f:
         raw = f.read()
     if _looks_like_text(raw[:4096]):

@@ -46,6 +46,7 @@ from chainer_finetune.caffe.layers import (
     InvertedBlob, float32_array, host_array)
 from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.caffe.reader import Blob, CaffeModelFile, LayerRecord
+from chainer_finetune.caffe.reader import open_regular_file
 from chainer_finetune.errors import CaffeModelError, UnsupportedLayerError
 # output_file: the name this module has always given the shared helper.
 from chainer_finetune.files import atomic_output as output_file
@@ -200,10 +201,12 @@ def structure_text(net: CaffeNet) -> str:
 def weights_format(path: PathLike) -> Optional[str]:
     """``'h5'`` or ``'npz'`` from a file's first bytes, else None."""
     try:
-        with open(path, 'rb') as f:
-            head = f.read(8)
-    except OSError:
+        # Only a regular file: opening a FIFO with open() waits forever.
+        _, f, _ = open_regular_file(path, 'file')
+    except CaffeModelError:
         return None
+    with f:
+        head = f.read(8)
     if head == _HDF5_SIGNATURE:
         return 'h5'
     if head[:4] in _ZIP_SIGNATURES:
