@@ -40,6 +40,9 @@ def write_net(directory):
     rng = numpy.random.RandomState(0)
     w = NetWriter('clinet')
     w.input('data', (2, 3, 9, 9))
+    # The loss's label comes from a TRAIN-only data layer, dropped for the
+    # TEST phase: 'label' is then an input without a declared shape.
+    w.layer('labels', 'Data', (), 'label', include={'phase': 'TRAIN'})
     w.layer('conv1/7x7_s2', 'Convolution', 'data', 'conv1',
             params={'convolution_param': {'num_output': 4,
                                           'kernel_size': 3}},

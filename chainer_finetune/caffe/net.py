@@ -118,12 +118,27 @@ class CaffeNet(CaffeFunction):
                                        description.source)
         for layer in description.layers:
             self._add(layer, description)
-        # Blobs used before any layer produces them are inputs too (e.g. a
-        # training net whose TRAIN-only data layer was filtered out).
-        produced = set(self.inputs)
-        for _, bottoms, tops in self.layers:
-            self.inputs.update((b, None) for b in bottoms if b not in produced)
-            produced.update(bottoms, tops)
+        self._check_bottoms(description)
+
+    def _check_bottoms(self, description: NetDescription) -> None:
+        """Refuses a bottom that no earlier layer produces, as Caffe does
+        ("Unknown bottom blob"): a typo, a cycle or a self-loop. A top of a
+        layer the phase filter dropped (a training net's TRAIN-only data
+        layer) becomes an input without a declared shape instead."""
+        produced = set()
+        for layer in description.layers:
+            for bottom in layer.bottom:
+                if bottom in produced:
+                    continue
+                if bottom not in description.phase_dropped_tops:
+                    raise CaffeModelError(
+                        '{}: layer {!r} ({}): unknown bottom blob {!r}: no '
+                        'earlier layer or input produces it'.format(
+                            description.source, layer.name, layer.type,
+                            bottom))
+                self.inputs.setdefault(bottom, None)
+                produced.add(bottom)
+            produced.update(layer.top)
 
     # The layer descriptions are kept serialized: small, and picklable
     # under every protobuf backend.

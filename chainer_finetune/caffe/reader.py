@@ -150,6 +150,41 @@ class _Scanner:
             pos = field_end
 
 
+_UTF16_32_BOMS = ((b'\xff\xfe\0\0', 'UTF-32'), (b'\0\0\xfe\xff', 'UTF-32'),
+                  (b'\xff\xfe', 'UTF-16'), (b'\xfe\xff', 'UTF-16'))
+
+
+def _mostly_printable(text: str) -> bool:
+    printable = sum(c.isprintable() or c in '\t\r\n' for c in text)
+    return printable >= 0.98 * len(text)
+
+
+def _other_text_encoding(head: bytes) -> Optional[str]:
+    """What text ``head`` is when it is text but not UTF-8, else None."""
+    for bom, name in _UTF16_32_BOMS:
+        if head.startswith(bom):
+            return name + ' text (it starts with a byte order mark)'
+    for codec in ('utf-16-le', 'utf-16-be'):
+        # ASCII text in UTF-16 without a byte order mark: every other byte
+        # is zero.
+        zeros = head[1::2] if codec.endswith('le') else head[0::2]
+        if zeros and zeros.count(0) >= 0.9 * len(zeros):
+            text = head[:len(head) // 2 * 2].decode(codec, 'replace')
+            if _mostly_printable(text):
+                return 'UTF-16 text ({})'.format(codec[7:].upper() +
+                                                 ' without a byte order mark')
+    if head and b'\0' not in head and \
+            _mostly_printable(head.decode('latin-1')):
+        try:
+            head.decode('utf-8')
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 3:   # not a character cut at the end
+                return ('text in an 8-bit encoding such as Latin-1 (byte '
+                        '0x{:02x} at offset {} is not UTF-8)'.format(
+                            head[e.start], e.start))
+    return None
+
+
 def _looks_like_text(head: bytes) -> bool:
     if not head or b'\0' in head:
         return False
@@ -161,8 +196,7 @@ def _looks_like_text(head: bytes) -> bool:
             text = head[:-3].decode('utf-8')
         except UnicodeDecodeError:
             return False
-    printable = sum(c.isprintable() or c in '\t\r\n' for c in text)
-    return printable >= 0.98 * len(text)
+    return _mostly_printable(text)
 
 
 # What a path that is not a regular file is, for messages.
@@ -271,9 +305,9 @@ def _read_blob(scanner: _Scanner, f: BinaryIO, start: int, end: int,
     if any(len(r) > 1 for r in runs.values()):
         return _read_blob_with_protobuf(scanner, start, end, where)
     dims = [legacy.get(i, 0) for i in BLOB_LEGACY_DIMS] if legacy else shape
-    # Caffe reads `data` and falls back to `double_data`; OpenCV reads
-    # NVIDIA's `raw_data` when `data` is empty.
-    run = (runs[BLOB_DATA] or runs[BLOB_DOUBLE_DATA] or [raw])[0]
+    # Caffe's Blob::FromProto takes `double_data` when it holds values,
+    # else `data`; OpenCV reads NVIDIA's `raw_data` when both are empty.
+    run = (runs[BLOB_DOUBLE_DATA] or runs[BLOB_DATA] or [raw])[0]
     is_raw = run is not None and run is raw
     blob_where = '{}: {}'.format(scanner.path, where)
     if is_raw:
@@ -292,6 +326,7 @@ def _read_blob(scanner: _Scanner, f: BinaryIO, start: int, end: int,
             raise CaffeModelError('{}: {}: file ended while reading blob '
                                   'data'.format(scanner.path, where))
     array = array.astype(numpy.float32, copy=False)
+    warn_not_finite(array, blob_where)
     return Blob(array.reshape(array.shape if dims is None else dims),
                 bool(legacy))
 
@@ -376,13 +411,29 @@ def blob_from_proto(blob: caffe_pb2.BlobProto, where: str) -> Blob:
         array = numpy.frombuffer(blob.raw_data, dtype, count)
         array = array.astype(numpy.float32)
     else:
-        values = blob.data if len(blob.data) else blob.double_data
+        # As Caffe's Blob::FromProto: double_data first when present.
+        values = blob.double_data if len(blob.double_data) else blob.data
         # upb's repeated scalar fields expose a buffer: this is one memcpy.
         array = numpy.asarray(values, dtype=numpy.float32)
     if dims is None:
         dims = [array.size]
     _check_blob_count(dims, array.size, where)
+    warn_not_finite(array, where)
     return Blob(array.reshape(dims), legacy)
+
+
+def warn_not_finite(array: numpy.ndarray, where: str) -> None:
+    """Logs a warning when ``array`` holds NaN or infinite values.
+
+    Such weights load (Caffe loads them too) but make every output they
+    reach NaN; the warning names the blob (``where``) so that a broken
+    file is found before training on it.
+    """
+    if numpy.isfinite(array).all():
+        return
+    nan = int(numpy.isnan(array).sum())
+    logger.warning('%s: holds %d NaN and %d infinite values of %d',
+                   where, nan, int(numpy.isinf(array).sum()), array.size)
 
 
 def _parse_message(msg: pb_message.Message, data: bytes, path: str,
@@ -412,6 +463,17 @@ def _check_text(msg: pb_message.Message, path: str, where: str) -> None:
                 value = [value]
             for v in value:
                 _check_text(v, path, where)
+
+
+def unknown_varint(msg: pb_message.Message, number: int) -> Optional[int]:
+    """The value of field ``number`` that protobuf kept among the unknown
+    fields of ``msg`` (an enum value the schema lacks: protobuf then reads
+    the field as its default), or None; the last one when repeated."""
+    found = None
+    for field in UnknownFieldSet(msg):
+        if field.field_number == number and field.wire_type == VARINT:
+            found = field.data
+    return found
 
 
 def _layer_name(scanner: _Scanner, start: int, end: int, version: int) -> str:
@@ -667,6 +729,11 @@ def read_prototxt(path: PathLike) -> caffe_pb2.NetParameter:
     with f:
         raw = f.read()
     if not _looks_like_text(raw[:4096]):
+        encoding = _other_text_encoding(raw[:4096])
+        if encoding is not None:
+            raise CaffeModelError(
+                '{}: not UTF-8 text: this is {}; save the prototxt as '
+                'UTF-8'.format(path, encoding))
         raise CaffeModelError(
             '{}: this is a binary file (a caffemodel?), expected a text '
             'prototxt'.format(path))

@@ -11,11 +11,13 @@ excludes are dropped, as Caffe's ``FilterNet`` does.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, List, NamedTuple, Optional
+from typing import (Dict, FrozenSet, Iterable, List, NamedTuple, Optional,
+                    Tuple)
 
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.reader import Blob
 from chainer_finetune.caffe.reader import CaffeModelFile
+from chainer_finetune.caffe.reader import unknown_varint
 from chainer_finetune.errors import CaffeModelError
 
 logger = logging.getLogger(__name__)
@@ -55,20 +57,31 @@ class NetDescription(NamedTuple):
             inputs declared by ``Input`` layers.
         weights: Blobs by layer name.
         source: Where structure and weights came from, for messages.
+        phase_dropped_tops: Tops of the layers the phase filter dropped (a
+            training net's TRAIN-only data layer): a bottom among them that
+            no kept layer produces becomes an input without a declared
+            shape; any other such bottom is an error, as in Caffe.
     """
 
     name: str
     layers: List[caffe_pb2.LayerParameter]
     weights: Dict[str, List[Blob]]
     source: str
+    phase_dropped_tops: FrozenSet[str] = frozenset()
+
+
+_V1_TYPE_FIELD = caffe_pb2.V1LayerParameter.DESCRIPTOR.fields_by_name[
+    'type'].number
 
 
 def _v1_type_name(layer: caffe_pb2.V1LayerParameter) -> str:
     enum = caffe_pb2.V1LayerParameter.LayerType
     name = enum.Name(layer.type) if layer.type in enum.values() else None
     if name not in V1_TYPE_NAMES:   # NONE included
+        # A code the schema lacks reads as NONE (0): report the stored one.
+        stored = unknown_varint(layer, _V1_TYPE_FIELD)
         raise CaffeModelError('V1 layer {!r} has unknown type code {}'.format(
-            layer.name, layer.type))
+            layer.name, layer.type if stored is None else stored))
     return V1_TYPE_NAMES[name]
 
 
@@ -168,11 +181,20 @@ def to_v2_layers(net: caffe_pb2.NetParameter,
         phase: The phase whose layers are kept (``caffe_pb2.TEST`` for a
             deployed net).
     """
+    return _split_by_phase(net, layers, version, where, phase)[0]
+
+
+def _split_by_phase(net: caffe_pb2.NetParameter, layers: Iterable,
+                    version: int, where: str, phase: int = caffe_pb2.TEST
+                    ) -> Tuple[List[caffe_pb2.LayerParameter],
+                               FrozenSet[str]]:
+    """:func:`to_v2_layers`, and the tops of the layers it dropped."""
     state = caffe_pb2.NetState()
     state.CopyFrom(net.state)
     state.phase = phase
     input_layer = _input_layer(net, where)
     result = [] if input_layer is None else [input_layer]
+    dropped_tops = set()
     for layer in layers:
         if version == 1:
             try:
@@ -182,10 +204,11 @@ def to_v2_layers(net: caffe_pb2.NetParameter,
         if _included(layer, state):
             result.append(layer)
         else:
+            dropped_tops.update(layer.top)
             logger.debug('%s: layer %r (%s) is not part of the %s phase',
                          where, layer.name, layer.type,
                          caffe_pb2.Phase.Name(phase))
-    return result
+    return result, frozenset(dropped_tops)
 
 
 def describe(model: CaffeModelFile,
@@ -208,16 +231,19 @@ def describe(model: CaffeModelFile,
                         model.path, record.param.name))
             weights[record.param.name] = record.blobs
     if prototxt is None:
-        layers = to_v2_layers(model.net, [r.param for r in model.layers],
-                              model.version, model.path)
-        return NetDescription(model.net.name, layers, weights, model.path)
+        layers, dropped = _split_by_phase(
+            model.net, [r.param for r in model.layers], model.version,
+            model.path)
+        return NetDescription(model.net.name, layers, weights, model.path,
+                              dropped)
     where = prototxt_path or 'prototxt'
     if prototxt.layer and prototxt.layers:
         raise CaffeModelError('{}: mixes V1 (`layers`) and V2 (`layer`) '
                               'layers; Caffe cannot load that either'
                               .format(where))
-    layers = to_v2_layers(prototxt, prototxt.layer or prototxt.layers,
-                          2 if prototxt.layer else 1, where)
+    layers, dropped = _split_by_phase(
+        prototxt, prototxt.layer or prototxt.layers,
+        2 if prototxt.layer else 1, where)
     used = {layer.name for layer in layers}
     unused = sorted(name for name in weights if name not in used)
     if unused:
@@ -225,4 +251,4 @@ def describe(model: CaffeModelFile,
                      model.path, where, ', '.join(unused))
     return NetDescription(prototxt.name or model.net.name, layers,
                           {k: v for k, v in weights.items() if k in used},
-                          '{} + {}'.format(where, model.path))
+                          '{} + {}'.format(where, model.path), dropped)

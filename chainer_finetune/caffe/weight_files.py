@@ -194,7 +194,18 @@ def net_weights(net: CaffeNet, check: bool = True) -> List[LayerWeights]:
 def structure_text(net: CaffeNet) -> str:
     """The net's layers (without blobs) as prototxt text."""
     message = caffe_pb2.NetParameter(name=net.name or '')
-    message.layer.extend(net.caffe_layers)
+    layers = net.caffe_layers
+    declared = {top for layer in layers for top in layer.top}
+    undeclared = [name for name in net.inputs if name not in declared]
+    if undeclared:
+        # Inputs that came from a layer the TEST phase dropped (a training
+        # net's data layer): kept as such a layer, so that the structure
+        # read back declares them again (a bottom nothing produces is an
+        # error otherwise).
+        data = message.layer.add(name='train_data', type='Data')
+        data.top.extend(undeclared)
+        data.include.add(phase=caffe_pb2.TRAIN)
+    message.layer.extend(layers)
     return text_format.MessageToString(message)
 
 
