@@ -163,9 +163,11 @@ def _train(net, device, hook=None, steps=STEPS):
     returns the losses."""
     optimizer = optimizers.MomentumSGD(lr=0.05, momentum=0.9)
     optimizer.setup(net)
-    optimizer.add_hook(optimizer_hooks.WeightDecay(1e-3))
     if hook is not None:
+        # First: weight decay after it puts gradients back on held
+        # parameters, which only their disabled update rules keep still.
         optimizer.add_hook(hook)
+    optimizer.add_hook(optimizer_hooks.WeightDecay(1e-3))
     optimizer.add_hook(optimizer_hooks.GradientClipping(5.0))
     losses = []
     with chainer.using_config('train', True), chainer.using_device(device):
