@@ -55,3 +55,34 @@ def gpu_unusable_reason() -> Optional[str]:
         raise GpuRequiredError('{}={} but the GPU tests cannot run: {}'.format(
             REQUIRE_GPU_VARIABLE, os.environ[REQUIRE_GPU_VARIABLE], reason))
     return reason
+
+
+def cpu_and_gpu_devices() -> list:
+    """``['@numpy', '@cupy:0']`` for ``pytest.mark.parametrize``; the GPU
+    marked ``gpu`` and skipped with the reason where it cannot run."""
+    import pytest
+    reason = gpu_unusable_reason()
+    return ['@numpy', pytest.param('@cupy:0', marks=[
+        pytest.mark.gpu,
+        pytest.mark.skipif(reason is not None, reason=str(reason))])]
+
+
+def to_numpy(x):
+    """A NumPy copy of an array (or a Variable's array) on any device."""
+    import chainer
+    import numpy
+    if isinstance(x, chainer.Variable):
+        x = x.array
+    return numpy.array(chainer.backend.CpuDevice().send(x), copy=True)
+
+
+def assert_close(actual, expected, rtol: float, what: str = '') -> None:
+    """Same shape and dtype; values within ``rtol`` relative, and ``rtol``
+    times the largest expected magnitude (at least 1e-3) absolute."""
+    import numpy
+    actual, expected = to_numpy(actual), to_numpy(expected)
+    assert actual.shape == expected.shape, what
+    assert actual.dtype == expected.dtype, what
+    scale = max(float(numpy.abs(expected).max(initial=0.0)), 1e-3)
+    numpy.testing.assert_allclose(actual, expected, rtol=rtol,
+                                  atol=rtol * scale, err_msg=what)

@@ -24,7 +24,6 @@ import numpy
 import pytest
 
 import chainer
-from chainer import backend
 import chainer.functions as F
 import chainer.links as L
 from chainer import optimizer_hooks
@@ -36,17 +35,11 @@ from chainer_finetune import freeze
 from chainer_finetune import load_caffe
 from chainer_finetune.caffe.writer import NetWriter
 
-from gpu_check import gpu_unusable_reason  # noqa: E402
+from gpu_check import assert_close as _assert_close  # noqa: E402
+from gpu_check import cpu_and_gpu_devices  # noqa: E402
+from gpu_check import to_numpy as _cpu  # noqa: E402
 
-_GPU_REASON = gpu_unusable_reason()
-
-DEVICES = [
-    '@numpy',
-    pytest.param('@cupy:0', marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(_GPU_REASON is not None, reason=str(_GPU_REASON)),
-    ]),
-]
+DEVICES = cpu_and_gpu_devices()
 
 N_CLASS = 3
 INPUT_SHAPE = (4, 3, 12, 12)
@@ -111,13 +104,6 @@ def _batches(n, seed=1):
             for _ in range(n)]
 
 
-def _cpu(x):
-    """A NumPy copy (never a view: values are compared before and after)."""
-    if isinstance(x, chainer.Variable):
-        x = x.array
-    return numpy.array(backend.CpuDevice().send(x), copy=True)
-
-
 def _rtol(device):
     if device.xp is numpy:
         return 1e-6
@@ -125,15 +111,6 @@ def _rtol(device):
     if cuda.cudnn_enabled or os.environ.get('CUPY_TF32', '0') != '0':
         return 1e-2
     return 1e-4
-
-
-def _assert_close(actual, expected, rtol, what):
-    actual, expected = _cpu(actual), _cpu(expected)
-    assert actual.shape == expected.shape, what
-    assert actual.dtype == expected.dtype, what
-    scale = max(float(numpy.abs(expected).max(initial=0.0)), 1e-3)
-    numpy.testing.assert_allclose(actual, expected, rtol=rtol,
-                                  atol=rtol * scale, err_msg=what)
 
 
 def _values(net):
