@@ -382,7 +382,12 @@ def test_v1_cases_cover_the_v1_types():
 
 def test_compare_arrays():
     a = numpy.array([1.0, 2.0, numpy.nan, numpy.inf], numpy.float32)
-    assert verify.compare_arrays(a, a.copy()) == (0.0, 0.0)
+    # Equal infinities are equal; a NaN never is, not even against a NaN
+    # (tests/test_reliability_mutations.py has the NaN cases).
+    finite_and_inf = a[[0, 1, 3]]
+    assert verify.compare_arrays(finite_and_inf, finite_and_inf.copy()) == (
+        0.0, 0.0)
+    assert verify.compare_arrays(a, a.copy()) == (numpy.inf, numpy.inf)
     max_abs, rel = verify.compare_arrays(a[:2] + [0, 1e-3], a[:2])
     assert max_abs == pytest.approx(1e-3, rel=1e-3)
     assert rel == pytest.approx(1e-3 / 5 ** 0.5, rel=1e-3)

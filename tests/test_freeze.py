@@ -37,17 +37,10 @@ from chainer_finetune.freeze import freeze
 from chainer_finetune.freeze import frozen_paths
 from chainer_finetune.freeze import unfreeze
 
-from gpu_check import gpu_unusable_reason  # noqa: E402
+from gpu_check import cpu_and_gpu_devices  # noqa: E402
 
 
-_GPU_REASON = gpu_unusable_reason()
-DEVICES = [
-    '@numpy',
-    pytest.param('@cupy:0', marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(_GPU_REASON is not None, reason=str(_GPU_REASON)),
-    ]),
-]
+DEVICES = cpu_and_gpu_devices()
 
 FROZEN = ['conv1', 'bn1']
 TRAINED = ['conv1_1', 'conv10', 'fc']

@@ -33,6 +33,7 @@ from chainer import optimizers
 from chainer import serializers
 from chainer import training
 
+from gpu_check import assert_close as _assert_close  # noqa: E402
 from gpu_check import gpu_unusable_reason  # noqa: E402
 
 
@@ -56,16 +57,6 @@ def _cpu(x):
 def _cudnn_enabled():
     from chainer.backends import cuda
     return cuda.cudnn_enabled
-
-
-def _assert_close(actual, expected, rtol, what=''):
-    actual = _cpu(actual)
-    expected = _cpu(expected)
-    assert actual.shape == expected.shape, what
-    assert actual.dtype == expected.dtype, what
-    scale = max(float(numpy.abs(expected).max(initial=0.0)), 1e-3)
-    numpy.testing.assert_allclose(actual, expected, rtol=rtol,
-                                  atol=rtol * scale, err_msg=what)
 
 
 def _params_and_persistents(link):

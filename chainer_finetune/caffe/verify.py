@@ -107,10 +107,12 @@ def compare_arrays(ours: numpy.ndarray, reference: numpy.ndarray
                    ) -> Tuple[float, float]:
     """``(max_abs, rel_l2)`` of two arrays, in float64.
 
-    Equal infinities and NaNs in the same places count as equal; any other
-    NaN or infinity makes both numbers ``inf``. ``rel_l2`` divides by the
-    reference's norm (ours where the reference is all zeros; 0 when both
-    are).
+    Equal infinities in the same places count as equal; any NaN, even
+    against a NaN of the other side (``numpy.allclose``'s default), and any
+    other infinity make both numbers ``inf``: a blob of NaNs says the
+    weights or the computation are broken, not that two programs agree.
+    ``rel_l2`` divides by the reference's norm (ours where the reference is
+    all zeros; 0 when both are).
     """
     a = numpy.asarray(ours, dtype=numpy.float64)
     b = numpy.asarray(reference, dtype=numpy.float64)
@@ -120,16 +122,15 @@ def compare_arrays(ours: numpy.ndarray, reference: numpy.ndarray
         b = b.reshape(a.shape)
     if a.size == 0:
         return 0.0, 0.0
-    same = (a == b) | (numpy.isnan(a) & numpy.isnan(b))
     with numpy.errstate(invalid='ignore'):   # inf - inf
-        diff = numpy.where(same, 0.0, a - b)
+        diff = numpy.where(a == b, 0.0, a - b)   # NaN != NaN: stays NaN
     if not numpy.isfinite(diff).all():
         return math.inf, math.inf
     max_abs = float(numpy.abs(diff).max())
     err = float(numpy.linalg.norm(diff.ravel()))
     if err == 0:
         return max_abs, 0.0
-    # Matching infinities/NaNs are left out of the norms.
+    # Matching infinities are left out of the norms.
     norm = float(numpy.linalg.norm(numpy.where(numpy.isfinite(b), b,
                                                0.0).ravel()))
     if norm == 0:
