@@ -1,10 +1,12 @@
 """The ``chainer-finetune`` command (also ``python -m chainer_finetune``).
 
 Each subcommand is one function registered with :func:`command` (its
-name, help line and arguments) that returns the exit status. Errors about
-the user's input (:class:`~chainer_finetune.errors.ChainerFinetuneError`,
-such as ``CaffeModelError``, and file-system errors) are printed as one
-line on stderr and exit with status 2, without a traceback.
+name, help line and arguments) that returns the exit status. Every error
+is printed as one line on stderr and exits with status 2, without a
+traceback (``--debug`` prints it first): errors about the user's input
+(:class:`~chainer_finetune.errors.ChainerFinetuneError`, such as
+``CaffeModelError``) and file-system errors by their message, anything
+else (``MemoryError``, a bug) by its type and message.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import math
 import os
 import sys
+import traceback
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
                     Sequence, Tuple)
 
@@ -141,37 +144,28 @@ def _input_shapes(net, given: Sequence[Tuple[Optional[str], Shape]]
 
 def _output_shapes(net, shapes: Dict[str, Optional[Shape]]
                    ) -> Dict[str, Shape]:
-    """Blob shapes from a forward pass on zeros (test mode, no graph)."""
+    """Blob shapes from a forward pass on zeros (test mode, no graph).
+
+    Every blob computable from the fed inputs (loss heads without their
+    label are not). Raises ``InputShapeError`` for negative or too large
+    inputs (checked before allocating) and for a layer that fails on them.
+    """
     import chainer
     import numpy
+    from chainer_finetune.caffe import verify
+    given = {name: shape for name, shape in shapes.items()
+             if shape is not None}
+    verify.check_input_shapes(given)
     feed = {name: numpy.zeros(shape, numpy.float32)
-            for name, shape in shapes.items() if shape is not None}
+            for name, shape in given.items()}
     if not feed:
         return {}
-    # Every blob computable from the fed inputs (loss heads without their
-    # label are not).
-    available = set(feed)
-    wanted = []
-    for name, bottoms, tops in net.layers:
-        if name in net.forwards and all(b in available for b in bottoms):
-            available.update(tops)
-            wanted += [t for t in tops if t not in wanted]
-    wanted = [b for b in wanted if b not in feed] or list(feed)
-    try:
-        with chainer.using_config('train', False), \
-                chainer.no_backprop_mode():
-            net.forward(feed, wanted)
-    except Exception as e:   # Chainer's type checks: many kinds, many lines
-        detail = ' '.join(str(e).split())
-        if len(detail) > 300:
-            detail = detail[:297] + '...'
-        raise CommandError('forward pass on inputs {} failed ({}): {}; give '
-                           'the input size with --input-shape'.format(
-                               ', '.join('{} {}'.format(n, _dims(a.shape))
-                                         for n, a in feed.items()),
-                               type(e).__name__, detail)) from None
-    result = {name: tuple(v.shape) for name, v in net.variables.items()}
-    net.variables = {}   # do not keep the activations alive
+    with chainer.using_config('train', False), \
+            chainer.no_backprop_mode():
+        tops, _ = verify.step_outputs(net, feed)
+    result = {name: tuple(value.shape) for name, value in feed.items()}
+    result.update((top, tuple(value.shape))
+                  for (_, top), value in tops.items())
     return result
 
 
@@ -286,12 +280,19 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise CommandError('{}: already exists; pass --force to replace '
                            'it'.format(args.output))
     net = load_model(args)
-    if kind == 'pkl':
-        from chainer_finetune.caffe.cache import save_pickle
-        save_pickle(net, args.output, overwrite=args.force)
-    else:
-        from chainer_finetune.caffe.weight_files import save_weights
-        save_weights(net, args.output, overwrite=args.force, format=kind)
+    try:
+        if kind == 'pkl':
+            from chainer_finetune.caffe.cache import save_pickle
+            save_pickle(net, args.output, overwrite=args.force)
+        else:
+            from chainer_finetune.caffe.weight_files import save_weights
+            save_weights(net, args.output, overwrite=args.force, format=kind)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        # A failed write (ENOSPC, EDQUOT, EIO) names no file by itself.
+        raise CommandError('{}: cannot write: {}'.format(
+            args.output, e.strerror or e)) from e
     print('wrote {} ({} layers, {:.1f} MB)'.format(
         args.output, len(net.layers), os.path.getsize(args.output) / 1e6))
     return 0
@@ -390,7 +391,10 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
       help='also train the same network from random weights (on in the '
            'demo)')
     a('--device', help="e.g. @numpy (default), @cupy:0, -1, 0")
-    a('--out', help='output directory (default {})'.format(d.out))
+    a('--out', help='output directory (default {}); one that holds an '
+      "earlier run's results is refused without --overwrite".format(d.out))
+    a('--overwrite', action='store_true',
+      help="replace an earlier run's results in --out")
     a('--seed', type=int, help='default 0')
     a('--loaderjob', type=int, help='data loading processes (default 0)')
 
@@ -577,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
                         version=__version__)
     parser.add_argument('-v', '--verbose', action='count', default=0,
                         help='log more (-v: INFO, -vv: DEBUG)')
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     for c in _COMMANDS:
@@ -585,6 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(*flags, **kwargs)
         if c.configure is not None:
             c.configure(p)
+        # Also accepted after the subcommand; SUPPRESS keeps the main
+        # parser's value when it is not given there.
+        p.add_argument('--debug', action='store_true',
+                       default=argparse.SUPPRESS,
+                       help='show the traceback of an error')
         p.set_defaults(func=c.run)
     return parser
 
@@ -604,14 +615,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
-    except (ChainerFinetuneError, CommandError, OSError) as e:
-        # The user's input, not a bug: one line, no traceback.
-        message = ' '.join(str(e).split()) or type(e).__name__
-        print('{}: error: {}'.format(parser.prog, message), file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print('{}: interrupted'.format(parser.prog), file=sys.stderr)
         return 130
+    except Exception as e:
+        print('{}: error: {}'.format(parser.prog, _error_line(e, args.debug)),
+              file=sys.stderr)
+        return 2
+
+
+def _error_line(error: Exception, debug: bool) -> str:
+    """The one line that reports ``error`` (after its traceback when
+    ``debug``)."""
+    if debug:
+        traceback.print_exc()
+    message = ' '.join(str(error).split())
+    if isinstance(error, (ChainerFinetuneError, CommandError, OSError)):
+        # The user's input or the system, not a bug: the message says all.
+        return message or type(error).__name__
+    # Anything else (MemoryError, a bug): its type, and where to look.
+    return '{}{}{}'.format(type(error).__name__,
+                           ': ' + message if message else '',
+                           '' if debug else ' (--debug shows the traceback)')
 
 
 if __name__ == '__main__':

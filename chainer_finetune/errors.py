@@ -83,3 +83,11 @@ class DataError(ChainerFinetuneError, ValueError):
 
 class FinetuneError(ChainerFinetuneError, ValueError):
     """A fine-tuning configuration that cannot run (the message says why)."""
+
+
+class InputShapeError(ChainerFinetuneError, ValueError):
+    """Input shapes a net cannot be run on: a negative dimension, more
+    values than are fed at most, or a layer that rejects what reaches it.
+
+    The message names the input or the layer and the shapes involved.
+    """

@@ -35,7 +35,8 @@ from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import (
-    ChainerFinetuneError, OpenCVComparisonError, OpenCVUnavailableError)
+    ChainerFinetuneError, InputShapeError, OpenCVComparisonError,
+    OpenCVUnavailableError)
 from chainer_finetune.files import PathLike
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ DEFAULT_TOLERANCE = 1e-4
 #: The default largest difference of a detection's score or corner
 #: (fractions of the image) from OpenCV's (``DetectionOutput`` blobs).
 DEFAULT_DETECTION_TOLERANCE = 1e-3
+
+#: The most values (all inputs together) :func:`check_input_shapes` lets
+#: ``inspect`` and ``verify`` feed a net: 2**27 float32 values (512 MiB).
+#: The blobs a net computes from them are several times larger.
+MAX_INPUT_VALUES = 2 ** 27
 
 #: Layer types whose tops are supplied by the caller.
 DATA_LAYER_TYPES = frozenset([
@@ -327,6 +333,8 @@ def resolve_input_shapes(net: CaffeNet, input_shape: InputShape = None
     Raises:
         OpenCVComparisonError: if no input can be fed, or a name in
             ``input_shape`` is not an input of the net.
+        InputShapeError: a negative dimension, or inputs too large
+            (:func:`check_input_shapes`).
     """
     inputs = _external_inputs(net)
     if input_shape is not None and not isinstance(input_shape, Mapping):
@@ -363,7 +371,39 @@ def resolve_input_shapes(net: CaffeNet, input_shape: InputShape = None
             'the shape of the net\'s input{} {} is unknown: give '
             'input_shape (--input-shape)'.format(
                 's' if len(inputs) > 1 else '', inputs))
+    check_input_shapes(shapes)
     return shapes
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return 'x'.join(str(d) for d in shape) or 'scalar'
+
+
+def _described(shapes: Mapping[str, Sequence[int]]) -> str:
+    return ', '.join('{} {}'.format(name, _dims(shape))
+                     for name, shape in shapes.items())
+
+
+def check_input_shapes(shapes: Mapping[str, Sequence[int]]) -> None:
+    """Checks input shapes before anything of that size is allocated.
+
+    Raises:
+        InputShapeError: a negative dimension (a prototxt's ``dim: -3``),
+            or more than :data:`MAX_INPUT_VALUES` values in all.
+    """
+    for name, shape in shapes.items():
+        if any(d < 0 for d in shape):
+            raise InputShapeError(
+                'input {!r} has the shape {}: dimensions cannot be negative; '
+                'give its size as input_shape (--input-shape)'.format(
+                    name, _dims(shape)))
+    total = sum(math.prod(shape) for shape in shapes.values())
+    if total > MAX_INPUT_VALUES:
+        raise InputShapeError(
+            'inputs {} hold {:,} values ({:.1f} GiB as float32), more than '
+            'the {:,} fed to a net at most; give a smaller input_shape '
+            '(--input-shape)'.format(_described(shapes), total,
+                                     total * 4 / 2 ** 30, MAX_INPUT_VALUES))
 
 
 def random_inputs(shapes: Mapping[str, Shape], seed: int = 0,
@@ -389,6 +429,11 @@ def step_outputs(net: CaffeNet, inputs: Mapping[str, numpy.ndarray]
     Returns:
         ``({(layer, top): array}, skipped layer names)``; an in-place
         layer's entry is the blob's value right after that layer.
+
+    Raises:
+        InputShapeError: a layer fails on what reaches it (a pooling
+            window larger than its input, an InnerProduct of another
+            size...); the message names the layer and the shapes.
     """
     variables: Dict[str, chainer.Variable] = {
         name: chainer.Variable(net.device.send(numpy.asarray(value)),
@@ -402,12 +447,34 @@ def step_outputs(net: CaffeNet, inputs: Mapping[str, numpy.ndarray]
         if any(b not in variables for b in bottoms):
             skipped.append(name)
             continue
-        ys = net.forwards[name](*(variables[b] for b in bottoms))
+        try:
+            ys = net.forwards[name](*(variables[b] for b in bottoms))
+        except Exception as e:   # Chainer's checks: many kinds, many lines
+            raise _forward_error(
+                net, name, {b: variables[b].shape for b in bottoms},
+                {k: numpy.shape(v) for k, v in inputs.items()}, e) from e
         for top, y in zip(tops, ys):
             variables[top] = y
             recorded[(name, top)] = numpy.asarray(
                 chainer.backend.CpuDevice().send(y.array))
     return recorded, skipped
+
+
+def _forward_error(net: CaffeNet, layer: str,
+                   bottoms: Mapping[str, Sequence[int]],
+                   inputs: Mapping[str, Sequence[int]],
+                   error: Exception) -> InputShapeError:
+    """One line for a layer that failed on what reached it."""
+    types = {lp.name: lp.type for lp in net.caffe_layers}
+    detail = ' '.join(str(error).split()).rstrip('.')
+    if len(detail) > 300:
+        detail = detail[:297] + '...'
+    return InputShapeError(
+        'layer {!r} ({}) cannot run on {} (from inputs {}): {}{}; give '
+        'another input_shape (--input-shape)'.format(
+            layer, types.get(layer, '?'), _described(bottoms),
+            _described(inputs), type(error).__name__,
+            ': ' + detail if detail else ''))
 
 
 def deploy_prototxt(net: CaffeNet, shapes: Mapping[str, Shape],
@@ -694,6 +761,23 @@ def parse_shape(text: str) -> Shape:
     return shape
 
 
+def parse_tolerance(text: str) -> float:
+    """A tolerance: a number >= 0 (``inf`` accepts any difference).
+
+    Raises:
+        argparse.ArgumentTypeError: for NaN (every comparison with it
+            fails), a negative number or anything but a number.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(
+            'expected a tolerance >= 0, e.g. 1e-4; got {!r}'.format(text))
+    return value
+
+
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the arguments :func:`run_verify` reads to ``parser``."""
     parser.add_argument('model', metavar='MODEL',
@@ -703,10 +787,11 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
                         help='the deploy prototxt (default: a known '
                              "model's own, else the caffemodel's own "
                              'structure)')
-    parser.add_argument('--tolerance', type=float, default=DEFAULT_TOLERANCE,
+    parser.add_argument('--tolerance', type=parse_tolerance,
+                        default=DEFAULT_TOLERANCE,
                         help='largest relative L2 error allowed per blob '
                              '(default %(default)g)')
-    parser.add_argument('--detection-tolerance', type=float,
+    parser.add_argument('--detection-tolerance', type=parse_tolerance,
                         default=DEFAULT_DETECTION_TOLERANCE,
                         dest='detection_tolerance',
                         help='largest difference of a detection\'s score '
@@ -750,6 +835,12 @@ def run_verify(args: argparse.Namespace, out: Optional[TextIO] = None
     """
     out = sys.stdout if out is None else out
     tolerance = getattr(args, 'tolerance', DEFAULT_TOLERANCE)
+    try:
+        for value in (tolerance, getattr(args, 'detection_tolerance', 0.0)):
+            parse_tolerance(str(value))
+    except argparse.ArgumentTypeError as e:
+        logger.error('cannot compare: %s', e)
+        return 2
     try:
         model, prototxt, _ = hub.locate_model(
             args.model, getattr(args, 'prototxt', None))

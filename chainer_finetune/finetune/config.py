@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any, List, Optional
 
 from chainer_finetune import hub
 from chainer_finetune.caffe.loader import load_mean
+from chainer_finetune.errors import FinetuneError
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,11 @@ class FinetuneConfig:
         augment: ``'none'``, ``'crop'`` (resize to 1/8 more than
             ``input_size``, random crop) or ``'crop+mirror'``.
         device: Chainer device (``'@numpy'``, ``'@cupy:0'``, ``-1``, ``0``).
-        out: Output directory.
+        out: Output directory. One that already holds a run's results
+            (``report.md``, ``accuracy.png``, ``pretrained/`` or
+            ``scratch/``) is refused unless ``overwrite``.
+        overwrite: Write into an ``out`` that holds an earlier run's
+            results, replacing them.
         compare_scratch: Also train the same network from random weights.
         seed: Seed of the data split, the new layers and the augmentation.
         loaderjob: Worker processes for data loading (0: in-process).
@@ -93,9 +99,34 @@ class FinetuneConfig:
     augment: str = 'crop+mirror'
     device: str = '@numpy'
     out: str = 'result'
+    overwrite: bool = False
     compare_scratch: bool = False
     seed: int = 0
     loaderjob: int = 0
+
+
+#: What a job writes directly into its output directory: the report, the
+#: accuracy plot and one directory per run (its log, plots and
+#: ``best_model.npz``). Any of them there means an earlier run's results.
+RESULT_NAMES = ('report.md', 'accuracy.png', 'pretrained', 'scratch')
+
+
+def check_output_dir(config: FinetuneConfig) -> None:
+    """Refuses an output directory holding an earlier run's results
+    (unless ``config.overwrite``), before anything is loaded or trained.
+
+    Raises:
+        FinetuneError: ``config.out`` holds one of :data:`RESULT_NAMES`.
+    """
+    if config.overwrite:
+        return
+    found = [name for name in RESULT_NAMES
+             if os.path.lexists(os.path.join(config.out, name))]
+    if found:
+        raise FinetuneError(
+            '{}: holds the results of an earlier run ({}); choose another '
+            '--out, or pass --overwrite (FinetuneConfig.overwrite=True) to '
+            'replace them'.format(config.out, ', '.join(found)))
 
 
 #: The built-in demonstration (see docs/api.rst), sized to finish in a few

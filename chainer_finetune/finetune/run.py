@@ -18,6 +18,7 @@ import numpy
 
 from chainer_finetune.copy import CopyReport
 from chainer_finetune.errors import FinetuneError
+from chainer_finetune.finetune.config import check_output_dir
 from chainer_finetune.finetune.config import FinetuneConfig
 from chainer_finetune.finetune.datasets import load_split
 from chainer_finetune.finetune.datasets import make_iterator
@@ -184,9 +185,12 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         summary line.
 
     Raises:
+        FinetuneError: ``config.out`` holds an earlier run's results and
+            ``config.overwrite`` is not set (checked first).
         ChainerFinetuneError: unusable model, data or configuration.
     """
     total_start = time.perf_counter()
+    check_output_dir(config)
     os.makedirs(config.out, exist_ok=True)
     images, train_set, test_set = load_split(config)
     n_class = config.n_class or len(images.class_names)
