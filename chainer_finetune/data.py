@@ -53,6 +53,7 @@ import gzip
 import io
 import logging
 import os
+import stat
 import zlib
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -76,6 +77,11 @@ FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress',
 
 #: The digits' class names; index = label.
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
+
+#: List-file labels must be below this: class names are made for every
+#: label up to the largest, so one mistyped label must not allocate without
+#: bound.
+MAX_CLASSES = 100_000
 
 #: File name extensions (lowercase) read from class directories.
 IMAGE_EXTENSIONS = ('.bmp', '.jpeg', '.jpg', '.pgm', '.png', '.ppm')
@@ -135,30 +141,87 @@ class _FileImages:
 _Source = Union[_ArrayImages, _FileImages]
 
 
+def _open_regular(path: str) -> io.BufferedReader:
+    """``path`` opened for reading, if it is a regular file.
+
+    The open does not block (``O_NONBLOCK``), so that a FIFO or a device
+    in place of an image is refused instead of waiting forever.
+
+    Raises:
+        DataError: ``path`` cannot be opened or is not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) |
+                     getattr(os, 'O_BINARY', 0))
+    except OSError as e:
+        raise DataError('cannot read {}: {}'.format(path, e.strerror or e)
+                        ) from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError('{}: not a regular file (a directory, FIFO or '
+                            'device); images must be files'.format(path))
+        if hasattr(os, 'set_blocking'):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, 'rb')
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _to_uint8(img, path: str) -> numpy.ndarray:
+    """An ``(H, W, 3)`` uint8 RGB array of a Pillow image of any mode.
+
+    16-bit grayscale (Pillow's ``I;16*`` and ``I`` modes, from 16-bit PNGs
+    and PGMs, 0..65535) is scaled to ``round(v * 255 / 65535)``, never
+    clipped; a float image must hold values in 0..255.
+    """
+    if img.mode.startswith('I') or img.mode == 'F':
+        values = numpy.asarray(img)
+        top = 255 if img.mode == 'F' else 65535
+        if values.size and (values.min() < 0 or values.max() > top):
+            raise DataError('{}: pixel values {}..{} outside 0..{} (mode {})'
+                            .format(path, values.min(), values.max(), top,
+                                    img.mode))
+        if img.mode == 'F':
+            gray = numpy.rint(values).astype(numpy.uint8)
+        else:
+            # v * 255 / 65535 is never a half for an integer v: no ties.
+            gray = ((values.astype(numpy.int64) * 255 + 32767) //
+                    65535).astype(numpy.uint8)
+        return numpy.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode != 'RGB':
+        img = img.convert('RGB')
+    return numpy.array(img, dtype=numpy.uint8)
+
+
 def read_image(path: PathLike) -> numpy.ndarray:
     """Decodes an image file into an ``(H, W, 3)`` uint8 RGB array.
 
     The EXIF orientation is applied (as OpenCV's ``imread``, which Caffe
     uses, does); any mode is converted to RGB by Pillow (grayscale
-    replicated, alpha dropped, palette expanded).
+    replicated, alpha dropped, palette expanded). 16-bit grayscale is
+    scaled to 8 bits (``round(v * 255 / 65535)``); Pillow reads 16-bit
+    colour as its high byte. Only regular files are opened.
 
     Raises:
-        DataError: The file (named) cannot be opened or decoded.
+        DataError: The file (named) cannot be opened or decoded, or is not
+            a regular file.
     """
     from PIL import Image, ImageOps
     path = os.fspath(path)
-    try:
-        with Image.open(path) as img:
-            orientation = img.getexif().get(0x0112, 1)
-            if orientation not in (0, 1):
-                img = ImageOps.exif_transpose(img)
-            if img.mode != 'RGB':
-                img = img.convert('RGB')
-            return numpy.array(img, dtype=numpy.uint8)
-    except (OSError, ValueError, SyntaxError, EOFError,
-            Image.DecompressionBombError) as e:
-        raise DataError('{}: cannot decode the image: {}'.format(
-            path, e)) from e
+    with _open_regular(path) as f:
+        try:
+            with Image.open(f) as img:
+                orientation = img.getexif().get(0x0112, 1)
+                if orientation not in (0, 1):
+                    img = ImageOps.exif_transpose(img)
+                return _to_uint8(img, path)
+        except (OSError, ValueError, SyntaxError, EOFError,
+                Image.DecompressionBombError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError('{}: cannot decode the image: {}'.format(
+                path, e)) from e
 
 
 class ImageSet:
@@ -572,6 +635,12 @@ def _load_list(list_file: str, data_dir: Optional[PathLike]) -> ImageSet:
         if not (label.isascii() and label.isdigit()):
             raise DataError('{}: the label {!r} is not a non-negative '
                             'integer'.format(where, label))
+        # Digits counted before int(): a 5000-digit label is refused too.
+        if (len(label.lstrip('0')) > len(str(MAX_CLASSES - 1)) or
+                int(label) >= MAX_CLASSES):
+            raise DataError('{}: the label {} is too large: labels must be '
+                            'below {} (MAX_CLASSES)'.format(
+                                where, label, MAX_CLASSES))
         path = os.path.join(base, name)
         if not os.path.isfile(path):
             raise DataError('{}: no such image file: {}'.format(where, path))
@@ -769,5 +838,6 @@ def make_dataset(images: ImageSet,
 
 __all__ = ['ACCEPTED_FORMS', 'CaffeTransform', 'DIGITS_CLASSES',
            'FASHION_MNIST_CLASSES', 'FASHION_MNIST_DIR', 'IMAGE_EXTENSIONS',
-           'ImageDataset', 'ImageSet', 'load_images', 'make_dataset',
-           'read_digits_csv', 'read_idx', 'read_image', 'split_per_class']
+           'ImageDataset', 'ImageSet', 'MAX_CLASSES', 'load_images',
+           'make_dataset', 'read_digits_csv', 'read_idx', 'read_image',
+           'split_per_class']
