@@ -52,8 +52,10 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import multiprocessing
 import os
 import stat
+import sys
 import zlib
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -207,7 +209,7 @@ def read_image(path: PathLike) -> numpy.ndarray:
         DataError: The file (named) cannot be opened or decoded, or is not
             a regular file.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
     path = os.fspath(path)
     with _open_regular(path) as f:
         try:
@@ -220,8 +222,11 @@ def read_image(path: PathLike) -> numpy.ndarray:
                 Image.DecompressionBombError) as e:
             if isinstance(e, DataError):
                 raise
+            # Pillow's own message would name the descriptor, not the file.
+            reason = ('not an image format Pillow reads'
+                      if isinstance(e, UnidentifiedImageError) else e)
             raise DataError('{}: cannot decode the image: {}'.format(
-                path, e)) from e
+                path, reason)) from e
 
 
 class ImageSet:
@@ -388,6 +393,111 @@ class ImageDataset(chainer.dataset.DatasetMixin):
 
     def get_example(self, i: int) -> Tuple[numpy.ndarray, numpy.int32]:
         return self.images.image(i), numpy.int32(self.images.labels[i])
+
+
+def _decode_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be read as an image (its one-line
+    :class:`DataError` message), or None when it can."""
+    try:
+        read_image(path)
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def _show_progress(done: int, total: int) -> None:
+    sys.stderr.write('\rchecking images: {}/{}'.format(done, total))
+    if done == total:
+        sys.stderr.write('\n')
+    sys.stderr.flush()
+
+
+def find_bad_images(images: ImageSet, processes: int = 0,
+                    progress: Optional[bool] = None
+                    ) -> List[Tuple[str, str]]:
+    """Decodes every image file of ``images`` once; lists those that fail.
+
+    Images held in memory need no check. Each file is decoded as
+    :func:`read_image` does, once even when it appears several times.
+
+    Args:
+        images: The image set.
+        processes: Worker processes decoding in parallel (0: in this
+            process).
+        progress: Show a progress line on stderr; None: when stderr is a
+            terminal.
+
+    Returns:
+        list: ``(path, message)`` of each file that cannot be decoded, in
+        the set's order; the message names the file and the reason.
+    """
+    paths = list(dict.fromkeys(p for p in (images.path(i)
+                                           for i in range(len(images)))
+                               if p is not None))
+    if progress is None:
+        progress = sys.stderr.isatty()
+    problems: List[Optional[str]] = []
+    pool = multiprocessing.Pool(processes) if processes > 0 and \
+        len(paths) > 1 else None
+    try:
+        results = (pool.imap(_decode_problem, paths, chunksize=16)
+                   if pool is not None else map(_decode_problem, paths))
+        for problem in results:
+            problems.append(problem)
+            if progress and (len(problems) % 50 == 0 or
+                             len(problems) == len(paths)):
+                _show_progress(len(problems), len(paths))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return [(path, problem) for path, problem in zip(paths, problems)
+            if problem is not None]
+
+
+def check_images(images: ImageSet, processes: int = 0,
+                 skip_bad: bool = False,
+                 progress: Optional[bool] = None) -> ImageSet:
+    """``images`` once every file has been decoded (:func:`find_bad_images`).
+
+    Call it before training, so that a bad file fails the run at once, not
+    when a batch first reaches it.
+
+    Args:
+        images: The image set.
+        processes: Worker processes decoding in parallel (0: none).
+        skip_bad: Drop the images that cannot be decoded, with a warning
+            that lists them, instead of raising.
+        progress: Show a progress line on stderr; None: on a terminal.
+
+    Returns:
+        ImageSet: ``images`` itself, or the subset of the good ones when
+        ``skip_bad``.
+
+    Raises:
+        DataError: Some files cannot be decoded (all listed, each with its
+            reason), and ``skip_bad`` is false; or no image is left.
+    """
+    bad = find_bad_images(images, processes, progress)
+    if not bad:
+        return images
+    listing = '; '.join(message for _, message in bad)
+    if not skip_bad:
+        raise DataError('{}: {} image file{} cannot be decoded (pass '
+                        'skip_bad=True, CLI: --skip-bad-images, to skip '
+                        'them): {}'.format(images.name, len(bad),
+                                           '' if len(bad) == 1 else 's',
+                                           listing))
+    bad_paths = {path for path, _ in bad}
+    keep = numpy.array([images.path(i) not in bad_paths
+                        for i in range(len(images))], dtype=bool)
+    if not keep.any():
+        raise DataError('{}: no image can be decoded: {}'.format(
+            images.name, listing))
+    logger.warning('%s: skipping %d image file%s that cannot be decoded: %s',
+                   images.name, len(bad), '' if len(bad) == 1 else 's',
+                   listing)
+    return images.subset(keep)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -837,6 +947,7 @@ def make_dataset(images: ImageSet,
 
 
 __all__ = ['ACCEPTED_FORMS', 'CaffeTransform', 'DIGITS_CLASSES',
+           'check_images', 'find_bad_images',
            'FASHION_MNIST_CLASSES', 'FASHION_MNIST_DIR', 'IMAGE_EXTENSIONS',
            'ImageDataset', 'ImageSet', 'MAX_CLASSES', 'load_images',
            'make_dataset', 'read_digits_csv', 'read_idx', 'read_image',
