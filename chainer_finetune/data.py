@@ -30,7 +30,8 @@ a list file
     split at its *last* whitespace, so paths may contain spaces; paths are
     relative to ``data_dir`` when given (Caffe's ``root_folder``), else to
     the list file's directory. Blank lines and lines starting with ``#`` are
-    skipped. Class names are the label numbers ``'0'`` to ``'<max label>'``.
+    skipped. Class names are the label numbers ``'0'`` to ``'<max label>'``;
+    labels must be below :data:`MAX_CLASSES`.
 
 :func:`split_per_class` draws a per-class training / held-out split;
 :func:`make_dataset` with a :class:`CaffeTransform` makes the Chainer
@@ -42,6 +43,9 @@ dataset::
                              mirror=True)
     train_set = make_dataset(train, CaffeTransform(prep, train=True, seed=0))
     test_set = make_dataset(test, CaffeTransform(prep, train=False))
+
+:func:`check_images` decodes every image file once (before training), and
+lists all that cannot be decoded in one error, or leaves them out.
 
 Every problem with the data raises :class:`~chainer_finetune.errors.DataError`
 naming the file (and line) or class involved.
