@@ -397,6 +397,9 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
       help="replace an earlier run's results in --out")
     a('--seed', type=int, help='default 0')
     a('--loaderjob', type=int, help='data loading processes (default 0)')
+    a('--skip-bad-images', action='store_true', default=None,
+      help='leave out image files that cannot be decoded, with a warning '
+           'listing them (default: list them and stop before training)')
 
 
 def finetune_config(args: argparse.Namespace):

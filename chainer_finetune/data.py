@@ -30,7 +30,8 @@ a list file
     split at its *last* whitespace, so paths may contain spaces; paths are
     relative to ``data_dir`` when given (Caffe's ``root_folder``), else to
     the list file's directory. Blank lines and lines starting with ``#`` are
-    skipped. Class names are the label numbers ``'0'`` to ``'<max label>'``.
+    skipped. Class names are the label numbers ``'0'`` to ``'<max label>'``;
+    labels must be below :data:`MAX_CLASSES`.
 
 :func:`split_per_class` draws a per-class training / held-out split;
 :func:`make_dataset` with a :class:`CaffeTransform` makes the Chainer
@@ -43,6 +44,9 @@ dataset::
     train_set = make_dataset(train, CaffeTransform(prep, train=True, seed=0))
     test_set = make_dataset(test, CaffeTransform(prep, train=False))
 
+:func:`check_images` decodes every image file once (before training), and
+lists all that cannot be decoded in one error, or leaves them out.
+
 Every problem with the data raises :class:`~chainer_finetune.errors.DataError`
 naming the file (and line) or class involved.
 """
@@ -52,7 +56,10 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import multiprocessing
 import os
+import stat
+import sys
 import zlib
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -76,6 +83,11 @@ FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress',
 
 #: The digits' class names; index = label.
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
+
+#: List-file labels must be below this: class names are made for every
+#: label up to the largest, so one mistyped label must not allocate without
+#: bound.
+MAX_CLASSES = 100_000
 
 #: File name extensions (lowercase) read from class directories.
 IMAGE_EXTENSIONS = ('.bmp', '.jpeg', '.jpg', '.pgm', '.png', '.ppm')
@@ -135,30 +147,90 @@ class _FileImages:
 _Source = Union[_ArrayImages, _FileImages]
 
 
+def _open_regular(path: str) -> io.BufferedReader:
+    """``path`` opened for reading, if it is a regular file.
+
+    The open does not block (``O_NONBLOCK``), so that a FIFO or a device
+    in place of an image is refused instead of waiting forever.
+
+    Raises:
+        DataError: ``path`` cannot be opened or is not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) |
+                     getattr(os, 'O_BINARY', 0))
+    except OSError as e:
+        raise DataError('cannot read {}: {}'.format(path, e.strerror or e)
+                        ) from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError('{}: not a regular file (a directory, FIFO or '
+                            'device); images must be files'.format(path))
+        if hasattr(os, 'set_blocking'):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, 'rb')
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _to_uint8(img, path: str) -> numpy.ndarray:
+    """An ``(H, W, 3)`` uint8 RGB array of a Pillow image of any mode.
+
+    16-bit grayscale (Pillow's ``I;16*`` and ``I`` modes, from 16-bit PNGs
+    and PGMs, 0..65535) is scaled to ``round(v * 255 / 65535)``, never
+    clipped; a float image must hold values in 0..255.
+    """
+    if img.mode.startswith('I') or img.mode == 'F':
+        values = numpy.asarray(img)
+        top = 255 if img.mode == 'F' else 65535
+        if values.size and (values.min() < 0 or values.max() > top):
+            raise DataError('{}: pixel values {}..{} outside 0..{} (mode {})'
+                            .format(path, values.min(), values.max(), top,
+                                    img.mode))
+        if img.mode == 'F':
+            gray = numpy.rint(values).astype(numpy.uint8)
+        else:
+            # v * 255 / 65535 is never a half for an integer v: no ties.
+            gray = ((values.astype(numpy.int64) * 255 + 32767) //
+                    65535).astype(numpy.uint8)
+        return numpy.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode != 'RGB':
+        img = img.convert('RGB')
+    return numpy.array(img, dtype=numpy.uint8)
+
+
 def read_image(path: PathLike) -> numpy.ndarray:
     """Decodes an image file into an ``(H, W, 3)`` uint8 RGB array.
 
     The EXIF orientation is applied (as OpenCV's ``imread``, which Caffe
     uses, does); any mode is converted to RGB by Pillow (grayscale
-    replicated, alpha dropped, palette expanded).
+    replicated, alpha dropped, palette expanded). 16-bit grayscale is
+    scaled to 8 bits (``round(v * 255 / 65535)``); Pillow reads 16-bit
+    colour as its high byte. Only regular files are opened.
 
     Raises:
-        DataError: The file (named) cannot be opened or decoded.
+        DataError: The file (named) cannot be opened or decoded, or is not
+            a regular file.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
     path = os.fspath(path)
-    try:
-        with Image.open(path) as img:
-            orientation = img.getexif().get(0x0112, 1)
-            if orientation not in (0, 1):
-                img = ImageOps.exif_transpose(img)
-            if img.mode != 'RGB':
-                img = img.convert('RGB')
-            return numpy.array(img, dtype=numpy.uint8)
-    except (OSError, ValueError, SyntaxError, EOFError,
-            Image.DecompressionBombError) as e:
-        raise DataError('{}: cannot decode the image: {}'.format(
-            path, e)) from e
+    with _open_regular(path) as f:
+        try:
+            with Image.open(f) as img:
+                orientation = img.getexif().get(0x0112, 1)
+                if orientation not in (0, 1):
+                    img = ImageOps.exif_transpose(img)
+                return _to_uint8(img, path)
+        except (OSError, ValueError, SyntaxError, EOFError,
+                Image.DecompressionBombError) as e:
+            if isinstance(e, DataError):
+                raise
+            # Pillow's own message would name the descriptor, not the file.
+            reason = ('not an image format Pillow reads'
+                      if isinstance(e, UnidentifiedImageError) else e)
+            raise DataError('{}: cannot decode the image: {}'.format(
+                path, reason)) from e
 
 
 class ImageSet:
@@ -325,6 +397,111 @@ class ImageDataset(chainer.dataset.DatasetMixin):
 
     def get_example(self, i: int) -> Tuple[numpy.ndarray, numpy.int32]:
         return self.images.image(i), numpy.int32(self.images.labels[i])
+
+
+def _decode_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be read as an image (its one-line
+    :class:`DataError` message), or None when it can."""
+    try:
+        read_image(path)
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def _show_progress(done: int, total: int) -> None:
+    sys.stderr.write('\rchecking images: {}/{}'.format(done, total))
+    if done == total:
+        sys.stderr.write('\n')
+    sys.stderr.flush()
+
+
+def find_bad_images(images: ImageSet, processes: int = 0,
+                    progress: Optional[bool] = None
+                    ) -> List[Tuple[str, str]]:
+    """Decodes every image file of ``images`` once; lists those that fail.
+
+    Images held in memory need no check. Each file is decoded as
+    :func:`read_image` does, once even when it appears several times.
+
+    Args:
+        images: The image set.
+        processes: Worker processes decoding in parallel (0: in this
+            process).
+        progress: Show a progress line on stderr; None: when stderr is a
+            terminal.
+
+    Returns:
+        list: ``(path, message)`` of each file that cannot be decoded, in
+        the set's order; the message names the file and the reason.
+    """
+    paths = list(dict.fromkeys(p for p in (images.path(i)
+                                           for i in range(len(images)))
+                               if p is not None))
+    if progress is None:
+        progress = sys.stderr.isatty()
+    problems: List[Optional[str]] = []
+    pool = multiprocessing.Pool(processes) if processes > 0 and \
+        len(paths) > 1 else None
+    try:
+        results = (pool.imap(_decode_problem, paths, chunksize=16)
+                   if pool is not None else map(_decode_problem, paths))
+        for problem in results:
+            problems.append(problem)
+            if progress and (len(problems) % 50 == 0 or
+                             len(problems) == len(paths)):
+                _show_progress(len(problems), len(paths))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return [(path, problem) for path, problem in zip(paths, problems)
+            if problem is not None]
+
+
+def check_images(images: ImageSet, processes: int = 0,
+                 skip_bad: bool = False,
+                 progress: Optional[bool] = None) -> ImageSet:
+    """``images`` once every file has been decoded (:func:`find_bad_images`).
+
+    Call it before training, so that a bad file fails the run at once, not
+    when a batch first reaches it.
+
+    Args:
+        images: The image set.
+        processes: Worker processes decoding in parallel (0: none).
+        skip_bad: Drop the images that cannot be decoded, with a warning
+            that lists them, instead of raising.
+        progress: Show a progress line on stderr; None: on a terminal.
+
+    Returns:
+        ImageSet: ``images`` itself, or the subset of the good ones when
+        ``skip_bad``.
+
+    Raises:
+        DataError: Some files cannot be decoded (all listed, each with its
+            reason), and ``skip_bad`` is false; or no image is left.
+    """
+    bad = find_bad_images(images, processes, progress)
+    if not bad:
+        return images
+    listing = '; '.join(message for _, message in bad)
+    if not skip_bad:
+        raise DataError('{}: {} image file{} cannot be decoded (pass '
+                        'skip_bad=True, CLI: --skip-bad-images, to skip '
+                        'them): {}'.format(images.name, len(bad),
+                                           '' if len(bad) == 1 else 's',
+                                           listing))
+    bad_paths = {path for path, _ in bad}
+    keep = numpy.array([images.path(i) not in bad_paths
+                        for i in range(len(images))], dtype=bool)
+    if not keep.any():
+        raise DataError('{}: no image can be decoded: {}'.format(
+            images.name, listing))
+    logger.warning('%s: skipping %d image file%s that cannot be decoded: %s',
+                   images.name, len(bad), '' if len(bad) == 1 else 's',
+                   listing)
+    return images.subset(keep)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -572,6 +749,12 @@ def _load_list(list_file: str, data_dir: Optional[PathLike]) -> ImageSet:
         if not (label.isascii() and label.isdigit()):
             raise DataError('{}: the label {!r} is not a non-negative '
                             'integer'.format(where, label))
+        # Digits counted before int(): a 5000-digit label is refused too.
+        if (len(label.lstrip('0')) > len(str(MAX_CLASSES - 1)) or
+                int(label) >= MAX_CLASSES):
+            raise DataError('{}: the label {} is too large: labels must be '
+                            'below {} (MAX_CLASSES)'.format(
+                                where, label, MAX_CLASSES))
         path = os.path.join(base, name)
         if not os.path.isfile(path):
             raise DataError('{}: no such image file: {}'.format(where, path))
@@ -768,6 +951,8 @@ def make_dataset(images: ImageSet,
 
 
 __all__ = ['ACCEPTED_FORMS', 'CaffeTransform', 'DIGITS_CLASSES',
+           'check_images', 'find_bad_images',
            'FASHION_MNIST_CLASSES', 'FASHION_MNIST_DIR', 'IMAGE_EXTENSIONS',
-           'ImageDataset', 'ImageSet', 'load_images', 'make_dataset',
-           'read_digits_csv', 'read_idx', 'read_image', 'split_per_class']
+           'ImageDataset', 'ImageSet', 'MAX_CLASSES', 'load_images',
+           'make_dataset', 'read_digits_csv', 'read_idx', 'read_image',
+           'split_per_class']

@@ -75,7 +75,10 @@ class FinetuneConfig:
             results, replacing them.
         compare_scratch: Also train the same network from random weights.
         seed: Seed of the data split, the new layers and the augmentation.
-        loaderjob: Worker processes for data loading (0: in-process).
+        loaderjob: Worker processes for data loading (0: in-process),
+            also decoding every image once before training.
+        skip_bad_images: Leave out, with a warning listing them, the image
+            files that cannot be decoded, instead of failing the job.
     """
 
     caffemodel: str = 'open_nsfw'
@@ -103,6 +106,7 @@ class FinetuneConfig:
     compare_scratch: bool = False
     seed: int = 0
     loaderjob: int = 0
+    skip_bad_images: bool = False
 
 
 #: What a job writes directly into its output directory: the report, the

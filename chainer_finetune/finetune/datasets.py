@@ -15,6 +15,7 @@ import numpy
 
 from chainer_finetune import data
 from chainer_finetune.caffe.preprocessing import CaffePreprocessor
+from chainer_finetune.errors import DataError
 from chainer_finetune.errors import FinetuneError
 from chainer_finetune.finetune.config import AUGMENTATIONS
 from chainer_finetune.finetune.config import FinetuneConfig
@@ -56,8 +57,27 @@ def preprocessors(config: FinetuneConfig, source: ModelSource
 
 def load_split(config: FinetuneConfig
                ) -> Tuple[data.ImageSet, data.ImageSet, data.ImageSet]:
-    """The image set and its training and held-out parts."""
+    """The image set and its training and held-out parts.
+
+    Every image file is decoded once first (:func:`data.check_images`, in
+    ``config.loaderjob`` processes): a bad file fails the job before
+    training, or is left out with a warning when
+    ``config.skip_bad_images``.
+
+    Raises:
+        DataError: Bad image files (all listed), or fewer than two classes
+            with images.
+    """
     images = data.load_images(config.data, data_dir=config.data_dir)
+    images = data.check_images(images, processes=config.loaderjob,
+                               skip_bad=config.skip_bad_images)
+    present = numpy.flatnonzero(images.counts())
+    if len(present) < 2:
+        # One class trains to a meaningless "accuracy 1.000".
+        raise DataError('{}: only one class has images ({!r}, {} images); '
+                        'a classifier needs at least two'.format(
+                            images.name, images.class_names[present[0]],
+                            len(images)))
     train_set, test_set = data.split_per_class(
         images, config.train_per_class, config.test_per_class,
         seed=config.seed)
@@ -86,13 +106,57 @@ def transformed(config: FinetuneConfig, train_set: data.ImageSet,
     return train, test
 
 
+class _LoadFailure:
+    """An exception raised while loading an example, carried as the example
+    out of a loader worker (Chainer's workers lose it otherwise)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _CarryErrors(chainer.dataset.DatasetMixin):
+    """``dataset``, whose examples that fail come out as a
+    :class:`_LoadFailure`."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def get_example(self, i: int) -> Any:
+        try:
+            return self.dataset[i]
+        except Exception as e:   # re-raised in the main process
+            return _LoadFailure(e)
+
+
+class _RaisingMultiprocessIterator(chainer.iterators.MultiprocessIterator):
+    """A MultiprocessIterator that raises, in the main process, the very
+    exception that a worker met loading an example (a one-line
+    :class:`~chainer_finetune.errors.DataError` stays one)."""
+
+    def __init__(self, dataset: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(_CarryErrors(dataset), *args, **kwargs)
+
+    def __next__(self) -> Any:
+        batch = super().__next__()
+        for example in batch:
+            if isinstance(example, _LoadFailure):
+                raise example.error
+        return batch
+
+    next = __next__
+
+
 def make_iterator(dataset: Any, batchsize: int, train: bool, loaderjob: int,
                   seed: int) -> chainer.dataset.Iterator:
     """A repeating shuffled (``train``) or a single ordered pass iterator.
 
     The training order comes from a RandomState of its own, so that every
     run (pretrained, scratch) sees the same batches whatever else uses
-    NumPy's global state; ``loaderjob`` > 0 loads in worker processes.
+    NumPy's global state; ``loaderjob`` > 0 loads in worker processes,
+    whose errors are raised as they are in the main process.
     """
     kwargs: Dict[str, Any] = dict(repeat=False, shuffle=False)
     if train:
@@ -100,6 +164,6 @@ def make_iterator(dataset: Any, batchsize: int, train: bool, loaderjob: int,
             numpy.random.RandomState(seed))
         kwargs = dict(repeat=True, order_sampler=sampler)
     if loaderjob > 0:
-        return chainer.iterators.MultiprocessIterator(
+        return _RaisingMultiprocessIterator(
             dataset, batchsize, n_processes=loaderjob, **kwargs)
     return chainer.iterators.SerialIterator(dataset, batchsize, **kwargs)

@@ -139,7 +139,9 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
     logger.info('%s: training %d epochs of %d images (batch %d) on %s',
                 name, config.epochs, len(train), config.batchsize, device)
     start = time.perf_counter()
-    trainer.run()
+    # An error in the loop (a DataError from a file that changed since the
+    # check) is raised as it is, without Chainer's 40-line dump before it.
+    trainer.run(show_loop_exception_msg=False)
     seconds = time.perf_counter() - start
     log = trainer.get_extension('LogReport').log
     accuracies = [float(e['validation/main/accuracy']) for e in log]
