@@ -28,7 +28,8 @@ from chainer_finetune.caffe.cache.location import (
 from chainer_finetune.caffe.cache.stats import CacheStats, cache_stats, count
 from chainer_finetune.errors import CaffeModelError
 from chainer_finetune.files import (
-    LockTimeout, PathLike, atomic_output, cache_root, file_lock)
+    LockTimeout, NotARegularFileError, PathLike, atomic_output, cache_root,
+    file_lock, open_regular)
 
 logger = logging.getLogger(__name__)
 
@@ -178,13 +179,18 @@ def cache_info() -> List[CacheEntry]:
         path = directory / name
         meta: Dict[str, Any] = {}
         problem = None
+        size = 0
         try:
-            with open(path, 'rb') as f:
-                size = os.fstat(f.fileno()).st_size
+            opened = open_entry(path)
+            if opened is None:   # removed meanwhile
+                continue
+            f, size = opened
+            with f:
                 meta = read_layout(f, size, name).meta
         except (OSError, CorruptEntryError) as e:
-            size = path.stat().st_size if path.exists() else 0
             problem = str(e)
+            with contextlib.suppress(OSError):
+                size = size or path.lstat().st_size
         entries.append(CacheEntry(path, size, meta.get('source'),
                                   meta.get('options') or {},
                                   meta.get('created'),
@@ -296,13 +302,14 @@ def load_pickle(path: PathLike, *, verify: bool = True) -> Any:
     """
     path = os.fspath(path)
     try:
-        f = open(path, 'rb')
+        f, st = open_regular(path)
+    except NotARegularFileError as e:
+        raise CaffeModelError(str(e)) from None
     except OSError as e:
         raise CaffeModelError('{}: cannot open: {}'.format(
             path, e.strerror or e)) from None
     with f:
-        obj, _ = read_entry(f, os.fstat(f.fileno()).st_size, path,
-                            verify)
+        obj, _ = read_entry(f, st.st_size, path, verify)
     return obj
 
 
