@@ -113,3 +113,104 @@ def test_load_pickle_of_a_fifo_or_directory(tmp_path):
     assert not hung.is_set(), 'opening the FIFO blocked'
     with pytest.raises(CaffeModelError, match='is a directory'):
         cache.load_pickle(tmp_path)
+
+
+# --------------------------------------------------------------------------
+# A model file replaced during a cache=True load
+# --------------------------------------------------------------------------
+
+def _params(net):
+    return {name: p.array.copy() for name, p in net.namedparams()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(
+        numpy.array_equal(a[k], b[k]) for k in a)
+
+
+def test_file_swapped_between_hash_and_build(cache_root, tmp_path,
+                                             monkeypatch):
+    # The swap lands deterministically between hashing the file (the key)
+    # and reading it to build the net, as an atomic `mv` of another version
+    # can; 12 rounds, alternating which version is swapped in.
+    path = str(tmp_path / 'net.caffemodel')
+    versions = [write_net(tmp_path / 'v{}.caffemodel'.format(i), seed=i)
+                for i in range(2)]
+    expected = []
+    for v in versions:
+        with open(v, 'rb') as f:
+            data = f.read()
+        with open(path, 'wb') as f:
+            f.write(data)
+        expected.append(_params(load_caffe(path)))
+    real_key = cache.cache_key
+    swap_in = []
+
+    def key_then_swap(*args, **kwargs):
+        key = real_key(*args, **kwargs)
+        if swap_in:
+            tmp = path + '.new'
+            with open(swap_in.pop(), 'rb') as src, open(tmp, 'wb') as dst:
+                dst.write(src.read())
+            os.replace(tmp, path)
+        return key
+
+    monkeypatch.setattr(cache, 'cache_key', key_then_swap)
+    for round_ in range(12):
+        pristine, other = round_ % 2, 1 - round_ % 2
+        with open(versions[pristine], 'rb') as f:
+            data = f.read()
+        with open(path + '.new', 'wb') as f:
+            f.write(data)
+        os.replace(path + '.new', path)
+        swap_in.append(versions[other])
+        load_caffe(path, cache=True)   # the net of whichever file it read
+        # The pristine file must never get the other version's weights.
+        with open(path + '.new', 'wb') as f:
+            f.write(data)
+        os.replace(path + '.new', path)
+        got = _params(load_caffe(path, cache=True))
+        assert _same(got, expected[pristine]), 'round {}'.format(round_)
+
+
+def test_swapping_file_race_never_caches_a_wrong_net(cache_root, tmp_path):
+    # A background thread keeps replacing the file with `mv` while loads
+    # run: whatever each load returns, every entry must match its key.
+    path = str(tmp_path / 'net.caffemodel')
+    versions = [write_net(tmp_path / 'v{}.caffemodel'.format(i), seed=i,
+                          n_hidden=200) for i in range(2)]
+    blobs = []
+    for v in versions:
+        with open(v, 'rb') as f:
+            blobs.append(f.read())
+    expected = [_params(load_caffe(v)) for v in versions]
+    stop = threading.Event()
+
+    def swapper():
+        i = 0
+        while not stop.is_set():
+            tmp = path + '.swap'
+            with open(tmp, 'wb') as f:
+                f.write(blobs[i % 2])
+            os.replace(tmp, path)
+            i += 1
+            time.sleep(0.001)
+
+    with open(path, 'wb') as f:
+        f.write(blobs[0])
+    thread = threading.Thread(target=swapper, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    try:
+        for _ in range(12):
+            got = _params(load_caffe(path, cache=True))
+            assert _same(got, expected[0]) or _same(got, expected[1])
+            if time.monotonic() > deadline:
+                break
+    finally:
+        stop.set()
+        thread.join()
+    for i, data in enumerate(blobs):
+        with open(path, 'wb') as f:
+            f.write(data)
+        assert _same(_params(load_caffe(path, cache=True)), expected[i])

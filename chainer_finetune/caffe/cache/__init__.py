@@ -83,6 +83,9 @@ def cached(inputs: Sequence[Tuple[str, Optional[PathLike]]],
     if directory is None:
         return build()
     try:
+        # Taken before hashing: a file replaced (or rewritten) between the
+        # hash and the build shows as another identity afterwards.
+        identities = _identities(inputs)
         key = cache_key(inputs, options, directory)
     except OSError as e:
         # Unreadable inputs: let the loader report them its own way.
@@ -111,8 +114,27 @@ def cached(inputs: Sequence[Tuple[str, Optional[PathLike]]],
         count('misses')
         logger.info('cache miss for %s', source)
         obj = build()
-        _store(entry, obj, entry_meta(key, source, options))
+        changed = _identities(inputs) != identities
+        if changed:
+            # The net may be built from other bytes than the key's.
+            logger.warning('%s changed while it was loaded; not caching '
+                           'the result', source)
+            count('errors')
+        else:
+            _store(entry, obj, entry_meta(key, source, options))
         return obj
+
+
+def _identities(inputs: Sequence[Tuple[str, Optional[PathLike]]]
+                ) -> List[Optional[Tuple[int, ...]]]:
+    """Each input file's identity: device, inode, size, mtime, ctime."""
+    result = []
+    for _, path in inputs:
+        st = None if path is None else os.stat(path)
+        result.append(None if st is None else (
+            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns))
+    return result
 
 
 def _hit(obj: T, source: str, entry: pathlib.Path, start: float) -> T:
