@@ -214,3 +214,35 @@ def test_swapping_file_race_never_caches_a_wrong_net(cache_root, tmp_path):
         with open(path, 'wb') as f:
             f.write(data)
         assert _same(_params(load_caffe(path, cache=True)), expected[i])
+
+
+# --------------------------------------------------------------------------
+# A flipped byte in an entry's weights
+# --------------------------------------------------------------------------
+
+def test_flipped_weight_byte_is_not_served(cache_root, model, caplog):
+    expected = output(load_caffe(model))
+    load_caffe(model, cache=True)
+    [name] = entries()
+    entry = cache.cache_dir() / name
+    data = bytearray(entry.read_bytes())
+    data[-3] ^= 0x10   # in the last buffer: weights, not the pickle stream
+    # Rewritten in place with its old times, as a bit flip on disk would be.
+    st = entry.stat()
+    with open(entry, 'r+b') as f:
+        f.write(bytes(data))
+    os.utime(entry, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.VERIFY_WEIGHTS is False   # the default
+    before = cache.cache_stats()
+    with caplog.at_level(logging.WARNING, logger='chainer_finetune'):
+        net = load_caffe(model, cache=True)
+    assert 'corrupt weights (checksum)' in caplog.text
+    d = delta(before)
+    assert (d['hits'], d['corrupt'], d['writes']) == (0, 1, 1)
+    numpy.testing.assert_array_equal(output(net), expected)
+    # The rebuilt entry is checked once, then served without the check.
+    before = cache.cache_stats()
+    for _ in range(2):
+        numpy.testing.assert_array_equal(
+            output(load_caffe(model, cache=True)), expected)
+    assert delta(before)['hits'] == 2
