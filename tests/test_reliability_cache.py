@@ -3,6 +3,9 @@ writers, and survives odd files in place of its entries."""
 
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -11,7 +14,7 @@ import chainer_finetune  # noqa: F401  (before chainer)
 import numpy
 import pytest
 
-from chainer_finetune import files
+from chainer_finetune import cli, files
 from chainer_finetune.caffe import cache
 from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import CaffeModelError
@@ -246,3 +249,73 @@ def test_flipped_weight_byte_is_not_served(cache_root, model, caplog):
         numpy.testing.assert_array_equal(
             output(load_caffe(model, cache=True)), expected)
     assert delta(before)['hits'] == 2
+
+
+# --------------------------------------------------------------------------
+# Temporary files of killed writers
+# --------------------------------------------------------------------------
+
+_KILLED_WRITER = textwrap.dedent('''
+    import sys, time
+    import chainer_finetune
+    from chainer_finetune.caffe import cache
+    from chainer_finetune.caffe.loader import load_caffe
+    model, ready = sys.argv[1:3]
+
+    def write_then_hang(f, obj, meta):
+        f.write(b'half an entry' * 1000)
+        f.flush()
+        open(ready, 'w').close()
+        time.sleep(600)   # killed here, mid-write
+
+    cache.write_entry = write_then_hang
+    load_caffe(model, cache=True)
+''')
+
+
+def _kill_a_writer(tmp_path, model):
+    """Runs a cache write and kills it (-9) in the middle."""
+    script = tmp_path / 'writer.py'
+    script.write_text(_KILLED_WRITER)
+    ready = tmp_path / 'ready'
+    proc = subprocess.Popen([sys.executable, str(script), model, str(ready)],
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, 'writer did not start'
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+
+
+@pytest.mark.skipif(os.name != 'posix', reason='kill -9')
+def test_temp_files_of_killed_writes_are_shown_and_removed(
+        cache_root, tmp_path, capsys):
+    first = write_net(tmp_path / 'a.caffemodel', seed=0)
+    second = write_net(tmp_path / 'b.caffemodel', seed=1)
+    _kill_a_writer(tmp_path, first)
+    [(orphan, size)] = cache.orphaned_temp_files()
+    assert orphan.name.endswith('.tmp') and size == 13000
+    assert cli.main(['cache']) == 0
+    out = capsys.readouterr().out
+    assert '1 temporary files of killed writes, 0.0 MB' in out
+    # A write in progress (its lock held) is not an orphan, nor removed.
+    directory = cache.cache_dir()
+    busy = directory / ('.{}.pkl.1.00000000.tmp'.format('0' * 64))
+    busy.write_bytes(b'being written')
+    with files.file_lock(directory / ('0' * 64 + '.lock')):
+        assert cache.orphaned_temp_files() == [(orphan, size)]
+        load_caffe(second, cache=True)   # the next write cleans up
+        assert not orphan.exists() and busy.exists()
+    assert cache.orphaned_temp_files() == [(busy, 13)]
+    assert cli.main(['cache']) == 0
+    assert 'killed writes' in capsys.readouterr().out
+    # The killed write's own entry is written by the next load of it.
+    before = cache.cache_stats()
+    load_caffe(first, cache=True)
+    assert delta(before)['writes'] == 1
+    assert cache.orphaned_temp_files() == []
+    assert len(entries()) == 2

@@ -49,6 +49,9 @@ VERIFY_WEIGHTS = False
 _verified: Set[Tuple[int, int, int, int]] = set()
 _verified_lock = threading.Lock()
 _ENTRY_RE = re.compile(r'^[0-9a-f]{64}\.pkl$')
+# atomic_output's temporary files (files.temp_name) of entries and index.
+_TEMP_RE = re.compile(r'^\.([0-9a-f]{64}\.pkl|' + re.escape(INDEX_NAME) +
+                      r')\.[0-9]+\.[0-9a-f]+\.tmp$')
 
 
 def _try_entry(path: pathlib.Path, key: str, source: str,
@@ -157,8 +160,59 @@ def _hit(obj: T, source: str, entry: pathlib.Path, start: float) -> T:
     return obj
 
 
+def _lock_of(final: str) -> str:
+    """The lock its writer holds while writing ``final``."""
+    return (final[:-len('.pkl')] if _ENTRY_RE.match(final) else final) + \
+        '.lock'
+
+
+def orphaned_temp_files(held: Optional[str] = None
+                        ) -> List[Tuple[pathlib.Path, int]]:
+    """Temporary files left in :func:`cache_dir` by killed writers.
+
+    A writer holds the lock of what it writes for the whole life of its
+    temporary file, so a temporary file whose lock is free (or is
+    ``held``, by the caller) has no living writer.
+
+    Args:
+        held: The name of a lock file the caller holds.
+
+    Returns:
+        list: ``(path, size in bytes)`` per orphan.
+    """
+    directory = cache_dir()
+    orphans = []
+    for name in _names(directory, entries_only=False):
+        match = _TEMP_RE.match(name)
+        if match is None:
+            continue
+        lock = _lock_of(match.group(1))
+        try:
+            if lock != held:
+                with file_lock(directory / lock, timeout=0):
+                    pass
+            size = (directory / name).lstat().st_size
+        except OSError:   # a writer holds it (LockTimeout), or it is gone
+            continue
+        orphans.append((directory / name, size))
+    return orphans
+
+
+def _remove_orphans(held: str) -> None:
+    for path, size in orphaned_temp_files(held):
+        try:
+            path.unlink()
+        except OSError as e:
+            logger.debug('cannot remove %s: %s', path, e)
+            continue
+        logger.info('removed %s (%d bytes), left by a killed writer',
+                    path.name, size)
+
+
 def _store(entry: pathlib.Path, obj: Any, meta: Mapping[str, Any]) -> None:
     start = time.perf_counter()
+    # Called under the entry's lock.
+    _remove_orphans(held=_lock_of(entry.name))
     try:
         # Private (0600), and fsync'ed before it is moved into place.
         with atomic_output(entry, overwrite=True, mode=0o600) as tmp:
@@ -351,4 +405,5 @@ def load_pickle(path: PathLike, *, verify: bool = True) -> Any:
 __all__ = ['CACHE_FORMAT', 'CacheEntry', 'CacheStats', 'CorruptEntryError',
            'LockTimeout', 'cache_dir', 'cache_info', 'cache_key',
            'cache_root', 'cache_stats', 'cached', 'clear_cache',
-           'file_sha256', 'load_pickle', 'save_pickle', 'verify_cache']
+           'file_sha256', 'load_pickle', 'orphaned_temp_files',
+           'save_pickle', 'verify_cache']
