@@ -1,8 +1,11 @@
 """Issue 11, the cache: it never serves a wrong net, cleans up after killed
 writers, and survives odd files in place of its entries."""
 
+import functools
 import logging
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -319,3 +322,76 @@ def test_temp_files_of_killed_writes_are_shown_and_removed(
     assert delta(before)['writes'] == 1
     assert cache.orphaned_temp_files() == []
     assert len(entries()) == 2
+
+
+# --------------------------------------------------------------------------
+# What the key holds
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize('stop_at', [None, 'conv1/3x3'])
+def test_cached_equals_uncached_and_hits_the_second_time(cache_root, model,
+                                                         stop_at):
+    plain = _params(load_caffe(model, stop_at=stop_at))
+    before = cache.cache_stats()
+    first = load_caffe(model, stop_at=stop_at, cache=True)
+    d = delta(before)
+    assert (d['hits'], d['misses'], d['writes']) == (0, 1, 1)
+    second = load_caffe(model, stop_at=stop_at, cache=True)
+    d = delta(before)
+    assert (d['hits'], d['misses'], d['writes']) == (1, 1, 1)
+    assert _same(_params(first), plain) and _same(_params(second), plain)
+    if stop_at is None:
+        numpy.testing.assert_array_equal(output(second),
+                                         output(load_caffe(model)))
+
+
+def _misses_after(model, change, monkeypatch):
+    load_caffe(model, cache=True)
+    with monkeypatch.context() as m:
+        change(m)
+        before = cache.cache_stats()
+        load_caffe(model, cache=True)
+        return delta(before)
+
+
+def test_entry_of_another_version_is_not_reused(cache_root, model,
+                                                monkeypatch):
+    from chainer_finetune.caffe.cache import keys
+    import chainer
+    for change in (lambda m: m.setattr(keys, '__version__', '0.0.0-other'),
+                   lambda m: m.setattr(chainer, '__version__', '6.0.0')):
+        d = _misses_after(model, change, monkeypatch)
+        assert (d['hits'], d['misses']) == (0, 1)
+    assert len(entries()) == 3
+    assert {e.versions['chainer_finetune'] for e in cache.cache_info()} == {
+        '0.0.0-other', chainer_finetune.__version__}
+
+
+def test_entry_of_edited_code_is_not_reused(cache_root, model, tmp_path,
+                                            monkeypatch):
+    from chainer_finetune.caffe.cache import keys
+    package = pathlib.Path(chainer_finetune.__file__).parent
+    edited = tmp_path / 'edited_package'
+    shutil.copytree(package, edited,
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    with open(edited / 'caffe' / 'reader.py', 'a') as f:
+        f.write('\n# an edit\n')
+
+    def change(m):
+        m.setattr(keys, '_PACKAGE', edited)
+        keys._code_fingerprint.cache_clear()
+        m.setattr(keys, '_code_fingerprint',
+                  functools.lru_cache(maxsize=None)(
+                      keys._code_fingerprint.__wrapped__))
+
+    try:
+        d = _misses_after(model, change, monkeypatch)
+    finally:
+        keys._code_fingerprint.cache_clear()
+    assert (d['hits'], d['misses']) == (0, 1)
+    fingerprints = {e.versions['code'] for e in cache.cache_info()}
+    assert len(fingerprints) == 2
+    # And back with the unedited code: the first entry is hit again.
+    before = cache.cache_stats()
+    load_caffe(model, cache=True)
+    assert delta(before)['hits'] == 1
