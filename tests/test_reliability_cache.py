@@ -23,18 +23,8 @@ from chainer_finetune.caffe.loader import load_caffe
 from chainer_finetune.errors import CaffeModelError
 
 from test_cache import delta, entries, output, write_net
-
-
-@pytest.fixture
-def cache_root(tmp_path, monkeypatch):
-    root = tmp_path / 'cache'
-    monkeypatch.setenv('CHAINER_FINETUNE_CACHE', str(root))
-    return root
-
-
-@pytest.fixture
-def model(tmp_path):
-    return write_net(tmp_path / 'net.caffemodel')
+# The fixtures test_cache.py uses: a private cache root, a small model.
+from test_cache import cache_root, model  # noqa: F401
 
 
 def _entry_path(model):
