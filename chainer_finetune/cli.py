@@ -309,9 +309,14 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             removed, freed / 1e6, cache.cache_dir()))
         return 0
     entries = cache.cache_info()
+    orphans = cache.orphaned_temp_files()
     print('{}: {} entries, {:.1f} MB'.format(
         cache.cache_dir(), len(entries),
         sum(e.size for e in entries) / 1e6))
+    if orphans:
+        print('  {} temporary files of killed writes, {:.1f} MB (removed '
+              'by the next write, or --clear)'.format(
+                  len(orphans), sum(size for _, size in orphans) / 1e6))
     for e in entries:
         when = datetime.datetime.fromtimestamp(e.created).strftime(
             '%Y-%m-%d %H:%M') if e.created else '?'

@@ -13,8 +13,9 @@ import errno
 import hashlib
 import os
 import pathlib
+import stat
 import time
-from typing import Iterator, Union
+from typing import BinaryIO, Iterator, Tuple, Union
 
 try:
     import fcntl
@@ -199,6 +200,57 @@ def _acquire(fd: int, path: str, timeout: float) -> bool:
         delay = min(delay * 2, 0.25)
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, 'a directory'),
+                       (stat.S_ISFIFO, 'a FIFO (named pipe)'),
+                       (stat.S_ISSOCK, 'a socket'),
+                       (stat.S_ISCHR, 'a character device'),
+                       (stat.S_ISBLK, 'a block device')):
+        if test(mode):
+            return name
+    return 'not a regular file'
+
+
+def open_regular(path: PathLike, flags: int = 0
+                 ) -> Tuple[BinaryIO, os.stat_result]:
+    """Opens a regular file for binary reading, never blocking on a FIFO.
+
+    The file is opened with ``O_NONBLOCK`` (so a FIFO or a device cannot
+    hang the open), checked with ``fstat`` on the open descriptor (so what
+    is checked is what is read), then switched back to blocking reads.
+
+    Args:
+        path: The file.
+        flags: Extra ``os.open`` flags, e.g. ``os.O_NOFOLLOW``.
+
+    Returns:
+        ``(file, its stat)``.
+
+    Raises:
+        NotARegularFileError: ``path`` is a directory, FIFO, socket or
+            device.
+        OSError: it cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) |
+                 getattr(os, 'O_BINARY', 0) | flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError('{}: is {}, not a regular '
+                                       'file'.format(os.fspath(path),
+                                                     _kind(st.st_mode)))
+        if hasattr(os, 'set_blocking'):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, 'rb'), st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class NotARegularFileError(OSError):
+    """A directory, FIFO, socket or device where a file was expected."""
+
+
 def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """The SHA-256 of a file, lowercase hex.
 
@@ -209,11 +261,13 @@ def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     buf = bytearray(chunk_size)
     view = memoryview(buf)
-    with open(path, 'rb') as f:
+    f, _ = open_regular(path)
+    with f:
         while n := f.readinto(buf):
             digest.update(view[:n])
     return digest.hexdigest()
 
 
-__all__ = ['LOCK_TIMEOUT_S', 'LockTimeout', 'atomic_output', 'cache_root',
-           'ensure_absent', 'file_lock', 'sha256_of', 'temp_name']
+__all__ = ['LOCK_TIMEOUT_S', 'LockTimeout', 'NotARegularFileError',
+           'atomic_output', 'cache_root', 'ensure_absent', 'file_lock',
+           'open_regular', 'sha256_of', 'temp_name']

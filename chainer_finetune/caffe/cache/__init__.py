@@ -15,9 +15,10 @@ import logging
 import os
 import pathlib
 import re
+import threading
 import time
 from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional,
-                    Sequence, Tuple, TypeVar)
+                    Sequence, Set, Tuple, TypeVar)
 
 from chainer_finetune.caffe.cache.container import (
     CACHE_FORMAT, CorruptEntryError, read_entry, read_layout, write_entry)
@@ -28,20 +29,29 @@ from chainer_finetune.caffe.cache.location import (
 from chainer_finetune.caffe.cache.stats import CacheStats, cache_stats, count
 from chainer_finetune.errors import CaffeModelError
 from chainer_finetune.files import (
-    LockTimeout, PathLike, atomic_output, cache_root, file_lock)
+    LockTimeout, NotARegularFileError, PathLike, atomic_output, cache_root,
+    file_lock, open_regular)
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar('T')
 
-#: Check the CRC-32 of every weight chunk when loading an entry. Off by
-#: default: it costs as much again as reading the weights (0.2-0.4 s per
-#: 550 MB), which made a cached load slower than converting. The header,
-#: lengths and pickle stream are always checked and entries are fsync'ed,
-#: so truncation and crash damage are caught anyway; :func:`verify_cache`
-#: checks everything.
+#: Check the CRC-32 of every weight chunk on every load of an entry. Off by
+#: default, the weights of an entry are then checked on its first hit in a
+#: process only (per file identity: a rewritten entry is checked again):
+#: the check costs about 0.17 s per 553 MB (docs/cache_export.rst), so a
+#: flipped byte is never served to a fresh process, and a process loading
+#: the same net again does not pay twice. The header, lengths and pickle
+#: stream are always checked; :func:`verify_cache` checks everything.
 VERIFY_WEIGHTS = False
+# Identities (device, inode, size, mtime) of the entries whose weights this
+# process has checked.
+_verified: Set[Tuple[int, int, int, int]] = set()
+_verified_lock = threading.Lock()
 _ENTRY_RE = re.compile(r'^[0-9a-f]{64}\.pkl$')
+# atomic_output's temporary files (files.temp_name) of entries and index.
+_TEMP_RE = re.compile(r'^\.([0-9a-f]{64}\.pkl|' + re.escape(INDEX_NAME) +
+                      r')\.[0-9]+\.[0-9a-f]+\.tmp$')
 
 
 def _try_entry(path: pathlib.Path, key: str, source: str,
@@ -53,8 +63,15 @@ def _try_entry(path: pathlib.Path, key: str, source: str,
             return None, False
         f, size = opened
         with f:
-            return read_entry(f, size, os.fspath(path), VERIFY_WEIGHTS,
-                              key=key)[0], False
+            st = os.fstat(f.fileno())
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            with _verified_lock:
+                verify = VERIFY_WEIGHTS or identity not in _verified
+            obj = read_entry(f, size, os.fspath(path), verify, key=key)[0]
+        if verify:
+            with _verified_lock:
+                _verified.add(identity)
+        return obj, False
     except (CorruptEntryError, OSError) as e:
         if warn:
             logger.warning('cache entry for %s is unusable, rebuilding it: '
@@ -82,6 +99,9 @@ def cached(inputs: Sequence[Tuple[str, Optional[PathLike]]],
     if directory is None:
         return build()
     try:
+        # Taken before hashing: a file replaced (or rewritten) between the
+        # hash and the build shows as another identity afterwards.
+        identities = _identities(inputs)
         key = cache_key(inputs, options, directory)
     except OSError as e:
         # Unreadable inputs: let the loader report them its own way.
@@ -110,8 +130,27 @@ def cached(inputs: Sequence[Tuple[str, Optional[PathLike]]],
         count('misses')
         logger.info('cache miss for %s', source)
         obj = build()
-        _store(entry, obj, entry_meta(key, source, options))
+        changed = _identities(inputs) != identities
+        if changed:
+            # The net may be built from other bytes than the key's.
+            logger.warning('%s changed while it was loaded; not caching '
+                           'the result', source)
+            count('errors')
+        else:
+            _store(entry, obj, entry_meta(key, source, options))
         return obj
+
+
+def _identities(inputs: Sequence[Tuple[str, Optional[PathLike]]]
+                ) -> List[Optional[Tuple[int, ...]]]:
+    """Each input file's identity: device, inode, size, mtime, ctime."""
+    result = []
+    for _, path in inputs:
+        st = None if path is None else os.stat(path)
+        result.append(None if st is None else (
+            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns))
+    return result
 
 
 def _hit(obj: T, source: str, entry: pathlib.Path, start: float) -> T:
@@ -121,8 +160,59 @@ def _hit(obj: T, source: str, entry: pathlib.Path, start: float) -> T:
     return obj
 
 
+def _lock_of(final: str) -> str:
+    """The lock its writer holds while writing ``final``."""
+    return (final[:-len('.pkl')] if _ENTRY_RE.match(final) else final) + \
+        '.lock'
+
+
+def orphaned_temp_files(held: Optional[str] = None
+                        ) -> List[Tuple[pathlib.Path, int]]:
+    """Temporary files left in :func:`cache_dir` by killed writers.
+
+    A writer holds the lock of what it writes for the whole life of its
+    temporary file, so a temporary file whose lock is free (or is
+    ``held``, by the caller) has no living writer.
+
+    Args:
+        held: The name of a lock file the caller holds.
+
+    Returns:
+        list: ``(path, size in bytes)`` per orphan.
+    """
+    directory = cache_dir()
+    orphans = []
+    for name in _names(directory, entries_only=False):
+        match = _TEMP_RE.match(name)
+        if match is None:
+            continue
+        lock = _lock_of(match.group(1))
+        try:
+            if lock != held:
+                with file_lock(directory / lock, timeout=0):
+                    pass
+            size = (directory / name).lstat().st_size
+        except OSError:   # a writer holds it (LockTimeout), or it is gone
+            continue
+        orphans.append((directory / name, size))
+    return orphans
+
+
+def _remove_orphans(held: str) -> None:
+    for path, size in orphaned_temp_files(held):
+        try:
+            path.unlink()
+        except OSError as e:
+            logger.debug('cannot remove %s: %s', path, e)
+            continue
+        logger.info('removed %s (%d bytes), left by a killed writer',
+                    path.name, size)
+
+
 def _store(entry: pathlib.Path, obj: Any, meta: Mapping[str, Any]) -> None:
     start = time.perf_counter()
+    # Called under the entry's lock.
+    _remove_orphans(held=_lock_of(entry.name))
     try:
         # Private (0600), and fsync'ed before it is moved into place.
         with atomic_output(entry, overwrite=True, mode=0o600) as tmp:
@@ -178,13 +268,18 @@ def cache_info() -> List[CacheEntry]:
         path = directory / name
         meta: Dict[str, Any] = {}
         problem = None
+        size = 0
         try:
-            with open(path, 'rb') as f:
-                size = os.fstat(f.fileno()).st_size
+            opened = open_entry(path)
+            if opened is None:   # removed meanwhile
+                continue
+            f, size = opened
+            with f:
                 meta = read_layout(f, size, name).meta
         except (OSError, CorruptEntryError) as e:
-            size = path.stat().st_size if path.exists() else 0
             problem = str(e)
+            with contextlib.suppress(OSError):
+                size = size or path.lstat().st_size
         entries.append(CacheEntry(path, size, meta.get('source'),
                                   meta.get('options') or {},
                                   meta.get('created'),
@@ -296,17 +391,19 @@ def load_pickle(path: PathLike, *, verify: bool = True) -> Any:
     """
     path = os.fspath(path)
     try:
-        f = open(path, 'rb')
+        f, st = open_regular(path)
+    except NotARegularFileError as e:
+        raise CaffeModelError(str(e)) from None
     except OSError as e:
         raise CaffeModelError('{}: cannot open: {}'.format(
             path, e.strerror or e)) from None
     with f:
-        obj, _ = read_entry(f, os.fstat(f.fileno()).st_size, path,
-                            verify)
+        obj, _ = read_entry(f, st.st_size, path, verify)
     return obj
 
 
 __all__ = ['CACHE_FORMAT', 'CacheEntry', 'CacheStats', 'CorruptEntryError',
            'LockTimeout', 'cache_dir', 'cache_info', 'cache_key',
            'cache_root', 'cache_stats', 'cached', 'clear_cache',
-           'file_sha256', 'load_pickle', 'save_pickle', 'verify_cache']
+           'file_sha256', 'load_pickle', 'orphaned_temp_files',
+           'save_pickle', 'verify_cache']

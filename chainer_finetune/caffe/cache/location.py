@@ -18,7 +18,8 @@ from typing import BinaryIO, Optional, Tuple
 
 from chainer_finetune.caffe.cache.container import CorruptEntryError
 from chainer_finetune.caffe.cache.stats import count
-from chainer_finetune.files import cache_root
+from chainer_finetune.files import (
+    NotARegularFileError, cache_root, open_regular)
 
 logger = logging.getLogger(__name__)
 
@@ -81,29 +82,29 @@ def usable_dir(create: bool) -> Optional[pathlib.Path]:
 def open_entry(path: pathlib.Path) -> Optional[Tuple[BinaryIO, int]]:
     """Opens an entry for reading if it exists and may be trusted.
 
+    Only a regular file is opened (a FIFO in its place cannot hang the
+    open: see :func:`~chainer_finetune.files.open_regular`).
+
     Returns:
         ``(file, size)``, or None when there is no entry.
 
     Raises:
-        CorruptEntryError: a symbolic link, not a regular file, or not
-            private to the current user.
+        CorruptEntryError: a symbolic link, not a regular file (a
+            directory, FIFO...), or not private to the current user.
     """
-    flags = os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0) | \
-        getattr(os, 'O_BINARY', 0)
     try:
-        fd = os.open(path, flags)
+        f, st = open_regular(path, getattr(os, 'O_NOFOLLOW', 0))
     except FileNotFoundError:
         return None
+    except NotARegularFileError as e:
+        raise CorruptEntryError('{}; not loading it'.format(e)) from None
     except OSError as e:
         if e.errno == errno.ELOOP:   # O_NOFOLLOW met a symbolic link
             raise CorruptEntryError('{}: is a symbolic link; cache entries '
                                     'are read only from the cache '
                                     'directory itself'.format(path)) from None
         raise
-    f = os.fdopen(fd, 'rb')
-    st = os.fstat(fd)
-    problem = (private_problem(st) if stat.S_ISREG(st.st_mode)
-               else 'not a regular file')
+    problem = private_problem(st)
     if problem:
         f.close()
         raise CorruptEntryError('{}: is {}; not loading it'.format(path,
