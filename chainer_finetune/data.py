@@ -58,7 +58,6 @@ import io
 import logging
 import multiprocessing
 import os
-import stat
 import sys
 import zlib
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -67,6 +66,7 @@ import chainer
 import numpy
 
 from chainer_finetune.errors import DataError
+from chainer_finetune.files import NotARegularFileError, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -157,21 +157,14 @@ def _open_regular(path: str) -> io.BufferedReader:
         DataError: ``path`` cannot be opened or is not a regular file.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) |
-                     getattr(os, 'O_BINARY', 0))
+        f, _ = open_regular(path)
+    except NotARegularFileError as e:
+        raise DataError('{}: not a regular file ({}); images must be '
+                        'files'.format(path, e.what)) from None
     except OSError as e:
         raise DataError('cannot read {}: {}'.format(path, e.strerror or e)
                         ) from e
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DataError('{}: not a regular file (a directory, FIFO or '
-                            'device); images must be files'.format(path))
-        if hasattr(os, 'set_blocking'):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, 'rb')
-    except BaseException:
-        os.close(fd)
-        raise
+    return f
 
 
 def _to_uint8(img, path: str) -> numpy.ndarray:

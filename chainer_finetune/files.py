@@ -200,9 +200,10 @@ def _acquire(fd: int, path: str, timeout: float) -> bool:
         delay = min(delay * 2, 0.25)
 
 
-def _kind(mode: int) -> str:
+def file_type(mode: int) -> str:
+    """What a non-regular file is (``'a directory'``...), for messages."""
     for test, name in ((stat.S_ISDIR, 'a directory'),
-                       (stat.S_ISFIFO, 'a FIFO (named pipe)'),
+                       (stat.S_ISFIFO, 'a named pipe (FIFO)'),
                        (stat.S_ISSOCK, 'a socket'),
                        (stat.S_ISCHR, 'a character device'),
                        (stat.S_ISBLK, 'a block device')):
@@ -236,9 +237,7 @@ def open_regular(path: PathLike, flags: int = 0
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotARegularFileError('{}: is {}, not a regular '
-                                       'file'.format(os.fspath(path),
-                                                     _kind(st.st_mode)))
+            raise NotARegularFileError(path, file_type(st.st_mode))
         if hasattr(os, 'set_blocking'):
             os.set_blocking(fd, True)
         return os.fdopen(fd, 'rb'), st
@@ -248,7 +247,17 @@ def open_regular(path: PathLike, flags: int = 0
 
 
 class NotARegularFileError(OSError):
-    """A directory, FIFO, socket or device where a file was expected."""
+    """A directory, FIFO, socket or device where a file was expected.
+
+    Attributes:
+        path (str): The path.
+        what (str): What it is (:func:`file_type`).
+    """
+
+    def __init__(self, path: PathLike, what: str) -> None:
+        self.path, self.what = os.fspath(path), what
+        super().__init__('{}: is {}, not a regular file'.format(self.path,
+                                                               what))
 
 
 def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
@@ -270,4 +279,4 @@ def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
 
 __all__ = ['LOCK_TIMEOUT_S', 'LockTimeout', 'NotARegularFileError',
            'atomic_output', 'cache_root', 'ensure_absent', 'file_lock',
-           'open_regular', 'sha256_of', 'temp_name']
+           'file_type', 'open_regular', 'sha256_of', 'temp_name']

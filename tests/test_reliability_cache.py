@@ -87,7 +87,7 @@ def test_fifo_in_place_of_an_entry_does_not_hang(cache_root, model, caplog):
     finally:
         stop.set()
     assert not hung.is_set(), 'opening the FIFO blocked'
-    assert info.problem == ('{}: is a FIFO (named pipe), not a regular '
+    assert info.problem == ('{}: is a named pipe (FIFO), not a regular '
                             'file; not loading it'.format(entry))
     assert 'FIFO' in caplog.text
     numpy.testing.assert_array_equal(output(net), output(load_caffe(model)))
@@ -100,7 +100,7 @@ def test_load_pickle_of_a_fifo_or_directory(tmp_path):
     os.mkfifo(fifo)
     stop, hung = _unblock_after(fifo, 20)
     try:
-        with pytest.raises(CaffeModelError, match='net.pkl: is a FIFO'):
+        with pytest.raises(CaffeModelError, match='net.pkl: is a named pipe'):
             cache.load_pickle(fifo)
         with pytest.raises(files.NotARegularFileError):
             files.sha256_of(fifo)

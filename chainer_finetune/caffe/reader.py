@@ -17,7 +17,6 @@ import itertools
 import logging
 import mmap
 import os
-import stat
 from typing import (BinaryIO, Callable, Dict, List, NamedTuple, Optional,
                     Sequence, Tuple, Union)
 
@@ -39,6 +38,7 @@ from chainer_finetune.caffe.wire import (
     LEN, NET_LAYER, NET_LAYERS, RAW_DATA_DTYPES, V1_LAYER_BLOBS, V1_LAYER_NAME,
     V1_LAYER_V0, VARINT, WireFormatError, decode_varint)
 from chainer_finetune.errors import CaffeModelError
+from chainer_finetune.files import NotARegularFileError, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -199,21 +199,6 @@ def _looks_like_text(head: bytes) -> bool:
     return _mostly_printable(text)
 
 
-# What a path that is not a regular file is, for messages.
-_NOT_REGULAR = ((stat.S_ISDIR, 'a directory'),
-                (stat.S_ISFIFO, 'a named pipe (FIFO)'),
-                (stat.S_ISSOCK, 'a socket'),
-                (stat.S_ISCHR, 'a character device'),
-                (stat.S_ISBLK, 'a block device'))
-
-
-def _file_type(mode: int) -> str:
-    for test, name in _NOT_REGULAR:
-        if test(mode):
-            return name
-    return 'not a regular file'
-
-
 def open_regular_file(path: PathLike, kind: str
                       ) -> Tuple[str, BinaryIO, int]:
     """Opens a model file for reading, refusing anything but a regular file.
@@ -237,27 +222,16 @@ def open_regular_file(path: PathLike, kind: str
             file, or empty.
     """
     path = os.fspath(path)
-    flags = (os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) |
-             getattr(os, 'O_BINARY', 0) | getattr(os, 'O_CLOEXEC', 0))
     try:
-        fd = os.open(path, flags)
+        f, info = open_regular(path)
     except FileNotFoundError:
         raise CaffeModelError('{}: {} not found'.format(path, kind)) from None
+    except NotARegularFileError as e:
+        raise CaffeModelError('{}: cannot open {}: it is {}, not a regular '
+                              'file'.format(path, kind, e.what)) from None
     except OSError as e:
         raise CaffeModelError('{}: cannot open {}: {}'.format(
             path, kind, e.strerror or e)) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CaffeModelError(
-                '{}: cannot open {}: it is {}, not a regular file'.format(
-                    path, kind, _file_type(info.st_mode)))
-        if hasattr(os, 'set_blocking'):
-            os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    f = os.fdopen(fd, 'rb')
     if info.st_size == 0:
         with f:
             virtual = bool(f.read(1))
