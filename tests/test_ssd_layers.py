@@ -257,6 +257,11 @@ def test_prior_box_truncates_min_size_like_the_fork(tmp_path):
     ({'max_size': [5.0]}, 'min_size'),
     ({'min_size': [10.0], 'step': 2.0, 'step_h': 3.0}, 'step'),
     ({'min_size': [10.0], 'img_size': 4, 'img_h': 3}, 'img_size'),
+    # Found by tests/test_caffe_fuzz.py: these crashed with OverflowError
+    # and ZeroDivisionError instead of a CaffeModelError.
+    ({'min_size': [float('inf')]}, 'finite'),
+    ({'min_size': [10.0], 'aspect_ratio': [0.0]}, 'aspect ratios positive'),
+    ({'min_size': [10.0], 'step': float('nan')}, 'finite'),
 ])
 def test_prior_box_rejects_what_the_fork_rejects(tmp_path, param, match):
     _, model, prototxt = one_layer_net(

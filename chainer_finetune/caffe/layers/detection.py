@@ -195,6 +195,12 @@ def prior_box_settings(ctx: base.BuildContext) -> PriorBoxSettings:
     if p.width or p.height or p.offset_h or p.offset_w:
         raise ctx.unsupported("OpenCV's explicit width/height/offset_h/"
                               "offset_w priors are not supported")
+    values = (list(p.min_size) + list(p.max_size) + list(p.aspect_ratio) +
+              list(p.variance) + [p.step, p.step_h, p.step_w, p.offset])
+    if not all(math.isfinite(v) for v in values) or \
+            any(r <= 0 for r in p.aspect_ratio):
+        raise ctx.error('sizes, steps, offset and variances must be finite '
+                        'and aspect ratios positive')
     # The fork keeps the sizes in int variables.
     min_sizes = tuple(int(size) for size in p.min_size)
     max_sizes = tuple(int(size) for size in p.max_size)
@@ -506,7 +512,7 @@ def detection_settings(ctx: base.BuildContext) -> DetectionSettings:
     nms = p.nms_param
     if not p.HasField('num_classes'):
         raise ctx.error('num_classes must be given')
-    if nms.nms_threshold < 0 or not 0 < nms.eta <= 1:
+    if not nms.nms_threshold >= 0 or not 0 < nms.eta <= 1:   # NaN too
         raise ctx.error('nms_threshold must be >= 0 and eta in (0, 1]')
     if p.code_type not in (_CodeType.CORNER, _CodeType.CENTER_SIZE,
                            _CodeType.CORNER_SIZE):
