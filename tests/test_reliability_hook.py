@@ -204,3 +204,24 @@ def test_zero_keeps_the_hook_on(install):
     site, _ = install
     report = _json(_python(site, 'import chainer' + REPORT, disable='0'))
     assert 'chainer_finetune' in report['modules']
+
+
+def test_broken_package_falls_back_to_plain_chainer(install, tmp_path):
+    site, _ = install
+    broken = tmp_path / 'chainer_finetune'
+    broken.mkdir()
+    (broken / '__init__.py').write_text('raise ImportError("broken here")\n')
+    code = '''
+sys.path.insert(0, {!r})
+import warnings
+warnings.simplefilter('always')
+try:
+    import chainer
+except AttributeError:  # NumPy 2 without the patches: Chainer's own error
+    pass
+'''.format(str(tmp_path))
+    done = _python(site, code)
+    assert done.returncode == 0, done.stderr
+    assert 'RuntimeWarning' in done.stderr
+    assert 'ImportError: broken here' in done.stderr
+    assert DISABLE in done.stderr
