@@ -19,8 +19,8 @@ importing any ``chainer_finetune.*`` module runs the package's
 
 from __future__ import annotations
 
-# Only modules that every interpreter has loaded before site runs: this
-# module is imported at each start-up.
+# Imported at every start-up: only os and sys, which site has loaded
+# already; importlib and warnings are imported when chainer is.
 import os
 import sys
 
