@@ -11,6 +11,41 @@ import os
 
 from setuptools import find_packages
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+# The .pth file that lets `import chainer` come first (docs/compat.rst):
+# site runs its `import` line at start-up, which only installs a finder.
+HOOK_PTH = 'chainer_finetune-import-hook.pth'
+HOOK_PTH_LINE = ('import _chainer_finetune_hook; '
+                 '_chainer_finetune_hook.install()\n')
+
+
+class BuildPyWithHook(build_py):
+    """build_py that also puts :data:`HOOK_PTH` at the root of the wheel.
+
+    A .pth file only runs from site-packages itself, which no package_data
+    or data_files entry reaches. A regular wheel holds what build_lib
+    holds; an editable wheel (setuptools >= 64) ignores build_lib and is
+    assembled in the directory that its ``install`` command has as
+    ``install_lib``, so in editable mode the file is written there.
+    """
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            root = self.get_finalized_command('install').install_lib
+        else:
+            root = self.build_lib
+        self.mkpath(root)
+        with open(os.path.join(root, HOOK_PTH), 'w', encoding='utf-8') as f:
+            f.write(HOOK_PTH_LINE)
+
+    def get_outputs(self, include_bytecode=1):
+        outputs = super().get_outputs(include_bytecode)
+        if not getattr(self, 'editable_mode', False):
+            outputs.append(os.path.join(self.build_lib, HOOK_PTH))
+        return outputs
+
 
 here = os.path.dirname(os.path.abspath(__file__))
 about = {}
@@ -29,6 +64,10 @@ setup(
     long_description_content_type='text/markdown',
     license='MIT',
     packages=find_packages(include=['chainer_finetune', 'chainer_finetune.*']),
+    # Imported at start-up by HOOK_PTH; outside the package, whose
+    # __init__ imports Chainer.
+    py_modules=['_chainer_finetune_hook'],
+    cmdclass={'build_py': BuildPyWithHook},
     package_data={'chainer_finetune.caffe': ['caffe.proto']},
     python_requires='>=3.10',
     install_requires=[

@@ -327,7 +327,9 @@ def _apply() -> List[str]:
                 raise RuntimeError(
                     'chainer was imported before chainer_finetune, and this '
                     'stack needs a patch that must come first ({}). Import '
-                    'chainer_finetune before chainer.'.format(patch.name))
+                    'chainer_finetune before chainer, or install the package '
+                    '(its import hook then does it; see docs/compat.rst).'
+                    .format(patch.name))
             patch.before_import()
     try:
         import chainer  # noqa: F401  (runs chainer/__init__ with patches)
