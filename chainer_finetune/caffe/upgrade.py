@@ -148,6 +148,17 @@ def _input_layer(net: caffe_pb2.NetParameter, where: str
     return layer
 
 
+def training_input_layer(tops: Iterable[str]) -> caffe_pb2.LayerParameter:
+    """A TRAIN-only data layer with ``tops``: in a written structure, the
+    inputs that came from a layer the TEST phase dropped (a training net's
+    data layer) are declared this way, so that reading it back makes them
+    inputs again (:attr:`NetDescription.phase_dropped_tops`)."""
+    layer = caffe_pb2.LayerParameter(name='train_data', type='Data')
+    layer.top.extend(tops)
+    layer.include.add(phase=caffe_pb2.TRAIN)
+    return layer
+
+
 def _rule_matches(rule: caffe_pb2.NetStateRule,
                   state: caffe_pb2.NetState) -> bool:
     # Caffe's Net::StateMeetsRule.

@@ -42,6 +42,7 @@ from google.protobuf import text_format
 from chainer_finetune._version import __version__
 from chainer_finetune.caffe import caffe_pb2
 from chainer_finetune.caffe import layers as layer_builders
+from chainer_finetune.caffe import upgrade
 from chainer_finetune.caffe.layers import (
     InvertedBlob, float32_array, host_array)
 from chainer_finetune.caffe.net import CaffeNet
@@ -198,13 +199,8 @@ def structure_text(net: CaffeNet) -> str:
     declared = {top for layer in layers for top in layer.top}
     undeclared = [name for name in net.inputs if name not in declared]
     if undeclared:
-        # Inputs that came from a layer the TEST phase dropped (a training
-        # net's data layer): kept as such a layer, so that the structure
-        # read back declares them again (a bottom nothing produces is an
-        # error otherwise).
-        data = message.layer.add(name='train_data', type='Data')
-        data.top.extend(undeclared)
-        data.include.add(phase=caffe_pb2.TRAIN)
+        # Otherwise they would be bottoms nothing produces when read back.
+        message.layer.append(upgrade.training_input_layer(undeclared))
     message.layer.extend(layers)
     return text_format.MessageToString(message)
 
