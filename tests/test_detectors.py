@@ -14,8 +14,6 @@ import os
 
 import chainer_finetune  # noqa: F401  (must precede `import chainer`)
 
-import chainer  # noqa: E402
-import numpy  # noqa: E402
 import pytest  # noqa: E402
 
 from chainer_finetune import cli, detect, hub, load_caffe  # noqa: E402
@@ -23,8 +21,7 @@ from chainer_finetune.caffe import supported_types, verify  # noqa: E402
 from chainer_finetune.data import read_image  # noqa: E402
 
 from detector_files import (DETECTORS, PHOTOS, fetch_detector,  # noqa: E402
-                            fetch_photos, opencv_blob, opencv_net,
-                            opencv_rows)
+                            fetch_photos, opencv_blob)
 
 pytestmark = [
     pytest.mark.network,
@@ -47,53 +44,27 @@ def detector(request):
                                             files.prototxt)
 
 
-def _kept(rows, floor):
-    rows = numpy.asarray(rows).reshape(-1, 7)
-    return rows[rows[:, 2] > floor]
-
-
-def assert_same_detections(ours, theirs, where):
-    """Every detection clearly kept by one side is in the other's rows.
-
-    Rows within the tolerance of the lowest kept score may be cut by
-    ``keep_top_k`` on one side only; above that, each row must have a
-    partner of the same image and label, with score and corners within
-    :data:`DETECTION_TOLERANCE`.
-    """
-    floor = max(_kept(r, 0)[:, 2].min(initial=1.0) for r in (ours, theirs))
-    for a, b, side in ((ours, theirs, 'ours'), (theirs, ours, 'OpenCV')):
-        others = _kept(b, 0)
-        for row in _kept(a, floor + DETECTION_TOLERANCE):
-            partners = others[(others[:, 0] == row[0]) &
-                              (others[:, 1] == row[1])]
-            error = numpy.abs(partners[:, 2:] - row[2:]).max(axis=1) \
-                if len(partners) else numpy.array([numpy.inf])
-            assert error.min() <= DETECTION_TOLERANCE, (
-                '{}: {} row {} has no partner (closest differs by {:.3g})'
-                .format(where, side, row.tolist(), error.min()))
-
-
 def test_every_blob_and_the_detections_match_opencv(detector):
     name, files, net = detector
     photos = fetch_photos()
-    cv_net = opencv_net(files)
-    out = detect.detection_blob(net)
     for photo in PHOTOS:
         blob = opencv_blob(photos[photo], name)
         rows = verify.compare_with_opencv(
             files.caffemodel, files.prototxt, inputs={'data': blob},
-            net=net)
-        # The detection rows are compared as detections below (OpenCV
-        # pads them with zeros to keep_top_k).
-        compared = [r for r in rows if r.compared and r.blob != out]
+            net=net, detection_tolerance=DETECTION_TOLERANCE)
+        # The detection rows are compared as detections (OpenCV pads them
+        # with zeros to keep_top_k): same image and label, score and
+        # corners within the tolerance.
+        detections = [r.detections for r in rows if r.detections]
+        compared = [r for r in rows if r.compared and not r.detections]
         assert len(compared) > 20, (photo, len(compared))
         bad = [(r.layer, r.blob, r.rel_l2) for r in compared
                if not r.rel_l2 <= BLOB_TOLERANCE]
         assert not bad, '{} {}: {}'.format(name, photo, bad)
-        with chainer.using_config('train', False):
-            ours, = net(inputs={'data': blob}, outputs=[out])
-        assert_same_detections(ours.array, opencv_rows(cv_net, blob),
-                               '{} {}'.format(name, photo))
+        match, = detections
+        assert match.ok and len(match.ours), '{} {}: {}'.format(
+            name, photo, match.describe())
+        assert match.max_abs <= DETECTION_TOLERANCE
 
 
 def test_detect_helper_finds_the_reference_objects(detector):

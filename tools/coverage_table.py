@@ -16,8 +16,8 @@ intermediate blob of our net with OpenCV's. The table gives per model its
 package, its layer types with counts, the worst relative L2 error over all
 blobs and photos, and, for a detector, whether our ``DetectionOutput``
 rows are OpenCV's: OpenCV pads that blob with zero rows up to
-``keep_top_k``, so it is compared row for row over the real detections
-(score above 0), not as a blob.
+``keep_top_k``, so verify compares it as detections (paired by image and
+label), not as a blob.
 
 The models, photographs and cache are those of tools/detection_pictures.py
 (the tests' cache unless ``$CHAINER_FINETUNE_CACHE`` is set).
@@ -36,16 +36,13 @@ import numpy
 # The sibling script puts this checkout first on the path and imports
 # chainer_finetune, which Chainer needs imported first on NumPy 2.
 from detection_pictures import PHOTOS, ROOT, cache_root
-from chainer_finetune import detect, hub, load_caffe  # noqa: E402
-import chainer  # noqa: E402
+from chainer_finetune import hub, load_caffe  # noqa: E402
 from chainer_finetune.caffe import verify  # noqa: E402
 from chainer_finetune.data import read_image  # noqa: E402
 
 logger = logging.getLogger('coverage_table')
 
 OUTPUT = os.path.join(ROOT, 'docs', 'coverage_table.inc')
-#: The layer type whose blob is compared row for row instead.
-DETECTION_TYPE = 'DetectionOutput'
 
 
 class Worst(NamedTuple):
@@ -57,12 +54,13 @@ class Worst(NamedTuple):
     compared: int   # blobs compared per photo
 
 
-class DetectionMatch(NamedTuple):
-    """Our detections against OpenCV's over the photos."""
+class DetectionSummary(NamedTuple):
+    """Our detections against OpenCV's over the photos
+    (:func:`chainer_finetune.caffe.verify.compare_detections` per photo)."""
 
     ours: int        # our detections, all photos together
     theirs: int      # OpenCV's
-    error: float     # the worst row's distance to its closest partner
+    error: float     # the largest difference over the pairs; inf if unpaired
 
 
 def cache_dir() -> str:
@@ -85,53 +83,12 @@ def layer_counts(net) -> List[Tuple[str, int]]:
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
-def real_rows(rows: numpy.ndarray) -> numpy.ndarray:
-    """The detection rows that are detections (no padding, no ``-1`` row)."""
-    rows = numpy.asarray(rows, numpy.float64).reshape(-1, 7)
-    return rows[(rows[:, 0] >= 0) & (rows[:, 2] > 0)]
-
-
-def detection_rows(files: hub.ModelFiles, net, blob: numpy.ndarray
-                   ) -> Tuple[numpy.ndarray, numpy.ndarray]:
-    """Our and OpenCV's real detection rows for one input blob."""
-    import cv2
-    cvnet = cv2.dnn.readNetFromCaffe(files.prototxt, files.caffemodel)
-    cvnet.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    cvnet.enableFusion(False)
-    cvnet.setInput(blob)
-    theirs = cvnet.forward()
-    with chainer.using_config('train', False), chainer.no_backprop_mode():
-        ours, = net(inputs={'data': blob},
-                    outputs=[detect.detection_blob(net)])
-    return real_rows(ours.array), real_rows(theirs)
-
-
-def partner_error(rows: numpy.ndarray, others: numpy.ndarray) -> float:
-    """The largest distance of a row to its closest partner in ``others``.
-
-    A partner has the same label; the distance is the largest absolute
-    difference of score and corners (``inf`` without a partner). Rows are
-    matched, not compared in order: Caffe writes them class by class,
-    OpenCV by score.
-    """
-    worst = 0.0
-    for row in rows:
-        partners = others[others[:, 1] == row[1]]
-        if not len(partners):
-            return float('inf')
-        worst = max(worst, float(
-            numpy.abs(partners[:, 2:] - row[2:]).max(axis=1).min()))
-    return worst
-
-
-def match_detections(pairs: List[Tuple[numpy.ndarray, numpy.ndarray]]
-                     ) -> DetectionMatch:
+def summarize(matches: List[verify.DetectionMatch]) -> DetectionSummary:
     """Sums up the comparison of the detections over the photos."""
-    return DetectionMatch(
-        sum(len(ours) for ours, _ in pairs),
-        sum(len(theirs) for _, theirs in pairs),
-        max(max(partner_error(ours, theirs), partner_error(theirs, ours))
-            for ours, theirs in pairs))
+    return DetectionSummary(
+        sum(len(m.ours) for m in matches),
+        sum(len(m.theirs) for m in matches),
+        max(m.max_abs if m.ok else float('inf') for m in matches))
 
 
 def measure(name: str, photos: Dict[str, str]) -> dict:
@@ -139,25 +96,25 @@ def measure(name: str, photos: Dict[str, str]) -> dict:
     model = hub.MODELS[name]
     files = hub.fetch_model(name, cache_dir())
     net = load_caffe(files.caffemodel, files.prototxt)
-    detection_layers = {layer.name for layer in net.caffe_layers
-                        if layer.type == DETECTION_TYPE}
     worst: Optional[Worst] = None
-    pairs = []
+    matches = []
     for photo in PHOTOS:
         blob = opencv_blob(model, photos[photo])
         rows = [row for row in verify.compare_with_opencv(
             files.caffemodel, files.prototxt, inputs={'data': blob}, net=net)
-            if row.compared and row.layer not in detection_layers]
-        top = verify.worst(rows)
+            if row.compared]
+        # The DetectionOutput blob is compared as detections (OpenCV pads
+        # it with zero rows), the other blobs by relative L2 error.
+        matches += [row.detections for row in rows if row.detections]
+        blobs = [row for row in rows if row.detections is None]
+        top = verify.worst(blobs)
         logger.info('%s on %s: %d blobs, worst rel-L2 %.3g (%s)', name,
-                    photo, len(rows), top.rel_l2, top.blob)
+                    photo, len(blobs), top.rel_l2, top.blob)
         if worst is None or top.rel_l2 > worst.rel_l2:
-            worst = Worst(top.rel_l2, top.blob, photo, len(rows))
-        if detection_layers:
-            pairs.append(detection_rows(files, net, blob))
+            worst = Worst(top.rel_l2, top.blob, photo, len(blobs))
     return {'name': name, 'model': model, 'layers': layer_counts(net),
             'worst': worst,
-            'detections': match_detections(pairs) if pairs else None}
+            'detections': summarize(matches) if matches else None}
 
 
 def input_text(model: hub.KnownModel) -> str:
@@ -169,7 +126,7 @@ def input_text(model: hub.KnownModel) -> str:
     return text
 
 
-def detection_text(match: Optional[DetectionMatch]) -> str:
+def detection_text(match: Optional[DetectionSummary]) -> str:
     if match is None:
         return 'no ``DetectionOutput``'
     return ('{} rows, OpenCV {}; each has a partner of its label within '
