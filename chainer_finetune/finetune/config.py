@@ -112,7 +112,12 @@ class FinetuneConfig:
 #: What a job writes directly into its output directory: the report, the
 #: accuracy plot and one directory per run (its log, plots and
 #: ``best_model.npz``). Any of them there means an earlier run's results.
-RESULT_NAMES = ('report.md', 'accuracy.png', 'pretrained', 'scratch')
+#: What a job writes into ``out``: the report, the plot of both runs and
+#: one directory per run (pretrained, then from scratch).
+REPORT_FILE = 'report.md'
+PLOT_FILE = 'accuracy.png'
+RUN_NAMES = ('pretrained', 'scratch')
+RESULT_NAMES = (REPORT_FILE, PLOT_FILE) + RUN_NAMES
 
 
 def check_output_dir(config: FinetuneConfig) -> None:

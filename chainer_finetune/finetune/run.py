@@ -19,6 +19,9 @@ import numpy
 from chainer_finetune.copy import CopyReport
 from chainer_finetune.errors import FinetuneError
 from chainer_finetune.finetune.config import check_output_dir
+from chainer_finetune.finetune.config import PLOT_FILE
+from chainer_finetune.finetune.config import REPORT_FILE
+from chainer_finetune.finetune.config import RUN_NAMES
 from chainer_finetune.finetune.config import FinetuneConfig
 from chainer_finetune.finetune.datasets import load_split
 from chainer_finetune.finetune.datasets import make_iterator
@@ -204,7 +207,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     source = resolve_source(config)
     runs = []
     for pretrained in [True] + ([False] if config.compare_scratch else []):
-        name = 'pretrained' if pretrained else 'scratch'
+        name = RUN_NAMES[0] if pretrained else RUN_NAMES[1]
         model, report = build_classifier(config, n_class, pretrained, source)
         if report is not None:
             logger.info('copied %d values into %d links; skipped %d',
@@ -215,8 +218,8 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
                               pretrained=pretrained, source=source))
     summary = ' '.join('{}: {:.3f}'.format(r.name, r.accuracy)
                        for r in runs)
-    plot_path = plot_accuracy(runs, os.path.join(config.out, 'accuracy.png'))
-    report_path = os.path.join(config.out, 'report.md')
+    plot_path = plot_accuracy(runs, os.path.join(config.out, PLOT_FILE))
+    report_path = os.path.join(config.out, REPORT_FILE)
     with open(report_path, 'w', encoding='utf-8') as f:
         f.write(write_report(config, source, train_set, test_set, n_class,
                              runs, plot_path, summary,
