@@ -184,13 +184,65 @@ def _to_uint8(img, path: str) -> numpy.ndarray:
         if img.mode == 'F':
             gray = numpy.rint(values).astype(numpy.uint8)
         else:
-            # v * 255 / 65535 is never a half for an integer v: no ties.
-            gray = ((values.astype(numpy.int64) * 255 + 32767) //
-                    65535).astype(numpy.uint8)
+            gray = _scale_16bit(values)
         return numpy.repeat(gray[:, :, None], 3, axis=2)
     if img.mode != 'RGB':
         img = img.convert('RGB')
     return numpy.array(img, dtype=numpy.uint8)
+
+
+#: Pillow's raw modes of 16-bit colour PNGs (big-endian samples), each with
+#: the raw mode whose unpacker takes the other byte of every sample. Pillow
+#: itself keeps only the high byte (``v >> 8``, a floor, not a rounding).
+_LOW_BYTE_RAWMODES = {'RGB;16B': 'RGB;16L', 'RGBA;16B': 'RGBA;16L'}
+
+#: EXIF orientation -> the transpose that undoes it (as ImageOps does).
+_ORIENTATIONS = {2: 'FLIP_LEFT_RIGHT', 3: 'ROTATE_180', 4: 'FLIP_TOP_BOTTOM',
+                 5: 'TRANSPOSE', 6: 'ROTATE_270', 7: 'TRANSVERSE',
+                 8: 'ROTATE_90'}
+
+
+def _scale_16bit(values: numpy.ndarray) -> numpy.ndarray:
+    """``round(v * 255 / 65535)`` of 16-bit values, as uint8.
+
+    ``v * 255 / 65535`` is never a half for an integer ``v``: no ties.
+    """
+    return ((values.astype(numpy.int64) * 255 + 32767) //
+            65535).astype(numpy.uint8)
+
+
+def _wide_colour(f, img) -> Optional[numpy.ndarray]:
+    """The exact 8-bit RGB of a 16-bit colour PNG, or None for others.
+
+    Pillow decodes such a file to its high bytes; decoding it a second
+    time with the little-endian unpacker yields the low bytes (the PNG
+    unfiltering is the same: both raw modes have 48/64 bits per pixel),
+    and the two make the 16-bit samples, which are then rounded.
+    """
+    tile = getattr(img, 'tile', None) or []
+    if (len(tile) != 1 or not isinstance(tile[0].args, str)
+            or tile[0].args not in _LOW_BYTE_RAWMODES):
+        if any(';16' in str(t.args) for t in tile) and img.mode != 'I;16':
+            logger.warning('%s: 16-bit colour in a layout read as its high '
+                           'bytes (v >> 8, at most 1 below the rounding)',
+                           getattr(f, 'name', 'image'))
+        return None
+    from PIL import Image
+    high = numpy.asarray(img.convert(img.mode), dtype=numpy.uint16)
+    f.seek(0)
+    with Image.open(f) as again:
+        again.tile = [again.tile[0]._replace(
+            args=_LOW_BYTE_RAWMODES[tile[0].args])]
+        low = numpy.asarray(again.convert(again.mode), dtype=numpy.uint16)
+    return _scale_16bit((high << 8 | low)[:, :, :3])
+
+
+def _oriented(rgb: numpy.ndarray, orientation: int) -> numpy.ndarray:
+    if orientation not in _ORIENTATIONS:
+        return rgb
+    from PIL import Image
+    method = getattr(Image.Transpose, _ORIENTATIONS[orientation])
+    return numpy.asarray(Image.fromarray(rgb).transpose(method))
 
 
 def read_image(path: PathLike) -> numpy.ndarray:
@@ -198,23 +250,25 @@ def read_image(path: PathLike) -> numpy.ndarray:
 
     The EXIF orientation is applied (as OpenCV's ``imread``, which Caffe
     uses, does); any mode is converted to RGB by Pillow (grayscale
-    replicated, alpha dropped, palette expanded). 16-bit grayscale is
-    scaled to 8 bits (``round(v * 255 / 65535)``); Pillow reads 16-bit
-    colour as its high byte. Only regular files are opened.
+    replicated, alpha dropped, palette expanded). 16-bit images, grayscale
+    and colour, are scaled to 8 bits as ``round(v * 255 / 65535)``, never
+    clipped nor truncated. Only regular files are opened.
 
     Raises:
-        DataError: The file (named) cannot be opened or decoded, or is not
-            a regular file.
+        DataError: The file (named) cannot be opened or is not a regular
+            file, cannot be decoded, or holds values outside its range.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
     path = os.fspath(path)
     with _open_regular(path) as f:
         try:
             with Image.open(f) as img:
+                # Before getexif(), which loads the image (and drops its tile).
+                rgb = _wide_colour(f, img)
                 orientation = img.getexif().get(0x0112, 1)
-                if orientation not in (0, 1):
-                    img = ImageOps.exif_transpose(img)
-                return _to_uint8(img, path)
+                if rgb is None:
+                    rgb = _to_uint8(img, path)
+                return _oriented(rgb, orientation)
         except (OSError, ValueError, SyntaxError, EOFError,
                 Image.DecompressionBombError) as e:
             if isinstance(e, DataError):

@@ -108,6 +108,24 @@ def test_16bit_every_value_rounds_to_nearest():
     numpy.testing.assert_array_equal(got, _expected_8bit(values))
 
 
+@pytest.mark.parametrize('channels', [3, 4])
+def test_16bit_colour_png_is_rounded_not_truncated(tmp_path, channels):
+    # Pillow alone keeps the high byte (v >> 8): 257 -> 1 where the
+    # rounding gives 1, but 32768 -> 128 (rounds to 128) and 65280 -> 255
+    # (rounds to 254): compare every value with float rounding.
+    cv2 = pytest.importorskip('cv2')
+    rng = numpy.random.RandomState(channels)
+    values = rng.randint(0, 65536, (23, 29, channels)).astype(numpy.uint16)
+    values[0, 0, :3] = [65280, 32767, 127]
+    path = str(tmp_path / 'c16.png')
+    assert cv2.imwrite(path, values[:, :, [2, 1, 0, 3][:channels]])
+    got = read_image(path)
+    assert got.shape == (23, 29, 3)
+    numpy.testing.assert_array_equal(got, _expected_8bit(values[:, :, :3]))
+    # What Pillow alone would give differs: the test can tell them apart.
+    assert (numpy.asarray(Image.open(path).convert('RGB')) != got).any()
+
+
 def test_8bit_images_unchanged(tmp_path):
     rgb = _rgb(3, 5)
     gray = rgb[:, :, 1].copy()
