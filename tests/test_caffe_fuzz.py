@@ -36,6 +36,7 @@ from chainer_finetune.caffe.loader import load_caffe  # noqa: E402
 from chainer_finetune.caffe.loader import load_mean  # noqa: E402
 from chainer_finetune.caffe.wire import encode_varint as varint  # noqa: E402
 from caffe_nets import all_layers_writer  # noqa: E402
+from model_fuzz import set_random_field as _set_field  # noqa: E402
 
 # Mutated weights may hold inf/NaN: NumPy's casts and BatchNorm's scaling
 # then warn, which is not what these tests look at.
@@ -383,49 +384,6 @@ def test_random_bytes(data):
 # --------------------------------------------------------------------------
 # Layer parameters: every builder, with values at and past their limits
 # --------------------------------------------------------------------------
-
-_FIELD_VALUES = [0, 1, 2, 3, 7, -1, -2, 2 ** 31 - 1, -2 ** 31, 2 ** 32 - 1,
-                 2 ** 63 - 1, -2 ** 63, 1e30, -0.5, float('nan'),
-                 float('inf')]
-
-
-def _set_field(msg, rnd):
-    """Sets one scalar field somewhere under ``msg`` to a drawn value."""
-    from google.protobuf.descriptor import FieldDescriptor as FD
-    field = rnd.choice(msg.DESCRIPTOR.fields)
-    repeated = getattr(field, 'is_repeated', None)
-    if repeated is None:   # protobuf < 5
-        repeated = field.label == FD.LABEL_REPEATED
-    if field.type == FD.TYPE_MESSAGE:
-        container = getattr(msg, field.name)
-        if not repeated:
-            return _set_field(container, rnd)
-        if not len(container) or rnd.random() < 0.3:
-            return _set_field(container.add(), rnd)
-        return _set_field(rnd.choice(list(container)), rnd)
-    value = rnd.choice(_FIELD_VALUES)
-    if field.type in (FD.TYPE_STRING, FD.TYPE_BYTES):
-        value = rnd.choice(['', 'x', 'data', 'label', 'fc'])
-    elif field.type == FD.TYPE_BOOL:
-        value = rnd.random() < 0.5
-    elif field.type == FD.TYPE_ENUM:
-        value = rnd.choice([v.number for v in field.enum_type.values])
-    elif field.type in (FD.TYPE_FLOAT, FD.TYPE_DOUBLE):
-        value = float(value)
-    elif isinstance(value, float):
-        value = int(value) if numpy.isfinite(value) else 0
-    try:
-        if repeated:
-            container = getattr(msg, field.name)
-            if len(container) and rnd.random() < 0.5:
-                container[rnd.randrange(len(container))] = value
-            else:
-                container.append(value)
-        else:
-            setattr(msg, field.name, value)
-    except (ValueError, TypeError, OverflowError):
-        pass   # out of the field's range: protobuf refuses, nothing to test
-
 
 ALL_LAYERS = all_layers_writer().net_parameter(2)
 

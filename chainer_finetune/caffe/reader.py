@@ -13,6 +13,7 @@ in a prototxt, and each is logged once per layer as a warning.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import mmap
@@ -485,7 +486,15 @@ def read_caffemodel(path: PathLike,
             raise CaffeModelError(
                 '{}: this is a text file (a prototxt?), expected a binary '
                 'caffemodel; pass a prototxt as prototxt='.format(path))
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            if e.errno != errno.ENOMEM:
+                raise
+            # The address space is exhausted (ulimit -v): say which file.
+            raise MemoryError('{}: cannot map its {:,} bytes into memory '
+                              '({})'.format(path, size, e.strerror)) from e
+        with mapped as buf:
             return _read_net(buf, f, path, size, progress)
 
 
