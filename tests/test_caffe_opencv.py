@@ -383,7 +383,7 @@ def test_v1_cases_cover_the_v1_types():
 def test_compare_arrays():
     a = numpy.array([1.0, 2.0, numpy.nan, numpy.inf], numpy.float32)
     # Equal infinities are equal; a NaN never is, not even against a NaN
-    # (tests/test_reliability_mutations.py has the NaN cases).
+    # (tests/test_reliability.py has the NaN cases).
     finite_and_inf = a[[0, 1, 3]]
     assert verify.compare_arrays(finite_and_inf, finite_and_inf.copy()) == (
         0.0, 0.0)
