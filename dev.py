@@ -17,12 +17,22 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 import venv
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV = os.path.join(ROOT, '.venv')
 CONSTRAINTS = os.path.join(ROOT, 'constraints', 'build.txt')
 STAMP = os.path.join(VENV, '.chainer_finetune-installed')
+# pip's whole output; the terminal gets one line per phase.
+SETUP_LOG = os.path.join(VENV, 'setup.log')
+# Shown when a phase fails: the log's last lines hold pip's error.
+LOG_TAIL_LINES = 25
+RETRY = 'python3 dev.py setup'
+# What the first set-up downloads and how long it takes, for the one line
+# that starts it (measured on 2 cores, see README).
+FIRST_SETUP = ('first set-up: downloads about 250 MB (Chainer, NumPy, '
+               'OpenCV, matplotlib, tox, ...), about 3 minutes')
 # What decides the venv's content; a change to any of these reinstalls.
 PACKAGING_FILES = ('setup.py', 'pyproject.toml', 'constraints/build.txt',
                    'dev.py')
@@ -32,8 +42,8 @@ PACKAGING_FILES = ('setup.py', 'pyproject.toml', 'constraints/build.txt',
 TEST_ENVS = 'np2,np1,parity,docs'
 
 
-def _say(message):
-    print('[dev.py] ' + message, flush=True)
+def _say(message, file=None):
+    print('[dev.py] ' + message, file=file or sys.stdout, flush=True)
 
 
 def _venv_python():
@@ -63,15 +73,54 @@ def _check(cmd, **kwargs):
     subprocess.run(cmd, check=True, **kwargs)
 
 
-def setup():
-    """Creates .venv if needed and installs the package with test extras."""
+def _log_tail(text, lines=LOG_TAIL_LINES):
+    """The last ``lines`` lines of ``text`` that say something (pip's
+    notes about ignored index locations left out)."""
+    kept = [line for line in text.splitlines()
+            if line.strip() and 'is ignored: it is neither' not in line]
+    return kept[-lines:]
+
+
+def phase(title, cmd, log_path=SETUP_LOG, **kwargs):
+    """Runs ``cmd`` with its output appended to ``log_path``; says one line
+    before and one after (with the time taken). On failure prints the
+    log's last lines and the command to retry, and exits with pip's code.
+    """
+    _say(title + ' ...')
+    start = time.monotonic()
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, 'a') as log:
+        log.write('\n$ {}\n'.format(' '.join(cmd)))
+        log.flush()
+        begin = log.tell()
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                              **kwargs).returncode
+    if code != 0:
+        with open(log_path) as log:
+            log.seek(begin)
+            tail = _log_tail(log.read())
+        for line in tail:
+            print('    ' + line, file=sys.stderr)
+        _say('{} failed (exit code {}); the whole log is {}; to retry: '
+             '{}'.format(title, code, log_path, RETRY), file=sys.stderr)
+        sys.exit(code)
+    _say('{}: done in {:.0f} s'.format(title, time.monotonic() - start))
+
+
+def setup(quiet_when_ready=True):
+    """Creates .venv if needed and installs the package with test extras.
+
+    pip's output goes to .venv/setup.log; a venv that is up to date says
+    so in one line (none with ``quiet_when_ready=False``).
+    """
     if sys.version_info < (3, 10):
         sys.exit('chainer_finetune needs Python >= 3.10; this is {}'.format(
             sys.version.split()[0]))
     python = _venv_python()
     pip = [python, '-m', 'pip']
-    if not os.path.exists(python):
-        _say('creating ' + VENV)
+    first = not os.path.exists(python)
+    if first:
+        _say('creating {} ({})'.format(VENV, FIRST_SETUP))
         try:
             venv.create(VENV, with_pip=True)
         except subprocess.CalledProcessError:
@@ -85,9 +134,12 @@ def setup():
     if os.path.exists(STAMP):
         with open(STAMP) as f:
             if f.read().strip() == digest:
+                if quiet_when_ready:
+                    _say('.venv is up to date')
                 return python
-    _check(pip + ['install', '-e', ROOT + '[test]'], env=_pip_env(),
-           cwd=ROOT)
+    phase('installing chainer_finetune and its test extras into .venv'
+          if first else 'updating .venv (packaging files changed)',
+          pip + ['install', '-e', ROOT + '[test]'], env=_pip_env(), cwd=ROOT)
     with open(STAMP, 'w') as f:
         f.write(digest + '\n')
     return python
@@ -95,7 +147,7 @@ def setup():
 
 def run(argv):
     """Runs a command with .venv/bin first on PATH."""
-    setup()
+    setup(quiet_when_ready=False)
     if not argv:
         sys.exit('usage: python3 dev.py run CMD [ARGS...]')
     env = _pip_env()
