@@ -87,7 +87,10 @@ setup(
         'cuda12': ['cupy-cuda12x>=13.5'],
         'cuda13': ['cupy-cuda13x[ctk]>=14'],
         # The Sphinx documentation (docs/; tox run -e docs).
-        'docs': ['sphinx>=7'],
+        # furo: a maintained theme whose content column scrolls wide code
+        # blocks instead of cutting them off.
+        'docs': ['sphinx>=7,<10', 'furo==2025.12.19',
+                 'sphinx-copybutton==0.5.2'],
         'test': [
             'hypothesis>=6',
             # The independent reference reader of Caffe models; 5.x dropped

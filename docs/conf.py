@@ -5,8 +5,9 @@ Build with ``tox run -e docs`` (warnings are errors; HTML in
 
     sphinx-build -W --keep-going -b html docs docs/_build/html
 
-No extension reaches the network (no intersphinx), and the theme is
-Sphinx's built-in alabaster.
+No extension reaches the network (no intersphinx). The theme is furo (its
+content column scrolls wide code blocks instead of cutting them), with
+sphinx-copybutton; both pinned in setup.py's ``docs`` extra.
 """
 
 import os
@@ -35,7 +36,11 @@ extensions = [
     'sphinx.ext.autodoc',
     'sphinx.ext.napoleon',
     'sphinx.ext.viewcode',
+    'sphinx_copybutton',
 ]
+# Copy commands without their prompts (``$ ``, ``>>> ``, ``... ``).
+copybutton_prompt_text = r'\$ |>>> |\.\.\. '
+copybutton_prompt_is_regexp = True
 
 root_doc = master_doc = 'index'
 source_suffix = {'.rst': 'restructuredtext'}
@@ -61,13 +66,13 @@ nitpicky = False
 pygments_style = 'sphinx'
 highlight_language = 'python3'
 
-html_theme = 'alabaster'
+html_theme = 'furo'
 html_theme_options = {
-    'description': 'Fine-tune Caffe Model Zoo models in Chainer 7.8.1 on a '
-                   'current stack',
-    'fixed_sidebar': True,
+    # Nothing fetched from elsewhere when the pages are opened.
+    'top_of_page_buttons': [],
 }
-html_static_path = []
+html_static_path = ['_static']
+html_css_files = ['custom.css']
 html_title = 'chainer_finetune {}'.format(release)
 html_show_sourcelink = False
 
