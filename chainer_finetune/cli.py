@@ -620,17 +620,17 @@ def _configure_predict(parser: argparse.ArgumentParser) -> None:
          configure=_configure_predict)
 def _cmd_predict(args: argparse.Namespace) -> int:
     import csv
-    from chainer_finetune import predict
-    paths = predict.find_images(args.images)
-    predict.check_image_files(paths)
-    model_json, _, picked = predict.locate_model_file(args.model)
+    from chainer_finetune import prediction
+    paths = prediction.find_images(args.images)
+    prediction.check_image_files(paths)
+    model_json, _, picked = prediction.locate_model_file(args.model)
     if picked is not None:
         print('{}: predicting with its {} run ({})'.format(
             args.model, picked, os.path.dirname(model_json)),
             file=sys.stderr)
-    classifier, info = predict.load_classifier(args.model, args.device)
-    tops = predict.predict(classifier, info, paths, args.top_k,
-                           args.batchsize)
+    classifier, info = prediction.load_classifier(args.model, args.device)
+    tops = prediction.predict(classifier, info, paths, args.top_k,
+                              args.batchsize)
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator='\n')
         writer.writerow(['path', 'rank', 'label', 'probability'])

@@ -19,7 +19,7 @@ import chainer  # noqa: E402
 
 from chainer_finetune import cli  # noqa: E402
 from chainer_finetune import finetune  # noqa: E402
-from chainer_finetune import predict as pred  # noqa: E402
+from chainer_finetune import prediction as pred  # noqa: E402
 from chainer_finetune.caffe.writer import NetWriter  # noqa: E402
 from chainer_finetune.caffe.writer import write_binaryproto  # noqa: E402
 from chainer_finetune.errors import DataError  # noqa: E402
@@ -495,3 +495,67 @@ def test_check_image_files_lists_every_bad_file(tmp_path):
     with pytest.raises(DataError, match='2 of 2 image files cannot be '
                        'decoded: .*a.png: .*; .*b.jpg'):
         pred.check_image_files([str(a), str(b)])
+
+
+def _write_digits(test_set, root):
+    """The held-out digits as PNG files root/<label>/<index>.png (8-bit
+    grayscale: read back as the very pixels the job evaluated)."""
+    from PIL import Image
+    for i in range(len(test_set)):
+        directory = os.path.join(root, test_set.class_names[
+            test_set.labels[i]])
+        os.makedirs(directory, exist_ok=True)
+        Image.fromarray(test_set.image(i)[:, :, 0]).save(
+            os.path.join(directory, '{:04d}.png'.format(i)))
+    return root
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_predict_on_the_demo_recomputes_its_accuracy(tmp_path, monkeypatch,
+                                                     capsys):
+    """The README's demo (open_nsfw fine-tuned on digits) with a reduced
+    budget: predict on its held-out digits, through the CLI and Python,
+    gives the accuracy its report states for each run's best model."""
+    models_cache = os.path.join(os.path.dirname(__file__), '..', '.cache',
+                                'models')
+    from chainer_finetune import hub
+    monkeypatch.setattr(hub, 'default_cache_dir',
+                        lambda: os.path.abspath(models_cache))
+    values = dict(finetune.DEMO)
+    values.update(train_per_class=3, test_per_class=5, epochs=2,
+                  input_size=32, out=str(tmp_path / 'result'))
+    config = finetune.FinetuneConfig(**values)
+    result = finetune.run_finetune(config)
+    _, _, test_set = job_data.load_split(config)
+    digits = _write_digits(test_set, str(tmp_path / 'held_out'))
+    with open(result.report_path, encoding='utf-8') as f:
+        report = f.read()
+    for run in result.runs:
+        code, stdout, err = _predict_cli(
+            capsys, '--model', str(tmp_path / 'result') if run.pretrained
+            else run.out, '--csv', '--top-k', '3', digits)
+        assert code == 0, err
+        rows = list(csv.DictReader(io.StringIO(stdout)))
+        assert len(rows) == 3 * len(test_set) == 150
+        top1 = [r for r in rows if r['rank'] == '1']
+        # The true class is the directory the file is in.
+        correct = sum(r['label'] == os.path.basename(os.path.dirname(
+            r['path'])) for r in top1)
+        recomputed = correct / len(top1)
+        assert numpy.float32(recomputed) == numpy.float32(run.best_accuracy)
+        # The report's "best (epoch)" cell states that same number.
+        assert '| {} | {:.3f} | {:.3f} ({}) |'.format(
+            run.name, run.accuracy, recomputed, run.best_epoch) in report
+        # Python: the same classes from the in-memory images.
+        classifier, info = pred.load_classifier(run.out)
+        assert info.known_model == 'open_nsfw'
+        images = [test_set.image(i) for i in range(len(test_set))]
+        tops = pred.predict(classifier, info, images, top_k=1)
+        assert _accuracy(tops, test_set.labels,
+                         list(info.class_names)) == numpy.float32(recomputed)
+
+
+def test_package_exports():
+    assert chainer_finetune.load_classifier is pred.load_classifier
+    assert chainer_finetune.predict is pred.predict

@@ -10,7 +10,9 @@ and the held-out preprocessing exactly as the job applied it.
 :func:`read_model_file` checks it and returns a :class:`ModelFile`;
 :mod:`chainer_finetune.predict` rebuilds the classifier from it.
 
-The format (``format_version`` 1)::
+The format (``format_version`` 1), as the demo's pretrained run writes it:
+
+.. code-block:: text
 
     {"format": "chainer_finetune.finetuned_classifier",
      "format_version": 1, "library_version": "0.1.0",

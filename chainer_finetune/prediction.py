@@ -6,6 +6,8 @@ wrote (its ``model.json`` and ``best_model.npz``, see
 top-k classes of images with their probabilities, preprocessed exactly as
 the job preprocessed its held-out images (guide: :doc:`/deploy`)::
 
+    from chainer_finetune import load_classifier, predict
+
     classifier, info = load_classifier('result')      # the pretrained run
     for path, top in zip(paths, predict(classifier, info, paths, top_k=3)):
         print(path, top)                               # [('7', 0.93), ...]
