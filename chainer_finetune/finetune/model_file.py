@@ -1,8 +1,8 @@
 """``model.json``: what rebuilds a run's fine-tuned classifier and feeds it.
 
 Every run directory of a job (``pretrained/``, ``scratch/``) gets one
-beside its ``best_model.npz`` (:data:`~chainer_finetune.finetune.config.MODEL_FILE`,
-:data:`~chainer_finetune.finetune.config.WEIGHTS_FILE`), written before
+beside its ``best_model.npz`` (both names are declared in
+``finetune/config.py``: ``MODEL_FILE``, ``WEIGHTS_FILE``), written before
 training starts (:func:`describe_run`, :func:`write_model_file`). It records
 the source model (a known model's name, the files' absolute paths and
 SHA-256), how the network was cut and what head it got, the class names,
