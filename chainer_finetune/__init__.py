@@ -26,10 +26,13 @@ from chainer_finetune.head import replace_head  # NOQA: E402
 from chainer_finetune.lr_mult import lr_mults_from_prototxt  # NOQA: E402
 from chainer_finetune.lr_mult import set_lr_mult  # NOQA: E402
 from chainer_finetune.lr_mult import WeightDecayMult  # NOQA: E402
+from chainer_finetune.prediction import load_classifier  # NOQA: E402
+from chainer_finetune.prediction import predict  # NOQA: E402
 from chainer_finetune.training import GradualUnfreeze  # NOQA: E402
 
 __all__ = ['CaffeModelError', 'CaffeNet', 'CopyReport', 'DelGradient',
            'GradualUnfreeze', 'UnsupportedLayerError', 'WeightDecayMult',
            '__version__', 'copy_model', 'freeze', 'frozen_paths',
-           'load_caffe', 'load_mean', 'lr_mults_from_prototxt',
-           'replace_head', 'save_weights', 'set_lr_mult', 'unfreeze']
+           'load_caffe', 'load_classifier', 'load_mean',
+           'lr_mults_from_prototxt', 'predict', 'replace_head',
+           'save_weights', 'set_lr_mult', 'unfreeze']

@@ -580,6 +580,73 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_positive_int(text: str) -> int:
+    """A positive integer.
+
+    Raises:
+        argparse.ArgumentTypeError: for anything else.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            'expected a positive integer, not {!r}'.format(text))
+    return value
+
+
+def _configure_predict(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a('images', nargs='+', metavar='IMAGE_OR_DIR',
+      help='image files, or directories walked for them (sorted)')
+    a('--model', required=True, metavar='RESULT',
+      help="finetune's output directory (its pretrained run), a run "
+           'directory, or its best_model.npz / model.json')
+    a('--top-k', type=parse_positive_int, default=5, metavar='K',
+      help='classes per image, most probable first (default 5; all of '
+           'them when there are fewer)')
+    a('--csv', action='store_true',
+      help='write CSV: a header path,rank,label,probability and one row '
+           'per image and rank')
+    a('--device', default='@numpy',
+      help='e.g. @numpy (default), @cupy:0')
+    a('--batchsize', type=parse_positive_int, default=16, metavar='N',
+      help='images per forward pass (default 16)')
+
+
+@command('predict', 'classify images with a model fine-tuned by '
+                    'finetune: the top-k labels with probabilities',
+         configure=_configure_predict)
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    from chainer_finetune import prediction
+    paths = prediction.find_images(args.images)
+    prediction.check_image_files(paths)
+    model_json, _, picked = prediction.locate_model_file(args.model)
+    if picked is not None:
+        print('{}: predicting with its {} run ({})'.format(
+            args.model, picked, os.path.dirname(model_json)),
+            file=sys.stderr)
+    classifier, info = prediction.load_classifier(args.model, args.device)
+    tops = prediction.predict(classifier, info, paths, args.top_k,
+                              args.batchsize)
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator='\n')
+        writer.writerow(['path', 'rank', 'label', 'probability'])
+        for path, top in zip(paths, tops):
+            for rank, (label, probability) in enumerate(top, 1):
+                # 9 significant digits: the float32 value exactly.
+                writer.writerow([path, rank, label,
+                                 '{:.9g}'.format(probability)])
+        return 0
+    for path, top in zip(paths, tops):
+        print('{}: {}'.format(path, ', '.join(
+            '{} ({:.4f})'.format(label, probability)
+            for label, probability in top)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser of ``chainer-finetune``."""
     parser = argparse.ArgumentParser(

@@ -91,3 +91,13 @@ class InputShapeError(ChainerFinetuneError, ValueError):
 
     The message names the input or the layer and the shapes involved.
     """
+
+
+class PredictError(ChainerFinetuneError, ValueError):
+    """A fine-tuned model that cannot be loaded for prediction, or a
+    prediction that cannot be made as asked.
+
+    The message names the file: a ``model.json`` that is missing, not
+    valid JSON or not in the expected form, weights that do not match the
+    classifier it describes, or a source model that changed since the run.
+    """

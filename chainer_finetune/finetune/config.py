@@ -119,6 +119,12 @@ PLOT_FILE = 'accuracy.png'
 RUN_NAMES = ('pretrained', 'scratch')
 RESULT_NAMES = (REPORT_FILE, PLOT_FILE) + RUN_NAMES
 
+#: What each run directory holds for prediction: the weights of the epoch
+#: with the best held-out accuracy, and the description that rebuilds its
+#: classifier and preprocessing (:mod:`chainer_finetune.finetune.model_file`).
+WEIGHTS_FILE = 'best_model.npz'
+MODEL_FILE = 'model.json'
+
 
 def check_output_dir(config: FinetuneConfig) -> None:
     """Refuses an output directory holding an earlier run's results

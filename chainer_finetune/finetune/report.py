@@ -228,6 +228,7 @@ def write_report(config: FinetuneConfig, source: ModelSource,
     lines += ['']
     lines += _copied_and_frozen(config, runs)
     lines += ['', 'Files: `pretrained/` (and `scratch/`): `log`, '
-              '`best_model.npz` (best held-out accuracy), `loss.png`, '
+              '`best_model.npz` (best held-out accuracy), `model.json` '
+              '(for `chainer-finetune predict`), `loss.png`, '
               '`accuracy.png`.', '']
     return '\n'.join(lines)

@@ -22,12 +22,16 @@ from chainer_finetune.finetune.config import check_output_dir
 from chainer_finetune.finetune.config import PLOT_FILE
 from chainer_finetune.finetune.config import REPORT_FILE
 from chainer_finetune.finetune.config import RUN_NAMES
+from chainer_finetune.finetune.config import WEIGHTS_FILE
 from chainer_finetune.finetune.config import FinetuneConfig
 from chainer_finetune.finetune.datasets import load_split
 from chainer_finetune.finetune.datasets import make_iterator
+from chainer_finetune.finetune.datasets import preprocessors
 from chainer_finetune.finetune.datasets import transformed
 from chainer_finetune.finetune.model import build_classifier
 from chainer_finetune.finetune.model import CaffeClassifier
+from chainer_finetune.finetune.model_file import describe_run
+from chainer_finetune.finetune.model_file import write_model_file
 from chainer_finetune.finetune.report import plot_accuracy
 from chainer_finetune.finetune.report import write_report
 from chainer_finetune.finetune.report import FinetuneResult
@@ -71,7 +75,7 @@ def _extend(trainer: training.Trainer, name: str, model: CaffeClassifier,
     trainer.extend(extensions.Evaluator(test_iter, classifier,
                                         device=device), name='validation')
     trainer.extend(extensions.LogReport())
-    trainer.extend(extensions.snapshot_object(model, 'best_model.npz'),
+    trainer.extend(extensions.snapshot_object(model, WEIGHTS_FILE),
                    trigger=training.triggers.MaxValueTrigger(
                        'validation/main/accuracy'))
     if extensions.PlotReport.available():
@@ -205,10 +209,21 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     logger.info('data %s: %d classes, %d training and %d held-out images',
                 config.data, n_class, len(train_set), len(test_set))
     source = resolve_source(config)
+    # An n_class beyond the data's classes names the extra ones by number.
+    names = (images.class_names + [str(i) for i in range(
+        len(images.class_names), n_class)])[:n_class]
     runs = []
     for pretrained in [True] + ([False] if config.compare_scratch else []):
         name = RUN_NAMES[0] if pretrained else RUN_NAMES[1]
         model, report = build_classifier(config, n_class, pretrained, source)
+        # Written first: the best model is usable as soon as it appears. An
+        # earlier run's weights there (--overwrite) must not pair with it.
+        stale = os.path.join(config.out, name, WEIGHTS_FILE)
+        if os.path.lexists(stale):
+            os.remove(stale)
+        write_model_file(os.path.join(config.out, name), describe_run(
+            config, source, model, preprocessors(config, source)[1], names,
+            name, pretrained))
         if report is not None:
             logger.info('copied %d values into %d links; skipped %d',
                         len(report.copied), len(report.copied_links),
