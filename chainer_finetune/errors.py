@@ -91,3 +91,12 @@ class InputShapeError(ChainerFinetuneError, ValueError):
 
     The message names the input or the layer and the shapes involved.
     """
+
+
+class ExportError(ChainerFinetuneError, ValueError):
+    """A model that cannot be written in the format asked.
+
+    The message names the function or layer and its place in the net (for a
+    traced Chain: the node's index in the graph and the named layers around
+    it), and what the format would need.
+    """
