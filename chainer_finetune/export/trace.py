@@ -130,7 +130,7 @@ class TraceContext:
 
     def error(self, what: str) -> ExportError:
         """An error naming the current function and its place."""
-        place = ['node {} of {}'.format(self.index + 1, len(self.nodes))]
+        place = []
         before = [self.blobs.get(id(x)) for x in self.node.inputs]
         before = [self.owner.get(b, b) for b in before if b]
         if before:
@@ -138,8 +138,11 @@ class TraceContext:
         after = self._named_after()
         if after:
             place.append('input of {}'.format(after))
-        return ExportError('cannot export {} ({}) to Caffe: {}'.format(
-            self.node.label, ', '.join(place), what))
+        return ExportError('cannot export {} at node {} of {}{} to Caffe: '
+                           '{}'.format(type(self.node).__name__,
+                                       self.index + 1, len(self.nodes),
+                                       ' ({})'.format(', '.join(place))
+                                       if place else '', what))
 
     # -- blobs and parameters --------------------------------------------
 
