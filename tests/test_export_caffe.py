@@ -93,7 +93,7 @@ def _perturb(link, seed, scale=0.05):
 # --------------------------------------------------------------------------
 
 @network
-def test_open_nsfw_replaced_head_round_trip(nsfw_files, tmp_path):  # noqa: F811
+def test_open_nsfw_replaced_head_round_trip(nsfw_files, tmp_path):
     net = load_caffe(nsfw_files.caffemodel, nsfw_files.prototxt)
     replace_head(net, 'fc_nsfw', 3, seed=0)
     _perturb(net, seed=1)
@@ -114,7 +114,7 @@ def test_open_nsfw_replaced_head_round_trip(nsfw_files, tmp_path):  # noqa: F811
 
 
 @network
-def test_open_nsfw_cut_and_training_net(nsfw_files, tmp_path):  # noqa: F811
+def test_open_nsfw_cut_and_training_net(nsfw_files, tmp_path):
     """stop_at keeps only the layers needed; the caffemodel's own training
     net (no prototxt: MemoryData, SoftmaxWithLoss) needs an input shape and
     loses its loss layer."""
@@ -147,7 +147,7 @@ def test_open_nsfw_cut_and_training_net(nsfw_files, tmp_path):  # noqa: F811
 # --------------------------------------------------------------------------
 
 @network
-def test_classifier_with_new_head_round_trip(nsfw_files, tmp_path):  # noqa: F811
+def test_classifier_with_new_head_round_trip(nsfw_files, tmp_path):
     backbone = load_caffe(nsfw_files.caffemodel, nsfw_files.prototxt,
                           stop_at='eltwise_stage1_block1')
     model = CaffeClassifier(backbone, 'data', 'eltwise_stage1_block1',
@@ -169,7 +169,7 @@ def test_classifier_with_new_head_round_trip(nsfw_files, tmp_path):  # noqa: F81
 
 
 @network
-def test_classifier_with_replaced_layer_round_trip(nsfw_files, tmp_path):  # noqa: F811,E501
+def test_classifier_with_replaced_layer_round_trip(nsfw_files, tmp_path):
     backbone = load_caffe(nsfw_files.caffemodel, nsfw_files.prototxt)
     replace_head(backbone, 'fc_nsfw', 5, seed=0)
     _perturb(backbone['fc_nsfw'], seed=6, scale=0.5)

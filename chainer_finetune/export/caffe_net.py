@@ -126,9 +126,10 @@ def deploy_description(layer: caffe_pb2.LayerParameter
 
 def add_layer(writer: NetWriter, layer: caffe_pb2.LayerParameter,
               blobs: Sequence[numpy.ndarray] = ()) -> None:
-    """Appends a whole layer description, with its blobs, to ``writer``."""
+    """Appends a whole layer description, with its blobs (not copied:
+    the net is written before the model changes), to ``writer``."""
     written = writer.layer(layer.name, layer.type, list(layer.bottom),
-                           list(layer.top), blobs=blobs)
+                           list(layer.top), blobs=blobs, copy_blobs=False)
     written.CopyFrom(layer)
 
 
