@@ -329,6 +329,66 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_FORMATS = ('caffe', 'onnx')
+
+
+def _export_model(args: argparse.Namespace):
+    """The model ``export`` writes, from its source arguments."""
+    # A finetune result (--model RESULT) is the other source; it joins
+    # --caffemodel here, as one more branch returning the classifier.
+    if args.caffemodel is None:
+        raise CommandError('give the model to export: --caffemodel M')
+    return load_model(argparse.Namespace(
+        model=args.caffemodel, prototxt=args.prototxt, stop_at=args.stop_at))
+
+
+@command('export', 'write a model for another runtime: --format caffe '
+                   'writes OUT.prototxt + OUT.caffemodel (Caffe, OpenCV dnn)',
+         arg('--format', required=True, choices=EXPORT_FORMATS,
+             help='the format to write'),
+         arg('--caffemodel', metavar='M',
+             help='a .caffemodel, or an .h5/.npz file written by '
+                  'save_weights'),
+         arg('--prototxt', metavar='P',
+             help="the (deploy) prototxt; default: the model's own "
+                  'structure'),
+         arg('--stop-at', action='append', metavar='L',
+             help='keep only the layers needed for this layer or blob '
+                  '(repeatable)'),
+         arg('--input-shape', type=parse_input_shape, action='append',
+             metavar='[NAME=]N,C,H,W',
+             help='the shape of an input the net declares none for (a '
+                  'training net\'s); the files declare batch 1'),
+         arg('-o', '--output', required=True, metavar='OUT',
+             help='output prefix: writes OUT.prototxt and OUT.caffemodel'),
+         arg('--overwrite', action='store_true',
+             help='replace existing output files'))
+def _cmd_export(args: argparse.Namespace) -> int:
+    from chainer_finetune.errors import ExportError
+    if args.format != 'caffe':
+        raise ExportError('--format {}: not available yet; --format caffe '
+                          'is'.format(args.format))
+    from chainer_finetune.export import export_caffe
+    paths = [args.output + suffix for suffix in ('.prototxt', '.caffemodel')]
+    existing = [p for p in paths if os.path.lexists(p)]
+    if existing and not args.overwrite:
+        raise CommandError('{}: already exists; pass --overwrite to replace '
+                           'it'.format(existing[0]))
+    shapes = None
+    if args.input_shape:
+        named = {name: shape for name, shape in args.input_shape}
+        shapes = named[None] if list(named) == [None] else named
+        if None in named and len(named) > 1:
+            raise CommandError('--input-shape: name every input '
+                               '(NAME=N,C,H,W) when giving several')
+    files = export_caffe(_export_model(args), args.output,
+                         input_shape=shapes, overwrite=args.overwrite)
+    print('wrote {} and {} ({} layers, {:.1f} MB)'.format(
+        files.prototxt, files.caffemodel, len(files.writer.layers),
+        os.path.getsize(files.caffemodel) / 1e6))
+    return 0
+
+
 def _configure_verify(parser: argparse.ArgumentParser) -> None:
     from chainer_finetune.caffe import verify
     verify.add_verify_arguments(parser)

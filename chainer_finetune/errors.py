@@ -101,3 +101,12 @@ class PredictError(ChainerFinetuneError, ValueError):
     valid JSON or not in the expected form, weights that do not match the
     classifier it describes, or a source model that changed since the run.
     """
+
+
+class ExportError(ChainerFinetuneError, ValueError):
+    """A model that cannot be written in the format asked.
+
+    The message names the function or layer and its place in the net (for a
+    traced Chain: the node's index in the graph and the named layers around
+    it), and what the format would need.
+    """

@@ -113,9 +113,20 @@ def _value(value) -> numpy.ndarray:
 def _same(a, b) -> bool:
     if isinstance(a, numpy.ndarray) or isinstance(b, numpy.ndarray):
         a, b = numpy.asarray(a), numpy.asarray(b)
+        if _same_memory(a, b):
+            return True   # a rebuilt link wraps the blob it was given
         return a.shape == b.shape and numpy.array_equal(
             a, b, equal_nan=a.dtype.kind == 'f')
     return a == b
+
+
+def _same_memory(a: numpy.ndarray, b: numpy.ndarray) -> bool:
+    """Whether two arrays are views of the same values in the same
+    layout (then equal without reading them: comparing a VGG-16's weights
+    element by element takes seconds)."""
+    return (a.__array_interface__['data'][0] ==
+            b.__array_interface__['data'][0] and a.shape == b.shape and
+            a.strides == b.strides and a.dtype == b.dtype)
 
 
 def _check_rebuilds(layer: caffe_pb2.LayerParameter, link: chainer.Link,

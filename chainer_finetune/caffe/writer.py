@@ -159,9 +159,11 @@ class RandomBlob:
 BlobLike = Union[numpy.ndarray, RandomBlob]
 
 
-def _as_blob(value) -> BlobLike:
+def _as_blob(value, copy: bool = True) -> BlobLike:
     if isinstance(value, RandomBlob):
         return value
+    if not copy:
+        return numpy.ascontiguousarray(value, dtype=numpy.float32)
     return numpy.array(value, dtype=numpy.float32)   # a copy, C order
 
 
@@ -456,8 +458,8 @@ class NetWriter:
               param_specs: Sequence[Mapping[str, Any]] = (),
               include: Optional[Mapping[str, Any]] = None,
               exclude: Optional[Mapping[str, Any]] = None,
-              loss_weight: Union[float, Sequence[float], None] = None
-              ) -> caffe_pb2.LayerParameter:
+              loss_weight: Union[float, Sequence[float], None] = None,
+              copy_blobs: bool = True) -> caffe_pb2.LayerParameter:
         """Appends a layer; returns its description (which may be edited).
 
         Args:
@@ -475,6 +477,9 @@ class NetWriter:
             include: A ``NetStateRule`` dict (``{'phase': 'TRAIN'}``).
             exclude: A ``NetStateRule`` dict.
             loss_weight: ``loss_weight`` value(s).
+            copy_blobs: Copy the arrays (default). False keeps float32
+                C-order arrays as they are, for a net written at once
+                (an exporter's): the arrays must not change until then.
 
         Raises:
             CaffeModelError: for a second layer of the same name, or a name
@@ -496,7 +501,7 @@ class NetWriter:
         except ValueError as e:
             raise CaffeModelError('layer {!r}: {}'.format(name, e)) from None
         self._layers.append(layer)
-        self._blobs.append([_as_blob(b) for b in blobs])
+        self._blobs.append([_as_blob(b, copy_blobs) for b in blobs])
         return layer
 
     @property
