@@ -333,13 +333,23 @@ EXPORT_FORMATS = ('caffe', 'onnx')
 
 
 def _export_model(args: argparse.Namespace):
-    """The model ``export`` writes, from its source arguments."""
-    # A finetune result (--model RESULT) is the other source; it joins
-    # --caffemodel here, as one more branch returning the classifier.
-    if args.caffemodel is None:
-        raise CommandError('give the model to export: --caffemodel M')
+    """``(model, input shape or None)`` that ``export`` writes, from its
+    source arguments: a Caffe model, or a ``finetune`` result."""
+    if (args.caffemodel is None) == (args.model is None):
+        raise CommandError('give the model to export: --caffemodel M or '
+                           '--model RESULT (one of them)')
+    if args.model is not None:
+        if args.prototxt or args.stop_at:
+            raise CommandError('--prototxt and --stop-at go with '
+                               '--caffemodel; a --model result knows its '
+                               'own')
+        from chainer_finetune.prediction import load_classifier
+        classifier, info = load_classifier(args.model)
+        # The result's own input: the size its images were resized to.
+        return classifier, (1, 3) + tuple(info.input_size)
     return load_model(argparse.Namespace(
-        model=args.caffemodel, prototxt=args.prototxt, stop_at=args.stop_at))
+        model=args.caffemodel, prototxt=args.prototxt,
+        stop_at=args.stop_at)), None
 
 
 @command('export', 'write a model for another runtime: --format caffe '
@@ -349,6 +359,9 @@ def _export_model(args: argparse.Namespace):
          arg('--caffemodel', metavar='M',
              help='a .caffemodel, or an .h5/.npz file written by '
                   'save_weights'),
+         arg('--model', metavar='RESULT',
+             help="a finetune result (its directory, a run directory or "
+                  "its best_model.npz): the fine-tuned classifier"),
          arg('--prototxt', metavar='P',
              help="the (deploy) prototxt; default: the model's own "
                   'structure'),
@@ -381,8 +394,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if None in named and len(named) > 1:
             raise CommandError('--input-shape: name every input '
                                '(NAME=N,C,H,W) when giving several')
-    files = export_caffe(_export_model(args), args.output,
-                         input_shape=shapes, overwrite=args.overwrite)
+    model, own_shape = _export_model(args)
+    files = export_caffe(model, args.output,
+                         input_shape=shapes or own_shape,
+                         overwrite=args.overwrite)
     print('wrote {} and {} ({} layers, {:.1f} MB)'.format(
         files.prototxt, files.caffemodel, len(files.writer.layers),
         os.path.getsize(files.caffemodel) / 1e6))

@@ -559,3 +559,35 @@ def test_predict_on_the_demo_recomputes_its_accuracy(tmp_path, monkeypatch,
 def test_package_exports():
     assert chainer_finetune.load_classifier is pred.load_classifier
     assert chainer_finetune.predict is pred.predict
+
+
+def test_export_caffe_of_the_jobs_result(job, tmp_path, capsys):
+    # `export --model RESULT` writes the fine-tuned classifier (backbone cut
+    # at conv2, new pooled head); load_caffe and OpenCV run the files on
+    # the held-out images as the job's classifier does.
+    cv2 = pytest.importorskip('cv2')
+    from chainer_finetune import data, load_caffe
+    from chainer_finetune.caffe.verify import compare_arrays
+    config, _, test_set = job
+    out = str(tmp_path / 'deploy')
+    assert cli.main(['export', '--format', 'caffe', '--model', config.out,
+                     '-o', out]) == 0
+    assert 'wrote ' + out + '.prototxt' in capsys.readouterr().out
+    classifier, info = pred.load_classifier(config.out)
+    paths, _ = _held_out(test_set)
+    x = numpy.stack([info.preprocessor()(data.read_image(p))
+                     for p in paths[:3]])
+    with chainer.using_config('train', False):
+        want = classifier(x).array
+    net = load_caffe(out + '.caffemodel', out + '.prototxt')
+    with chainer.using_config('train', False):
+        got, = net(inputs={'data': x}, outputs=['head'])
+    assert numpy.abs(got.array.reshape(want.shape) - want).max() <= 1e-6
+    reference = cv2.dnn.readNetFromCaffe(out + '.prototxt',
+                                         out + '.caffemodel')
+    reference.setInput(x)
+    opencv = reference.forward()
+    assert compare_arrays(opencv.reshape(want.shape), want)[1] <= 1e-5
+    # A second export refuses to replace the files.
+    assert cli.main(['export', '--format', 'caffe', '--model', config.out,
+                     '-o', out]) == 2
