@@ -237,8 +237,11 @@ class GlobalBatchSlice(chainer.dataset.Iterator):
     ShuffleOrderSampler seeded with ``seed``: the order a single-process
     run with that seed and batch follows, epoch boundaries included) and
     loads only the examples of its slice ``[rank * b, (rank + 1) * b)``.
-    Its epoch counters and serialized state are the index iterator's, the
-    same on every rank: rank 0's snapshot resumes every rank.
+    Its epoch counters and serialized state (the index iterator's and its
+    random generator's) are the same on every rank: rank 0's snapshot
+    resumes every rank, and a resumed run shuffles its later epochs as an
+    uninterrupted one does. With ``size`` 1 it is the single-process
+    iterator that a checkpointed run can resume exactly.
 
     Args:
         dataset: The whole dataset (every rank can read it).
@@ -253,8 +256,8 @@ class GlobalBatchSlice(chainer.dataset.Iterator):
         self.dataset = dataset
         self.batch = per_rank_batch(global_batch, size)
         self.rank = rank
-        sampler = chainer.iterators.ShuffleOrderSampler(
-            numpy.random.RandomState(seed))
+        self.rng = numpy.random.RandomState(seed)
+        sampler = chainer.iterators.ShuffleOrderSampler(self.rng)
         self.indices = chainer.iterators.SerialIterator(
             numpy.arange(len(dataset)), global_batch, repeat=True,
             order_sampler=sampler)
@@ -292,6 +295,14 @@ class GlobalBatchSlice(chainer.dataset.Iterator):
 
     def serialize(self, serializer: Any) -> None:
         self.indices.serialize(serializer)
+        # The generator of the next epochs' orders: without it a resumed
+        # run would shuffle its later epochs differently.
+        name, keys, pos, has_gauss, gauss = self.rng.get_state()
+        keys = serializer('rng_keys', keys)
+        pos, has_gauss, gauss = serializer(
+            'rng_rest', numpy.array([pos, has_gauss, gauss], numpy.float64))
+        self.rng.set_state((name, numpy.asarray(keys, numpy.uint32),
+                            int(pos), int(has_gauss), float(gauss)))
 
 
 def held_out_shard(dataset: Any, dist: Distributed) -> Any:
@@ -513,8 +524,10 @@ def load_snapshot_everywhere(path: Optional[str], target: Any,
             with open(path, 'rb') as f:
                 payload = f.read()
     if dist is not None:
-        payload = dist.comm.bcast_obj(payload, max_buf_len=2 ** 31 - 1)
+        payload = dist.comm.bcast_obj(payload)
     if payload is None:
         return False
-    chainer.serializers.load_npz(io.BytesIO(payload), target)
+    # Not strict: a frozen parameter's update rule never ran, so the file
+    # has no optimizer state for it, which loading would otherwise demand.
+    chainer.serializers.load_npz(io.BytesIO(payload), target, strict=False)
     return True

@@ -138,6 +138,12 @@ def _iterators(config: FinetuneConfig, train: Any, test: Any,
     """The training and held-out iterators; in a distributed run, this
     rank's slice of every global batch and its shard of the held-out set."""
     test_batch = max(config.batchsize, 50)
+    if dist is None and config.loaderjob == 0:
+        # The order of make_iterator's, with a generator state that a
+        # checkpoint holds (a resumed run then shuffles alike).
+        return (distributed.GlobalBatchSlice(train, config.batchsize, 0, 1,
+                                             config.seed),
+                make_iterator(test, test_batch, False, 0, config.seed))
     if dist is None:
         return (make_iterator(train, config.batchsize, True,
                               config.loaderjob, config.seed),
