@@ -86,6 +86,9 @@ setup(
         # cuDNN is unavailable (CuPy 14 dropped cuDNN).
         'cuda12': ['cupy-cuda12x>=13.5'],
         'cuda13': ['cupy-cuda13x[ctk]>=14'],
+        # Data-parallel fine-tuning with ChainerMN (docs/distributed.rst):
+        # mpi4py and MPICH as wheels, `mpiexec` in the environment's bin/.
+        'mpi': ['mpi4py>=4', 'mpich>=4'],
         # The Sphinx documentation (docs/; tox run -e docs).
         # furo: a maintained theme whose content column scrolls wide code
         # blocks instead of cutting them off.

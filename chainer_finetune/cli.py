@@ -477,6 +477,19 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
       help="replace an earlier run's results in --out")
     a('--seed', type=int, help='default 0')
     a('--loaderjob', type=int, help='data loading processes (default 0)')
+    a('--communicator', help="ChainerMN communicator of a data-parallel "
+      "run: naive (CPU), pure_nccl (GPUs), flat, non_cuda_aware, or none; "
+      "default naive when started by mpiexec -n N (N > 1); --batchsize is "
+      "then the global batch, --device may say @cupy:{intra_rank}")
+    a('--per-rank-bn', dest='sync_batchnorm', action='store_false',
+      default=None, help="distributed: the new head's BatchNormalization "
+      "uses each process's part of the batch (default: the global batch's "
+      "statistics, as in one process)")
+    a('--checkpoint-every', type=int, metavar='N',
+      help="write checkpoint.npz into each run's directory every N "
+           "iterations")
+    a('--resume', action='store_true', default=None,
+      help="continue each run from its checkpoint.npz in --out")
     a('--skip-bad-images', action='store_true', default=None,
       help='leave out image files that cannot be decoded, with a warning '
            'listing them (default: list them and stop before training)')
@@ -507,11 +520,17 @@ def finetune_config(args: argparse.Namespace):
                      '(without arguments: the built-in demo)',
          configure=_configure_finetune)
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from chainer_finetune import distributed
     from chainer_finetune import finetune
-    if args.verbose == 0:
+    if distributed.launched_rank() != 0:
+        # One of several processes: rank 0 reports, the others only errors.
+        logging.getLogger().setLevel(logging.ERROR)
+    elif args.verbose == 0:
         # Training progress is what this command is for.
         logging.getLogger(finetune.__name__).setLevel(logging.INFO)
     result = finetune.run_finetune(finetune_config(args))
+    if not result.report_path:
+        return 0   # not rank 0
     print('report: {}'.format(result.report_path))
     if result.plot_path:
         print('plot: {}'.format(result.plot_path))
@@ -769,9 +788,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         print('{}: interrupted'.format(parser.prog), file=sys.stderr)
         return 130
     except Exception as e:
-        print('{}: error: {}'.format(parser.prog, _error_line(e, args.debug)),
+        print('{}: error: {}{}'.format(parser.prog, _rank_prefix(),
+                                       _error_line(e, args.debug)),
               file=sys.stderr)
+        # One of several MPI processes: the others must not wait for it.
+        from chainer_finetune.distributed import abort_job
+        abort_job(2)
         return 2
+
+
+def _rank_prefix() -> str:
+    """'rank R of N: ' in a process of an MPI job, else ''."""
+    from chainer_finetune.distributed import launched_rank
+    from chainer_finetune.distributed import launched_size
+    size = launched_size()
+    return 'rank {} of {}: '.format(launched_rank(), size) if size > 1 \
+        else ''
 
 
 def _error_line(error: Exception, debug: bool) -> str:

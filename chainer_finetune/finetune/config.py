@@ -79,6 +79,20 @@ class FinetuneConfig:
             also decoding every image once before training.
         skip_bad_images: Leave out, with a warning listing them, the image
             files that cannot be decoded, instead of failing the job.
+        communicator: ChainerMN communicator of a data-parallel run
+            (:data:`chainer_finetune.distributed.COMMUNICATORS`); None:
+            ``naive`` when started by ``mpiexec -n N`` with N > 1, else one
+            process; ``'none'``: one process. ``batchsize`` is then the
+            global batch, split evenly over the processes.
+        sync_batchnorm: In a distributed run, the new head's
+            BatchNormalization normalizes with the statistics of the whole
+            global batch (ChainerMN's MultiNodeBatchNormalization), as one
+            process would; False: with each process's part.
+        checkpoint_every: Write ``checkpoint.npz`` (the whole trainer
+            state) into each run's directory every this many iterations
+            (None: never).
+        resume: Continue each run from its ``checkpoint.npz`` (a run
+            without one starts anew); ``out`` may hold the earlier results.
     """
 
     caffemodel: str = 'open_nsfw'
@@ -107,6 +121,10 @@ class FinetuneConfig:
     seed: int = 0
     loaderjob: int = 0
     skip_bad_images: bool = False
+    communicator: Optional[str] = None
+    sync_batchnorm: bool = True
+    checkpoint_every: Optional[int] = None
+    resume: bool = False
 
 
 #: What a job writes directly into its output directory: the report, the
@@ -117,6 +135,9 @@ class FinetuneConfig:
 REPORT_FILE = 'report.md'
 PLOT_FILE = 'accuracy.png'
 RUN_NAMES = ('pretrained', 'scratch')
+#: The trainer state written every ``checkpoint_every`` iterations into a
+#: run's directory, and read back by ``resume``.
+CHECKPOINT_FILE = 'checkpoint.npz'
 RESULT_NAMES = (REPORT_FILE, PLOT_FILE) + RUN_NAMES
 
 #: What each run directory holds for prediction: the weights of the epoch
@@ -131,9 +152,10 @@ def check_output_dir(config: FinetuneConfig) -> None:
     (unless ``config.overwrite``), before anything is loaded or trained.
 
     Raises:
-        FinetuneError: ``config.out`` holds one of :data:`RESULT_NAMES`.
+        FinetuneError: ``config.out`` holds one of :data:`RESULT_NAMES`
+            (a job that resumes continues in it).
     """
-    if config.overwrite:
+    if config.overwrite or config.resume:
         return
     found = [name for name in RESULT_NAMES
              if os.path.lexists(os.path.join(config.out, name))]

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import chainer
 from chainer import training
@@ -16,9 +16,11 @@ from chainer.training import extensions
 import chainer.links as L
 import numpy
 
+from chainer_finetune import distributed
 from chainer_finetune.copy import CopyReport
 from chainer_finetune.errors import FinetuneError
 from chainer_finetune.finetune.config import check_output_dir
+from chainer_finetune.finetune.config import CHECKPOINT_FILE
 from chainer_finetune.finetune.config import PLOT_FILE
 from chainer_finetune.finetune.config import REPORT_FILE
 from chainer_finetune.finetune.config import RUN_NAMES
@@ -70,10 +72,25 @@ def _apply_lr_mults(model: CaffeClassifier, source: ModelSource) -> None:
 
 def _extend(trainer: training.Trainer, name: str, model: CaffeClassifier,
             classifier: L.Classifier, test_iter: Any,
-            device: chainer.backend.Device) -> None:
-    """Evaluation, logs, the best model's snapshot, plots and progress."""
-    trainer.extend(extensions.Evaluator(test_iter, classifier,
-                                        device=device), name='validation')
+            device: chainer.backend.Device,
+            dist: Optional[distributed.Distributed] = None) -> None:
+    """Evaluation, logs, the best model's snapshot, plots and progress
+    (in a distributed run, the writers on rank 0 only)."""
+    trainer.extend(distributed.ShardEvaluator(
+        test_iter, classifier, device, comm=dist.comm if dist else None),
+        name='validation')
+    if dist is not None:
+        # Before the evaluator (higher priority): BatchNorm statistics kept
+        # per rank are averaged, so every rank evaluates the same model.
+        trainer.extend(distributed.persistent_averager(model, dist),
+                       name='average_statistics', trigger=(1, 'epoch'))
+        # The log shows the global batch's values, not rank 0's part.
+        trainer.extend(distributed.ObservationAverager(
+            ('main/loss', 'main/accuracy'), dist))
+        if not dist.is_root:
+            # The log (for the run's result), written nowhere.
+            trainer.extend(extensions.LogReport(filename=None))
+            return
     trainer.extend(extensions.LogReport())
     trainer.extend(extensions.snapshot_object(model, WEIGHTS_FILE),
                    trigger=training.triggers.MaxValueTrigger(
@@ -93,10 +110,62 @@ def _extend(trainer: training.Trainer, name: str, model: CaffeClassifier,
         trainer.extend(extensions.ProgressBar(update_interval=1))
 
 
+def _checkpoints(trainer: training.Trainer, config: FinetuneConfig,
+                 name: str, model: CaffeClassifier,
+                 dist: Optional[distributed.Distributed]) -> None:
+    """A checkpoint every ``config.checkpoint_every`` iterations (rank 0
+    writes it: the ranks hold the same state) and, with ``config.resume``,
+    the state of the last one loaded on every rank."""
+    path = os.path.join(config.out, name, CHECKPOINT_FILE)
+    every = config.checkpoint_every
+    if every:
+        if dist is not None:
+            # Per-rank BatchNorm statistics averaged before each
+            # checkpoint, in an interrupted and an uninterrupted run alike.
+            trainer.extend(distributed.persistent_averager(model, dist),
+                           name='average_statistics_checkpoint',
+                           trigger=(every, 'iteration'))
+        if dist is None or dist.is_root:
+            trainer.extend(extensions.snapshot(filename=CHECKPOINT_FILE),
+                           name='checkpoint', trigger=(every, 'iteration'))
+    if config.resume:
+        if distributed.load_snapshot_everywhere(path, trainer, dist):
+            logger.info('%s: resumed from %s at iteration %d', name, path,
+                        trainer.updater.iteration)
+        else:
+            logger.info('%s: no %s to resume from; starting anew', name,
+                        path)
+
+
+def _iterators(config: FinetuneConfig, train: Any, test: Any,
+               dist: Optional[distributed.Distributed]) -> Tuple[Any, Any]:
+    """The training and held-out iterators; in a distributed run, this
+    rank's slice of every global batch and its shard of the held-out set."""
+    test_batch = max(config.batchsize, 50)
+    if dist is None and config.loaderjob == 0:
+        # The order of make_iterator's, with a generator state that a
+        # checkpoint holds (a resumed run then shuffles alike).
+        return (distributed.GlobalBatchSlice(train, config.batchsize, 0, 1,
+                                             config.seed),
+                make_iterator(test, test_batch, False, 0, config.seed))
+    if dist is None:
+        return (make_iterator(train, config.batchsize, True,
+                              config.loaderjob, config.seed),
+                make_iterator(test, test_batch, False, config.loaderjob,
+                              config.seed))
+    if config.loaderjob and dist.is_root:
+        logger.warning('loaderjob %d is not used in a distributed run: each '
+                       'process loads its slice itself', config.loaderjob)
+    return (distributed.GlobalBatchSlice(train, config.batchsize, dist.rank,
+                                         dist.size, config.seed),
+            make_iterator(distributed.held_out_shard(test, dist),
+                          test_batch, False, 0, config.seed))
+
+
 def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
               report: Optional[CopyReport], train: Any, test: Any, *,
-              pretrained: bool, source: Optional[ModelSource] = None
-              ) -> RunResult:
+              pretrained: bool, source: Optional[ModelSource] = None,
+              dist: Optional[distributed.Distributed] = None) -> RunResult:
     """Trains one classifier with Chainer's Trainer; returns what it did.
 
     Args:
@@ -112,10 +181,15 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
             from scratch trains everything alike).
         source: The located model (for the prototxt's lr_mult); None
             locates it from ``config`` when it is needed.
+        dist: The communicator of a distributed run
+            (:func:`~chainer_finetune.distributed.create_distributed`), or
+            None: ``config.batchsize`` is then the global batch.
     """
     out = os.path.join(config.out, name)
-    os.makedirs(out, exist_ok=True)
-    device = chainer.get_device(config.device)
+    if dist is None or dist.is_root:
+        os.makedirs(out, exist_ok=True)
+    device = chainer.get_device(dist.device(config.device) if dist
+                                else config.device)
     device.use()
     classifier = L.Classifier(model)
     frozen = _freeze(model, config) if pretrained else []
@@ -126,15 +200,16 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
             chainer.no_backprop_mode():
         model(x0)
     classifier.to_device(device)
+    if dist is not None and config.sync_batchnorm:
+        distributed.use_multi_node_batchnorm(model, dist.comm)
     optimizer = chainer.optimizers.Adam(alpha=config.lr,
                                         weight_decay_rate=config.weight_decay)
     optimizer.setup(classifier)
     if pretrained and config.lr_mult_from_prototxt:
         _apply_lr_mults(model, source or resolve_source(config))
-    train_iter = make_iterator(train, config.batchsize, True,
-                               config.loaderjob, config.seed)
-    test_iter = make_iterator(test, max(config.batchsize, 50), False,
-                              config.loaderjob, config.seed)
+    if dist is not None:
+        optimizer = distributed.distribute(dist, classifier, optimizer)
+    train_iter, test_iter = _iterators(config, train, test, dist)
     updater = training.updaters.StandardUpdater(train_iter, optimizer,
                                                 device=device)
     trainer = training.Trainer(updater, (config.epochs, 'epoch'), out=out)
@@ -142,7 +217,8 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
         trainer.extend(GradualUnfreeze(
             model.backbone, {config.unfreeze_at: config.unfreeze or
                              config.freeze}))
-    _extend(trainer, name, model, classifier, test_iter, device)
+    _extend(trainer, name, model, classifier, test_iter, device, dist)
+    _checkpoints(trainer, config, name, model, dist)
     logger.info('%s: training %d epochs of %d images (batch %d) on %s',
                 name, config.epochs, len(train), config.batchsize, device)
     start = time.perf_counter()
@@ -181,6 +257,21 @@ class _ReportStream:
         pass
 
 
+def _describe_run(config: FinetuneConfig, source: ModelSource,
+                  model: CaffeClassifier, names: List[str], name: str,
+                  pretrained: bool) -> None:
+    """Writes the run's ``model.json`` before training: the best model is
+    usable as soon as it appears."""
+    # An earlier run's weights there (--overwrite) must not pair with the
+    # new description; a resumed run keeps its own best model.
+    stale = os.path.join(config.out, name, WEIGHTS_FILE)
+    if os.path.lexists(stale) and not config.resume:
+        os.remove(stale)
+    write_model_file(os.path.join(config.out, name), describe_run(
+        config, source, model, preprocessors(config, source)[1], names,
+        name, pretrained))
+
+
 def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     """Runs the fine-tuning job described by ``config``.
 
@@ -193,46 +284,62 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         FinetuneResult: The runs, the report's and plot's paths and the
         summary line.
 
+    Under ``mpiexec -n N`` (or with ``config.communicator``) every process
+    runs this function: the job is data-parallel
+    (:mod:`chainer_finetune.distributed`) and only rank 0 writes; the
+    others return the same runs with an empty ``report_path``.
+
     Raises:
         FinetuneError: ``config.out`` holds an earlier run's results and
             ``config.overwrite`` is not set (checked first).
         ChainerFinetuneError: unusable model, data or configuration.
     """
     total_start = time.perf_counter()
-    check_output_dir(config)
-    os.makedirs(config.out, exist_ok=True)
-    images, train_set, test_set = load_split(config)
+    dist = distributed.create_distributed(config.communicator)
+    root = dist is None or dist.is_root
+    if root:
+        check_output_dir(config)
+        os.makedirs(config.out, exist_ok=True)
+    if dist is not None:
+        distributed.per_rank_batch(config.batchsize, dist.size)
+        logger.info('%d processes (%s communicator; rank=pid@host: %s), '
+                    'global batch %d, %d per process', dist.size, dist.name,
+                    dist.ranks_line(), config.batchsize,
+                    config.batchsize // dist.size)
+    # Rank 0 first: it fills the caches (data, model, net) the others read.
+    images, train_set, test_set = distributed.root_first(
+        dist, lambda: load_split(config))
     n_class = config.n_class or len(images.class_names)
     if int(images.labels.max()) >= n_class:
         raise FinetuneError('the data has labels up to {} but n_class is {}'
                             .format(int(images.labels.max()), n_class))
     logger.info('data %s: %d classes, %d training and %d held-out images',
                 config.data, n_class, len(train_set), len(test_set))
-    source = resolve_source(config)
+    source = distributed.root_first(dist, lambda: resolve_source(config))
     # An n_class beyond the data's classes names the extra ones by number.
     names = (images.class_names + [str(i) for i in range(
         len(images.class_names), n_class)])[:n_class]
     runs = []
     for pretrained in [True] + ([False] if config.compare_scratch else []):
         name = RUN_NAMES[0] if pretrained else RUN_NAMES[1]
-        model, report = build_classifier(config, n_class, pretrained, source)
-        # Written first: the best model is usable as soon as it appears. An
-        # earlier run's weights there (--overwrite) must not pair with it.
-        stale = os.path.join(config.out, name, WEIGHTS_FILE)
-        if os.path.lexists(stale):
-            os.remove(stale)
-        write_model_file(os.path.join(config.out, name), describe_run(
-            config, source, model, preprocessors(config, source)[1], names,
-            name, pretrained))
+        model, report = distributed.root_first(
+            dist, lambda: build_classifier(config, n_class, pretrained,
+                                           source))
+        if root:
+            _describe_run(config, source, model, names, name, pretrained)
         if report is not None:
             logger.info('copied %d values into %d links; skipped %d',
                         len(report.copied), len(report.copied_links),
                         len(report.skipped))
         train, test = transformed(config, train_set, test_set, source)
         runs.append(train_one(config, name, model, report, train, test,
-                              pretrained=pretrained, source=source))
+                              pretrained=pretrained, source=source,
+                              dist=dist))
     summary = ' '.join('{}: {:.3f}'.format(r.name, r.accuracy)
                        for r in runs)
+    if not root:
+        return FinetuneResult(runs=runs, report_path='', plot_path=None,
+                              summary=summary)
     plot_path = plot_accuracy(runs, os.path.join(config.out, PLOT_FILE))
     report_path = os.path.join(config.out, REPORT_FILE)
     with open(report_path, 'w', encoding='utf-8') as f:

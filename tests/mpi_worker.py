@@ -1,0 +1,68 @@
+"""One process of a fine-tuning job for tests/test_distributed.py: started
+by ``mpiexec -n N`` (a distributed run) or alone (the single-process
+reference). Trains the pretrained run of the job given as JSON and writes
+this rank's final parameters and persistent values (``rank<R>.npz``) and
+its result (``rank<R>.json``) into ``--dump``.
+
+    python tests/mpi_worker.py CONFIG_JSON --dump DIR
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import chainer_finetune  # noqa: F401  (before chainer)
+import chainer  # noqa: E402
+import numpy  # noqa: E402
+
+from chainer_finetune import distributed  # noqa: E402
+from chainer_finetune import finetune  # noqa: E402
+from chainer_finetune.finetune import datasets as job_data  # noqa: E402
+
+
+def values_of(model):
+    """Every parameter and persistent value of ``model`` by path."""
+    out = {}
+    for path, param in model.namedparams():
+        out['param' + path] = numpy.asarray(param.array)
+    for path, link in model.namedlinks():
+        for name in sorted(link._persistent):
+            value = getattr(link, name)
+            if isinstance(value, numpy.ndarray):
+                out['persistent' + path + '/' + name] = value
+    return out
+
+
+def main(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument('config')
+    parser.add_argument('--dump', required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    config = finetune.FinetuneConfig(**json.loads(args.config))
+    dist = distributed.create_distributed(config.communicator)
+    rank = 0 if dist is None else dist.rank
+    images, train_set, test_set = job_data.load_split(config)
+    n_class = len(images.class_names)
+    source = finetune.resolve_source(config)
+    model, report = finetune.build_classifier(config, n_class, True, source)
+    train, test = job_data.transformed(config, train_set, test_set, source)
+    result = finetune.train_one(config, 'pretrained', model, report, train,
+                                test, pretrained=True, source=source,
+                                dist=dist)
+    os.makedirs(args.dump, exist_ok=True)
+    numpy.savez(os.path.join(args.dump, 'rank{}.npz'.format(rank)),
+                **values_of(model))
+    with open(os.path.join(args.dump, 'rank{}.json'.format(rank)), 'w') as f:
+        json.dump({'accuracy': [e['validation/main/accuracy']
+                                for e in result.log],
+                   'loss': [e['main/loss'] for e in result.log],
+                   'frozen': result.frozen,
+                   'size': 1 if dist is None else dist.size}, f)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

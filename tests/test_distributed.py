@@ -1,0 +1,254 @@
+"""Data-parallel fine-tuning with ChainerMN (chainer_finetune.distributed):
+``mpiexec -n 2`` runs of a small generated Caffe net against one process
+with the same global batch and data order; a rank killed mid-run; resuming
+from a checkpoint. The MPI tests start the venv's ``mpiexec`` (the [mpi]
+extra: mpi4py and MPICH) as a subprocess with a timeout."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy
+import pytest
+
+import chainer_finetune  # noqa: F401  (before chainer)
+import chainer  # noqa: E402
+
+from chainer_finetune import distributed  # noqa: E402
+from chainer_finetune import finetune  # noqa: E402
+from chainer_finetune.errors import FinetuneError  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, 'mpi_worker.py')
+ROOT = os.path.dirname(HERE)
+MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or \
+    shutil.which('mpiexec')
+
+
+def _mpi_missing():
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return 'mpi4py is not installed (pip install "chainer_finetune[mpi]")'
+    if MPIEXEC is None:
+        return 'no mpiexec next to {} or on PATH'.format(sys.executable)
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_missing() is not None,
+                               reason=str(_mpi_missing()))
+
+
+@pytest.fixture(scope='module')
+def material(tmp_path_factory):
+    from test_finetune import _write_images, _write_net
+    root = tmp_path_factory.mktemp('distributed')
+    model, prototxt = _write_net(str(root))
+    images = _write_images(str(root / 'images'), per_class=8)
+    return model, prototxt, images
+
+
+def _config(material, out, **kwargs):
+    model, prototxt, images = material
+    values = dict(caffemodel=model, prototxt=prototxt, data=images,
+                  feature_layer='conv2', input_size=16, train_per_class=4,
+                  test_per_class=4, epochs=10, batchsize=6, augment='none',
+                  freeze=['conv1', 'bn1', 'scale1'], out=str(out))
+    values.update(kwargs)
+    return values
+
+
+def _env(tmp_path):
+    env = dict(os.environ)
+    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    env['CHAINER_FINETUNE_CACHE'] = str(tmp_path / 'cache')
+    return env
+
+
+def _run(tmp_path, values, dump, processes=None, timeout=240):
+    cmd = [sys.executable, WORKER, json.dumps(values), '--dump', str(dump)]
+    if processes:
+        cmd = [MPIEXEC, '-n', str(processes)] + cmd
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def _load(dump, rank):
+    with open(os.path.join(str(dump), 'rank{}.json'.format(rank))) as f:
+        info = json.load(f)
+    return dict(numpy.load(os.path.join(str(dump), 'rank{}.npz'.format(
+        rank)))), info
+
+
+@needs_mpi
+def test_two_processes_compute_what_one_computes(material, tmp_path):
+    """20 steps (10 epochs of 12 images, global batch 6): 2 processes of 3
+    equal 1 process of 6 with the same order, frozen layers, the head's
+    BatchNorm statistics and the held-out accuracy included; the two ranks
+    end bit-identical."""
+    _run(tmp_path, _config(material, tmp_path / 'one'), tmp_path / 'd1')
+    _run(tmp_path, _config(material, tmp_path / 'two'), tmp_path / 'd2',
+         processes=2)
+    one, info1 = _load(tmp_path / 'd1', 0)
+    rank0, info0 = _load(tmp_path / 'd2', 0)
+    rank1, info_1 = _load(tmp_path / 'd2', 1)
+    assert info1['size'] == 1 and info0['size'] == 2
+    assert sorted(one) == sorted(rank0) == sorted(rank1)
+    assert 'persistent/head_norm/avg_var' in one
+    for key in one:
+        assert numpy.array_equal(rank0[key], rank1[key]), key
+        # Relative for the BatchNorm statistics (values up to 5e4).
+        numpy.testing.assert_allclose(rank0[key], one[key], rtol=1e-5,
+                                      atol=1e-5, err_msg=key)
+    # Frozen layers and their BatchNorm statistics are the file's values.
+    for key in ('param/backbone/conv1/W', 'persistent/backbone/bn1/avg_mean'):
+        assert numpy.array_equal(rank0[key], one[key])
+    # Something was trained, and the ranks' parts of the batch differ.
+    start, _ = _load_initial(material, tmp_path)
+    assert numpy.abs(rank0['param/backbone/conv2/W'] -
+                     start['param/backbone/conv2/W']).max() > 1e-3
+    assert info0['accuracy'] == info_1['accuracy']
+    numpy.testing.assert_allclose(info0['accuracy'], info1['accuracy'],
+                                  atol=1e-6)
+    numpy.testing.assert_allclose(info0['loss'], info1['loss'], atol=1e-5)
+    assert os.listdir(str(tmp_path / 'two' / 'pretrained'))
+
+
+def _load_initial(material, tmp_path):
+    """The classifier's values before training (epochs=0 is refused by
+    Chainer's trigger; build it instead)."""
+    config = finetune.FinetuneConfig(**_config(material, tmp_path / 'x'))
+    model, _ = finetune.build_classifier(config, 3, True)
+    return {'param' + p: numpy.asarray(v.array)
+            for p, v in model.namedparams(include_uninit=False)}, model
+
+
+def _kill_rank_one(process, pids_line, deadline):
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        match = re.search(r'rank=pid@host: (\S+) (\S+)\)', line)
+        if match:
+            pids = dict(x.split('=') for x in match.groups())
+            return int(pids['1'].split('@')[0]), pids
+    raise AssertionError('no rank line from the job')
+
+
+@needs_mpi
+def test_killed_rank_ends_the_job_and_resume_reaches_the_same_weights(
+        material, tmp_path, monkeypatch):
+    """SIGKILL on rank 1 after the first checkpoint: mpiexec ends rank 0
+    and exits non-zero within 60 s, naming the lost process; --resume then
+    reaches an uninterrupted run's final weights."""
+    values = _config(material, tmp_path / 'job', epochs=30,
+                     checkpoint_every=4)
+    cmd = [MPIEXEC, '-n', '2', sys.executable, '-m', 'chainer_finetune',
+           'finetune', '--caffemodel', values['caffemodel'], '--prototxt',
+           values['prototxt'], '--data', values['data'], '--feature-layer',
+           'conv2', '--input-size', '16', '--train-per-class', '4',
+           '--test-per-class', '4', '--epochs', '30', '--batchsize', '6',
+           '--augment', 'none', '--freeze', 'conv1', '--freeze', 'bn1',
+           '--freeze', 'scale1', '--checkpoint-every', '4', '--out',
+           values['out']]
+    process = subprocess.Popen(cmd, env=_env(tmp_path), text=True,
+                               stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        pid, pids = _kill_rank_one(process, None, time.monotonic() + 120)
+        checkpoint = os.path.join(values['out'], 'pretrained',
+                                  'checkpoint.npz')
+        deadline = time.monotonic() + 120
+        while not os.path.exists(checkpoint) and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(checkpoint)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = process.communicate(timeout=60)
+        ended = time.monotonic() - killed
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode != 0
+    assert ended < 60
+    # MPICH names the lost process by pid; the job's rank line maps it.
+    assert 'PID {}'.format(pid) in out + err, out + err
+    assert 'report:' not in out
+    # Rank 0 is gone too.
+    rank0 = int(pids['0'].split('@')[0])
+    with pytest.raises(ProcessLookupError):
+        os.kill(rank0, 0)
+    # Resume from the checkpoint, then compare with an uninterrupted run.
+    resumed = subprocess.run(cmd + ['--resume'], env=_env(tmp_path),
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'resumed from' in resumed.stderr
+    straight = dict(values, out=str(tmp_path / 'straight'))
+    _run(tmp_path, straight, tmp_path / 'ds', processes=2)
+    reference, _ = _load(tmp_path / 'ds', 0)
+    final = dict(numpy.load(os.path.join(values['out'], 'pretrained',
+                                         'checkpoint.npz')))
+    for key, value in reference.items():
+        if key.startswith('param'):
+            stored = final['updater/model:main/predictor' +
+                           key[len('param'):]]
+            numpy.testing.assert_allclose(stored, value, atol=1e-6,
+                                          rtol=0, err_msg=key)
+
+
+def test_global_batch_slices_follow_the_single_process_order():
+    """Rank r's batches are slice r of the batches of one process with the
+    same seed and global batch, across epoch boundaries (14 examples,
+    global batch 4)."""
+    data = list(range(14))
+    single = chainer.iterators.SerialIterator(
+        data, 4, order_sampler=chainer.iterators.ShuffleOrderSampler(
+            numpy.random.RandomState(3)))
+    ranks = [distributed.GlobalBatchSlice(data, 4, r, 2, seed=3)
+             for r in range(2)]
+    for _ in range(10):
+        whole = next(single)
+        parts = [next(it) for it in ranks]
+        assert parts[0] + parts[1] == whole
+        assert ranks[0].epoch_detail == single.epoch_detail
+        assert ranks[1].is_new_epoch == single.is_new_epoch
+
+
+def test_indivisible_global_batch_is_an_error_naming_both():
+    with pytest.raises(FinetuneError, match='10 .* 3 processes'):
+        distributed.per_rank_batch(10, 3)
+
+
+def test_launcher_detection_and_single_process_default():
+    assert distributed.launched_size({}) == 1
+    assert distributed.launched_size({'PMI_SIZE': '4'}) == 4
+    assert distributed.launched_rank({'OMPI_COMM_WORLD_RANK': '3'}) == 3
+    assert distributed.create_distributed(None, {}) is None
+    assert distributed.create_distributed('none', {'PMI_SIZE': '2'}) is None
+    with pytest.raises(FinetuneError, match='unknown communicator'):
+        distributed.create_distributed('hierarchical', {})
+
+
+def test_shard_evaluator_weights_examples_not_batches(material, tmp_path):
+    """7 held-out examples in batches of 3: the mean over examples, not
+    the mean of the three batch means."""
+    link = chainer.links.Classifier(chainer.links.Linear(2, 2))
+    link.predictor.W.array[...] = numpy.eye(2)
+    link.predictor.b.array[...] = 0
+    x = numpy.array([[1, 0]] * 4 + [[0, 1]] * 3, numpy.float32)
+    t = numpy.array([0, 0, 0, 1, 1, 1, 0], numpy.int32)   # 5 of 7 right
+    data = chainer.datasets.TupleDataset(x, t)
+    it = chainer.iterators.SerialIterator(data, 3, repeat=False,
+                                          shuffle=False)
+    reporter = chainer.Reporter()
+    reporter.add_observer('main', link)
+    with reporter:
+        result = distributed.ShardEvaluator(it, link, '@numpy').evaluate()
+    assert result['main/accuracy'] == pytest.approx(5 / 7)
