@@ -91,3 +91,14 @@ class InputShapeError(ChainerFinetuneError, ValueError):
 
     The message names the input or the layer and the shapes involved.
     """
+
+
+class OnnxUnavailableError(ChainerFinetuneError, ImportError):
+    """onnx or onnx-chainer, which ONNX export needs, is not installed
+    (``pip install 'chainer_finetune[onnx]'`` and
+    ``pip install --no-deps onnx-chainer==1.6.0``)."""
+
+
+class OnnxExportError(ChainerFinetuneError, ValueError):
+    """A model that cannot be written as ONNX as asked; the message names
+    the Chainer function, layer or graph node involved."""
