@@ -88,6 +88,12 @@ setup(
         'cuda13': ['cupy-cuda13x[ctk]>=14'],
         # The Sphinx documentation (docs/; tox run -e docs).
         'docs': ['sphinx>=7'],
+        # ONNX export (docs/deploy.rst). onnx-chainer itself cannot be listed:
+        # its metadata pins chainer<7 and onnx<1.7, so it is installed with
+        # `pip install --no-deps onnx-chainer==1.6.0` (tox.ini, dev.py).
+        # onnx >= 1.17: the oldest tested (NumPy 1.26 / protobuf 4 env);
+        # onnxruntime runs the exported files in the tests.
+        'onnx': ['onnx>=1.17', 'onnxruntime>=1.17'],
         'test': [
             'hypothesis>=6',
             # The independent reference reader of Caffe models; 5.x dropped
