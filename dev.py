@@ -7,7 +7,7 @@
     python3 dev.py setup               only create/update .venv
 
 Every command first makes sure ``.venv/`` exists and holds this package
-with its test extras (editable), reinstalling only when the packaging files
+with its test and onnx extras (editable) and onnx-chainer (--no-deps), reinstalling only when the packaging files
 changed. Chainer 7.8.1 builds from an sdist that needs setuptools < 82, so
 every pip call gets constraints/build.txt as PIP_CONSTRAINT (pip <= 26.1)
 and PIP_BUILD_CONSTRAINT (pip >= 26.2). Needs only Python >= 3.10 with pip.
@@ -40,6 +40,8 @@ PACKAGING_FILES = ('setup.py', 'pyproject.toml', 'constraints/build.txt',
 # suite under NumPy 2.x and 1.26, their comparison, then the Sphinx docs
 # built with warnings as errors.
 TEST_ENVS = 'np2,np1,parity,docs'
+# Installed with --no-deps (its metadata pins chainer<7, onnx<1.7).
+ONNX_CHAINER = 'onnx-chainer==1.6.0'
 
 
 def _say(message, file=None):
@@ -139,7 +141,12 @@ def setup(quiet_when_ready=True):
                 return python
     phase('installing chainer_finetune and its test extras into .venv'
           if first else 'updating .venv (packaging files changed)',
-          pip + ['install', '-e', ROOT + '[test]'], env=_pip_env(), cwd=ROOT)
+          pip + ['install', '-e', ROOT + '[test,onnx]'], env=_pip_env(),
+          cwd=ROOT)
+    # ONNX export's exporter; its metadata pins chainer<7 (docs/deploy.rst).
+    phase('installing onnx-chainer (without its dependencies)',
+          pip + ['install', '--no-deps', ONNX_CHAINER], env=_pip_env(),
+          cwd=ROOT)
     with open(STAMP, 'w') as f:
         f.write(digest + '\n')
     return python

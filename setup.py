@@ -94,6 +94,12 @@ setup(
         # blocks instead of cutting them off.
         'docs': ['sphinx>=7,<10', 'furo==2025.12.19',
                  'sphinx-copybutton==0.5.2'],
+        # ONNX export (docs/deploy.rst). onnx-chainer itself cannot be listed:
+        # its metadata pins chainer<7 and onnx<1.7, so it is installed with
+        # `pip install --no-deps onnx-chainer==1.6.0` (tox.ini, dev.py).
+        # onnx >= 1.17: the oldest tested (NumPy 1.26 / protobuf 4 env);
+        # onnxruntime runs the exported files in the tests.
+        'onnx': ['onnx>=1.17', 'onnxruntime>=1.17'],
         'test': [
             'hypothesis>=6',
             # The independent reference reader of Caffe models; 5.x dropped

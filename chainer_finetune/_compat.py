@@ -346,3 +346,130 @@ def _apply() -> List[str]:
         APPLIED.append(patch.name)
         logger.debug('compat patch applied: %s', patch.name)
     return list(APPLIED)
+
+
+# --- onnx-chainer 1.6.0 (the [onnx] extra), shimmed only when imported ---
+
+#: Names of the shims :func:`import_onnx_chainer` applied in this process.
+ONNX_CHAINER_APPLIED: List[str] = []
+
+# onnx.mapping.STORAGE_TENSOR_TYPE_TO_FIELD as onnx 1.6-1.12 defined it:
+# the TensorProto field that holds each *storage* type. onnx-chainer reads it
+# (context.py) to write small constants as typed fields instead of raw bytes.
+_STORAGE_FIELDS = {'FLOAT': 'float_data', 'INT32': 'int32_data',
+                   'INT64': 'int64_data', 'UINT16': 'int32_data',
+                   'DOUBLE': 'double_data', 'COMPLEX64': 'float_data',
+                   'COMPLEX128': 'double_data', 'UINT32': 'uint64_data',
+                   'UINT64': 'uint64_data', 'STRING': 'string_data',
+                   'BOOL': 'int32_data'}
+# The NumPy types onnx.mapping knew (no ml_dtypes types: onnx-chainer
+# never meets them).
+_MAPPING_NUMPY_TYPES = ('float16', 'float32', 'float64', 'int8', 'int16',
+                        'int32', 'int64', 'uint8', 'uint16', 'uint32',
+                        'uint64', 'bool', 'complex64', 'complex128', 'object')
+
+
+def _onnx_mapping_module() -> types.ModuleType:
+    """A stand-in for ``onnx.mapping`` (removed in onnx 1.19) built from
+    the public ``onnx.helper`` functions that replaced it."""
+    import onnx
+    from onnx import helper
+    module = types.ModuleType('onnx.mapping')
+    np_to_tensor = {numpy.dtype(t): int(helper.np_dtype_to_tensor_dtype(
+        numpy.dtype(t))) for t in _MAPPING_NUMPY_TYPES}
+    module.NP_TYPE_TO_TENSOR_TYPE = np_to_tensor  # type: ignore[attr-defined]
+    module.TENSOR_TYPE_TO_NP_TYPE = {  # type: ignore[attr-defined]
+        v: k for k, v in np_to_tensor.items()}
+    module.STORAGE_TENSOR_TYPE_TO_FIELD = {  # type: ignore[attr-defined]
+        int(getattr(onnx.TensorProto, name)): field
+        for name, field in _STORAGE_FIELDS.items()}
+    return module
+
+
+class _OnnxView(types.ModuleType):
+    """The ``onnx`` module with ``mapping`` added, for onnx-chainer's
+    ``context`` module alone (``onnx`` itself is not modified)."""
+
+    def __init__(self, onnx_module: types.ModuleType,
+                 mapping: types.ModuleType) -> None:
+        super().__init__(onnx_module.__name__, onnx_module.__doc__)
+        self.__dict__['_onnx'] = onnx_module
+        self.mapping = mapping
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__['_onnx'], name)
+
+
+def _pkg_resources_module() -> types.ModuleType:
+    """A stand-in for ``pkg_resources`` with the one call onnx-chainer's
+    ``__init__`` makes: ``get_distribution(name).version``."""
+    module = types.ModuleType('pkg_resources')
+
+    def get_distribution(name: str) -> types.SimpleNamespace:
+        return types.SimpleNamespace(
+            project_name=name, version=importlib.metadata.version(name))
+    module.get_distribution = get_distribution  # type: ignore[attr-defined]
+    return module
+
+
+def import_onnx_chainer() -> types.ModuleType:
+    """Imports ``onnx_chainer`` (1.6.0) with the shims this stack needs.
+
+    onnx-chainer imports ``onnx.mapping`` (removed in onnx 1.19; its
+    ImportError is swallowed and export then claims "ONNX is not
+    installed") and ``pkg_resources`` (removed in setuptools 82). Each shim
+    is decided by a real import attempt and lasts only for the import of
+    ``onnx_chainer``: afterwards neither ``onnx.mapping`` nor
+    ``pkg_resources`` is left in ``sys.modules``, and the one onnx-chainer
+    function that reads ``onnx.mapping`` at run time sees a view of
+    ``onnx`` with it. Nothing is patched until this is called.
+
+    Returns:
+        The ``onnx_chainer`` module.
+
+    Raises:
+        ImportError: onnx or onnx_chainer is not installed (the original
+            error).
+    """
+    if sys.modules.get('onnx_chainer') is not None:
+        return sys.modules['onnx_chainer']
+    import onnx  # an ImportError here means: onnx is not installed
+    temporary: Dict[str, types.ModuleType] = {}
+    if not _imports('onnx.mapping'):
+        temporary['onnx.mapping'] = _onnx_mapping_module()
+    if not _imports('pkg_resources'):
+        temporary['pkg_resources'] = _pkg_resources_module()
+    sys.modules.update(temporary)
+    had_mapping_attr = hasattr(onnx, 'mapping')
+    if 'onnx.mapping' in temporary:
+        onnx.mapping = temporary['onnx.mapping']  # type: ignore[attr-defined]
+    try:
+        module = importlib.import_module('onnx_chainer')
+        if not module.export.__globals__.get('_available', False):
+            # onnx-chainer swallowed an ImportError of its own imports.
+            raise ImportError('onnx_chainer imported, but reports its onnx '
+                              'imports as failed')
+    finally:
+        for name in temporary:
+            sys.modules.pop(name, None)
+        if 'onnx.mapping' in temporary and not had_mapping_attr:
+            del onnx.mapping  # type: ignore[attr-defined]
+    _finish_onnx_chainer_shims(temporary)
+    return module
+
+
+def _finish_onnx_chainer_shims(temporary: Dict[str, types.ModuleType]
+                               ) -> None:
+    if 'onnx.mapping' in temporary:
+        context = sys.modules['onnx_chainer.context']
+        func = context._tensor_from_array_for_constant
+        view = _OnnxView(sys.modules['onnx'], temporary['onnx.mapping'])
+        func_globals = dict(func.__globals__, onnx=view)
+        context._tensor_from_array_for_constant = types.FunctionType(
+            func.__code__, func_globals, func.__name__, func.__defaults__,
+            func.__closure__)
+        ONNX_CHAINER_APPLIED.append('onnx.mapping for onnx_chainer')
+    if 'pkg_resources' in temporary:
+        ONNX_CHAINER_APPLIED.append('pkg_resources for onnx_chainer')
+    for name in ONNX_CHAINER_APPLIED:
+        logger.debug('compat shim applied: %s', name)

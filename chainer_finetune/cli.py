@@ -352,8 +352,13 @@ def _export_model(args: argparse.Namespace):
         stop_at=args.stop_at)), None
 
 
+EXPORT_SUFFIXES = {'caffe': ('.prototxt', '.caffemodel'), 'onnx': ('.onnx',)}
+
+
 @command('export', 'write a model for another runtime: --format caffe '
-                   'writes OUT.prototxt + OUT.caffemodel (Caffe, OpenCV dnn)',
+                   'writes OUT.prototxt + OUT.caffemodel (Caffe, OpenCV '
+                   'dnn), --format onnx OUT.onnx (onnxruntime, TensorRT, '
+                   'OpenVINO)',
          arg('--format', required=True, choices=EXPORT_FORMATS,
              help='the format to write'),
          arg('--caffemodel', metavar='M',
@@ -371,22 +376,30 @@ def _export_model(args: argparse.Namespace):
          arg('--input-shape', type=parse_input_shape, action='append',
              metavar='[NAME=]N,C,H,W',
              help='the shape of an input the net declares none for (a '
-                  'training net\'s); the files declare batch 1'),
+                  "training net's); the batch stays free in the files"),
+         arg('--batch', type=int, metavar='N',
+             help='onnx: fix the batch size (default: any batch size)'),
+         arg('--opset', type=int, metavar='K',
+             help='onnx: the opset (default 11, onnx-chainer\'s newest '
+                  'tested)'),
+         arg('--no-fold', action='store_true',
+             help='onnx: keep BatchNorm/Scale as their own nodes instead '
+                  'of folding them into the convolution before them'),
          arg('-o', '--output', required=True, metavar='OUT',
-             help='output prefix: writes OUT.prototxt and OUT.caffemodel'),
+             help='output prefix: writes OUT.prototxt and OUT.caffemodel, '
+                  'or OUT.onnx'),
          arg('--overwrite', action='store_true',
              help='replace existing output files'))
 def _cmd_export(args: argparse.Namespace) -> int:
-    from chainer_finetune.errors import ExportError
-    if args.format != 'caffe':
-        raise ExportError('--format {}: not available yet; --format caffe '
-                          'is'.format(args.format))
-    from chainer_finetune.export import export_caffe
-    paths = [args.output + suffix for suffix in ('.prototxt', '.caffemodel')]
+    paths = [args.output + s for s in EXPORT_SUFFIXES[args.format]]
     existing = [p for p in paths if os.path.lexists(p)]
     if existing and not args.overwrite:
         raise CommandError('{}: already exists; pass --overwrite to replace '
                            'it'.format(existing[0]))
+    if args.format == 'caffe' and (args.batch or args.opset or
+                                   args.no_fold):
+        raise CommandError('--batch, --opset and --no-fold go with '
+                           '--format onnx')
     shapes = None
     if args.input_shape:
         named = {name: shape for name, shape in args.input_shape}
@@ -395,12 +408,37 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise CommandError('--input-shape: name every input '
                                '(NAME=N,C,H,W) when giving several')
     model, own_shape = _export_model(args)
+    if args.format == 'onnx':
+        return _export_onnx(args, model, shapes or own_shape, paths[0])
+    from chainer_finetune.export import export_caffe
     files = export_caffe(model, args.output,
                          input_shape=shapes or own_shape,
                          overwrite=args.overwrite)
     print('wrote {} and {} ({} layers, {:.1f} MB)'.format(
         files.prototxt, files.caffemodel, len(files.writer.layers),
         os.path.getsize(files.caffemodel) / 1e6))
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace, model, shape, path: str) -> int:
+    from chainer_finetune.onnx_export import DEFAULT_OPSET, export_onnx
+    if isinstance(shape, dict):
+        raise CommandError('--format onnx takes one input: give '
+                           '--input-shape N,C,H,W')
+    if shape is None:
+        inputs = {name: declared for name, declared in
+                  (getattr(model, 'inputs', None) or {}).items() if declared}
+        if len(inputs) != 1:
+            raise CommandError('the net declares no single input shape; '
+                               'give --input-shape N,C,H,W')
+        shape, = inputs.values()
+    export_onnx(model, path, input_shape=tuple(shape)[1:],
+                opset=args.opset or DEFAULT_OPSET,
+                fold_batchnorm=not args.no_fold, overwrite=args.overwrite,
+                batch=args.batch)
+    print('wrote {} ({:.1f} MB; batch {})'.format(
+        path, os.path.getsize(path) / 1e6,
+        args.batch if args.batch else 'free'))
     return 0
 
 

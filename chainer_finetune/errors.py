@@ -110,3 +110,14 @@ class ExportError(ChainerFinetuneError, ValueError):
     traced Chain: the node's index in the graph and the named layers around
     it), and what the format would need.
     """
+
+
+class OnnxUnavailableError(ChainerFinetuneError, ImportError):
+    """onnx or onnx-chainer, which ONNX export needs, is not installed
+    (``pip install 'chainer_finetune[onnx]'`` and
+    ``pip install --no-deps onnx-chainer==1.6.0``)."""
+
+
+class OnnxExportError(ChainerFinetuneError, ValueError):
+    """A model that cannot be written as ONNX as asked; the message names
+    the Chainer function, layer or graph node involved."""

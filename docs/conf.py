@@ -206,3 +206,7 @@ def setup(app):
     app.connect('autodoc-skip-member', _skip_namedtuple_fields)
     app.connect('env-before-read-docs', _reset)
     app.connect('missing-reference', _resolve_alias)
+
+# chainer_finetune.onnx_graph imports onnx (the optional [onnx] extra) at
+# module level; the docs build does not need it installed.
+autodoc_mock_imports = ['onnx']

@@ -591,3 +591,30 @@ def test_export_caffe_of_the_jobs_result(job, tmp_path, capsys):
     # A second export refuses to replace the files.
     assert cli.main(['export', '--format', 'caffe', '--model', config.out,
                      '-o', out]) == 2
+
+
+def test_export_onnx_of_the_jobs_result(job, tmp_path, capsys):
+    # `export --format onnx --model RESULT`: one file whose batch is free,
+    # run by onnxruntime at batch 1 and 3 as the job's classifier computes.
+    ort = pytest.importorskip('onnxruntime')
+    from chainer_finetune import data
+    config, _, test_set = job
+    out = str(tmp_path / 'digits')
+    assert cli.main(['export', '--format', 'onnx', '--model', config.out,
+                     '-o', out]) == 0
+    assert 'batch free' in capsys.readouterr().out
+    classifier, info = pred.load_classifier(config.out)
+    paths, _ = _held_out(test_set)
+    x = numpy.stack([info.preprocessor()(data.read_image(p))
+                     for p in paths[:3]])
+    with chainer.using_config('train', False):
+        want = classifier(x).array
+    session = ort.InferenceSession(out + '.onnx',
+                                   providers=['CPUExecutionProvider'])
+    for batch in (1, 3):
+        got, = session.run(None, {'input': x[:batch]})
+        assert numpy.abs(got - want[:batch]).max() <= 1e-5
+    # The Caffe-only and ONNX-only options are refused with the other.
+    assert cli.main(['export', '--format', 'caffe', '--model', config.out,
+                     '--batch', '2', '-o', str(tmp_path / 'x')]) == 2
+    assert '--format onnx' in capsys.readouterr().err
