@@ -4,11 +4,10 @@ On the CPU, Chainer 7.8.1 runs every convolution as ``numpy.pad``, im2col,
 ``tensordot`` and ``rollaxis``, leaving a non-contiguous output that the
 next layer copies again; a 1x1 convolution with stride 1 pays for an
 im2col it does not need. Here a 1x1 convolution is a matrix product per
-on the input as it lies, a larger one an im2col into a preallocated
-buffer then the same product. Activations are kept channel-major, (C, N,
-H, W) in memory and handed on as (N, C, H, W) views, so that each layer is
-one product over the whole batch and its result is the next one's input
-without a copy; elementwise NumPy functions keep that layout.
+on the input as it lies, a larger one an im2col of one sample then the
+same product. Activations are kept channel-major, (C, N, H, W) in memory,
+and handed on as (N, C, H, W) views, so that a result is the next layer's
+input without a copy; elementwise NumPy functions keep that layout.
 On CuPy, Chainer's own convolution (cuDNN where present) does the work.
 """
 
@@ -46,12 +45,6 @@ def channel_major(x: numpy.ndarray) -> numpy.ndarray:
     return numpy.ascontiguousarray(x.transpose(1, 0, 2, 3))
 
 
-#: Bytes of im2col columns built at a time: a few samples' columns stay in
-#: cache while the product reads them, instead of one array of the whole
-#: batch (over 100 MB for a 3x3 layer of a ResNet at batch 16).
-COLUMN_BYTES = 8 << 20
-
-
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - (k - 1) * d - 1) // s + 1
 
@@ -84,8 +77,12 @@ def _convolution_cpu(x: numpy.ndarray, W: numpy.ndarray,
                      b: Optional[numpy.ndarray], geometry: Geometry
                      ) -> numpy.ndarray:
     # Channel-major (C, N, H, W) throughout: a convolution is a BLAS
-    # product (out, C*kh*kw) x (C*kh*kw, N*oh*ow), and its result is
-    # already the next layer's channel-major input.
+    # product (out, C*kh*kw) x (C*kh*kw, oh*ow) per sample, written into
+    # the next layer's channel-major input. One product per sample keeps
+    # each sample's result the same to the bit whatever batch it comes in
+    # (a product over the whole batch does not: BLAS kernels differ at the
+    # edges), which the feature cache's equality with an uncached run
+    # rests on; and one sample's columns stay in cache.
     out, _, kh, kw = W.shape
     (sy, sx), (ph, pw), (dy, dx), groups = geometry
     n, c, h, w = x.shape
@@ -97,18 +94,20 @@ def _convolution_cpu(x: numpy.ndarray, W: numpy.ndarray,
         # subsampled pixels): no im2col, one product.
         if sy > 1 or sx > 1:
             xc = numpy.ascontiguousarray(xc[:, :, ::sy, ::sx])
-        _product(W, xc.reshape(c, n * oh * ow), y, groups)
+        col = xc.reshape(c, n * oh * ow)
+        m = oh * ow
+        for i in range(n):
+            _product(W, col[:, i * m:(i + 1) * m], y[:, i * m:(i + 1) * m],
+                     groups)
     else:
         if ph or pw:
             padded = numpy.zeros((c, n, h + 2 * ph, w + 2 * pw), x.dtype)
             padded[:, :, ph:ph + h, pw:pw + w] = xc
         else:
             padded = xc
-        step = max(1, COLUMN_BYTES // (4 * c * kh * kw * oh * ow))
-        for i in range(0, n, step):
-            j = min(n, i + step)
-            col = _im2col(padded[:, i:j], kh, kw, geometry, oh, ow)
-            _product(W, col, y[:, i * oh * ow:j * oh * ow], groups)
+        for i in range(n):
+            col = _im2col(padded[:, i:i + 1], kh, kw, geometry, oh, ow)
+            _product(W, col, y[:, i * oh * ow:(i + 1) * oh * ow], groups)
     if b is not None:
         y += b[:, None]
     # An (N, C, H, W) view of the channel-major result.

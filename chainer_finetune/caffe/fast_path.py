@@ -334,3 +334,16 @@ def run(net, group: Group, variables: Mapping[str, chainer.Variable]
     y = _compute(net, state, group, [x.array for x in xs])
     state.groups_run += 1
     return chainer.Variable(y, requires_grad=False)
+
+
+def handed_out(y: chainer.Variable) -> chainer.Variable:
+    """An output blob as the caller gets it: a channel-major result of the
+    fast path (a transposed view) as a C-contiguous array, so that what
+    the caller computes from it does not depend on the path taken."""
+    array = y.array
+    if y.creator is None and not y.requires_grad and \
+            isinstance(array, numpy.ndarray) and \
+            not array.flags.c_contiguous:
+        return chainer.Variable(numpy.ascontiguousarray(array),
+                                requires_grad=False)
+    return y

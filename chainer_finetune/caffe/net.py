@@ -437,7 +437,8 @@ class CaffeNet(CaffeFunction):
             raise CaffeModelError(
                 'cannot compute {} from the given inputs {}; the net needs '
                 '{}'.format(missing, sorted(inputs), sorted(self.inputs)))
-        return tuple(variables[o] for o in outputs)
+        return tuple(fast_path_module.handed_out(variables[o])
+                     for o in outputs)
 
 
 def select_layers(description: NetDescription,

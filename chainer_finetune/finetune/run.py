@@ -23,6 +23,7 @@ from chainer_finetune.finetune.config import PLOT_FILE
 from chainer_finetune.finetune.config import REPORT_FILE
 from chainer_finetune.finetune.config import RUN_NAMES
 from chainer_finetune.finetune.config import FinetuneConfig
+from chainer_finetune.finetune import feature_cache
 from chainer_finetune.finetune.datasets import load_split
 from chainer_finetune.finetune.datasets import make_iterator
 from chainer_finetune.finetune.datasets import transformed
@@ -122,6 +123,12 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
             chainer.no_backprop_mode():
         model(x0)
     classifier.to_device(device)
+    cache = feature_cache.prepare(config, name, model, train, test, out,
+                                  device, pretrained)
+    if cache is not None:
+        # The head trains on the frozen backbone's features, computed once.
+        classifier = L.Classifier(cache.predictor)
+        train, test = cache.train, cache.test
     optimizer = chainer.optimizers.Adam(alpha=config.lr,
                                         weight_decay_rate=config.weight_decay)
     optimizer.setup(classifier)
@@ -144,7 +151,11 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
     start = time.perf_counter()
     # An error in the loop (a DataError from a file that changed since the
     # check) is raised as it is, without Chainer's 40-line dump before it.
-    trainer.run(show_loop_exception_msg=False)
+    try:
+        trainer.run(show_loop_exception_msg=False)
+    finally:
+        if cache is not None:
+            cache.close()
     seconds = time.perf_counter() - start
     log = trainer.get_extension('LogReport').log
     accuracies = [float(e['validation/main/accuracy']) for e in log]
