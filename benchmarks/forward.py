@@ -53,6 +53,9 @@ MODELS = {
 
 
 def _blas_threads() -> int:
+    for name in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS'):
+        if os.environ.get(name, '').isdigit():
+            return int(os.environ[name])
     try:
         from threadpoolctl import threadpool_info
         return max(i['num_threads'] for i in threadpool_info()
