@@ -505,6 +505,10 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
     a('--weight-decay', type=float, help='default 0')
     a('--augment', choices=finetune.AUGMENTATIONS,
       help='default {}; demo {}'.format(d.augment, finetune.DEMO['augment']))
+    a('--feature-cache', choices=('auto', 'off', 'ram', 'disk'),
+      help='with the whole backbone frozen and --augment none, compute '
+           'its features once and train the head on them (default auto: '
+           'in memory up to 1 GiB, else on disk under --out)')
     a('--compare-scratch', action='store_true', default=None,
       help='also train the same network from random weights (on in the '
            'demo)')

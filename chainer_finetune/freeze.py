@@ -268,6 +268,16 @@ class _FrozenLayer(object):
     def __init__(self, layer_name: str) -> None:
         self.layer_name = layer_name
 
+    def hold(self, net: CaffeNet) -> bool:
+        """For a caller that runs the layer without calling the wrapper
+        (the fast inference path): whether the layer's link is frozen now,
+        and if so, its update rules disabled as a call would."""
+        link = net[self.layer_name]
+        if not _is_frozen(link):
+            return False
+        _disable_rules(link.params())
+        return True
+
     def __call__(self, function, net: CaffeNet, *xs):
         link = net[self.layer_name]
         if not _is_frozen(link):     # a stale wrapper: behave as unwrapped

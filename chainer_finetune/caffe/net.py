@@ -14,6 +14,7 @@ import chainer
 from chainer.links.caffe import CaffeFunction
 
 from chainer_finetune.caffe import caffe_pb2
+from chainer_finetune.caffe import fast_path as fast_path_module
 from chainer_finetune.caffe import layers as layer_builders
 from chainer_finetune.caffe.upgrade import NetDescription
 from chainer_finetune.errors import CaffeModelError
@@ -99,6 +100,13 @@ class CaffeNet(CaffeFunction):
             declares for each (``None`` where a data layer declares none).
         caffe_layers: The V2 description of each layer (without blobs).
     """
+
+    #: Whether :meth:`forward` runs the layers that need no graph through
+    #: the fast inference path (:mod:`chainer_finetune.caffe.fast_path`):
+    #: BatchNorm and Scale folded into convolutions, 1x1 convolutions as
+    #: matrix products, in-place ReLU. Set it to False on a net to run
+    #: Chainer's own function for every layer.
+    fast_path = True
 
     def __init__(self, description: NetDescription) -> None:
         # CaffeFunction.__init__ parses a file with Chainer's own schema;
@@ -389,11 +397,23 @@ class CaffeNet(CaffeFunction):
             else chainer.Variable(value, requires_grad=False)
             for name, value in inputs.items()}
         needed = _needed_layers(self.layers, outputs, len(self.layers))
-        for index, (name, bottoms, tops) in enumerate(self.layers):
-            if (index not in needed or name in disable or
-                    name not in self._functions or
-                    any(b not in variables for b in bottoms)):
+        order = [index for index, (name, _, _) in enumerate(self.layers)
+                 if index in needed and name not in disable and
+                 name in self._functions]
+        groups = fast_path_module.plan(self, order, outputs) \
+            if self.fast_path else {}
+        done: Set[int] = set()
+        for index in order:
+            name, bottoms, tops = self.layers[index]
+            if index in done or any(b not in variables for b in bottoms):
                 continue
+            group = groups.get(index)
+            if group is not None:
+                y = fast_path_module.run(self, group, variables)
+                if y is not None:
+                    variables[group.top] = y
+                    done.update(group.indices)
+                    continue
             ys = self._functions[name](self, *(variables[b] for b in bottoms))
             for top, y in zip(tops, ys):
                 variables[top] = y
@@ -417,7 +437,8 @@ class CaffeNet(CaffeFunction):
             raise CaffeModelError(
                 'cannot compute {} from the given inputs {}; the net needs '
                 '{}'.format(missing, sorted(inputs), sorted(self.inputs)))
-        return tuple(variables[o] for o in outputs)
+        return tuple(fast_path_module.handed_out(variables[o])
+                     for o in outputs)
 
 
 def select_layers(description: NetDescription,

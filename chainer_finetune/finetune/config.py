@@ -77,6 +77,12 @@ class FinetuneConfig:
         seed: Seed of the data split, the new layers and the augmentation.
         loaderjob: Worker processes for data loading (0: in-process),
             also decoding every image once before training.
+        feature_cache: ``'auto'`` (default), ``'off'``, ``'ram'`` or
+            ``'disk'``: compute the frozen backbone's features once per
+            image and train the head on them, where that gives the same
+            run (whole backbone frozen, ``augment='none'``, no
+            ``unfreeze_at``; see
+            :mod:`chainer_finetune.finetune.feature_cache`).
         skip_bad_images: Leave out, with a warning listing them, the image
             files that cannot be decoded, instead of failing the job.
         communicator: ChainerMN communicator of a data-parallel run
@@ -125,6 +131,7 @@ class FinetuneConfig:
     sync_batchnorm: bool = True
     checkpoint_every: Optional[int] = None
     resume: bool = False
+    feature_cache: str = 'auto'
 
 
 #: What a job writes directly into its output directory: the report, the

@@ -26,6 +26,7 @@ from chainer_finetune.finetune.config import REPORT_FILE
 from chainer_finetune.finetune.config import RUN_NAMES
 from chainer_finetune.finetune.config import WEIGHTS_FILE
 from chainer_finetune.finetune.config import FinetuneConfig
+from chainer_finetune.finetune import feature_cache
 from chainer_finetune.finetune.datasets import load_split
 from chainer_finetune.finetune.datasets import make_iterator
 from chainer_finetune.finetune.datasets import preprocessors
@@ -162,6 +163,21 @@ def _iterators(config: FinetuneConfig, train: Any, test: Any,
                           test_batch, False, 0, config.seed))
 
 
+def _feature_cache(config: FinetuneConfig, name: str,
+                   model: CaffeClassifier, train: Any, test: Any, out: str,
+                   device: Any, pretrained: bool,
+                   dist: Optional[distributed.Distributed]):
+    """The run's feature cache (:mod:`.feature_cache`), or None."""
+    if dist is not None:
+        if config.feature_cache in ('ram', 'disk'):
+            logger.warning('%s: --feature-cache %s is off in a distributed '
+                           'run (each rank computes its own slice)', name,
+                           config.feature_cache)
+        return None
+    return feature_cache.prepare(config, name, model, train, test, out,
+                                 device, pretrained)
+
+
 def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
               report: Optional[CopyReport], train: Any, test: Any, *,
               pretrained: bool, source: Optional[ModelSource] = None,
@@ -202,6 +218,12 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
     classifier.to_device(device)
     if dist is not None and config.sync_batchnorm:
         distributed.use_multi_node_batchnorm(model, dist.comm)
+    cache = _feature_cache(config, name, model, train, test, out, device,
+                           pretrained, dist)
+    if cache is not None:
+        # The head trains on the frozen backbone's features, computed once.
+        classifier = L.Classifier(cache.predictor)
+        train, test = cache.train, cache.test
     optimizer = chainer.optimizers.Adam(alpha=config.lr,
                                         weight_decay_rate=config.weight_decay)
     optimizer.setup(classifier)
@@ -224,7 +246,11 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
     start = time.perf_counter()
     # An error in the loop (a DataError from a file that changed since the
     # check) is raised as it is, without Chainer's 40-line dump before it.
-    trainer.run(show_loop_exception_msg=False)
+    try:
+        trainer.run(show_loop_exception_msg=False)
+    finally:
+        if cache is not None:
+            cache.close()
     seconds = time.perf_counter() - start
     log = trainer.get_extension('LogReport').log
     accuracies = [float(e['validation/main/accuracy']) for e in log]
