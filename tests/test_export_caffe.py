@@ -22,6 +22,7 @@ import numpy  # noqa: E402
 import pytest  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
+from chainer_finetune import CaffeNet  # noqa: E402
 from chainer_finetune import load_caffe  # noqa: E402
 from chainer_finetune import replace_head  # noqa: E402
 from chainer_finetune.caffe import caffe_pb2  # noqa: E402
@@ -43,6 +44,14 @@ def _layers(prototxt):
     with open(prototxt) as f:
         text_format.Parse(f.read(), net)
     return list(net.layer)
+
+
+@pytest.fixture(autouse=True)
+def plain_functions(monkeypatch):
+    # The files against the models, with the same Chainer functions on both
+    # sides; the fast inference path's own rounding (rel-L2 <= 1e-6 of
+    # these) is tests/test_fast_path.py's subject.
+    monkeypatch.setattr(CaffeNet, 'fast_path', False)
 
 
 def _chainer(model, x):
