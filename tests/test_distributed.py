@@ -7,7 +7,6 @@ extra: mpi4py and MPICH) as a subprocess with a timeout."""
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,25 +22,12 @@ from chainer_finetune import distributed  # noqa: E402
 from chainer_finetune import finetune  # noqa: E402
 from chainer_finetune.errors import FinetuneError  # noqa: E402
 
+from mpi_check import MPIEXEC  # noqa: E402
+from mpi_check import needs_mpi  # noqa: E402
+import mpi_check  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'mpi_worker.py')
-ROOT = os.path.dirname(HERE)
-MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or \
-    shutil.which('mpiexec')
-
-
-def _mpi_missing():
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return 'mpi4py is not installed (pip install "chainer_finetune[mpi]")'
-    if MPIEXEC is None:
-        return 'no mpiexec next to {} or on PATH'.format(sys.executable)
-    return None
-
-
-needs_mpi = pytest.mark.skipif(_mpi_missing() is not None,
-                               reason=str(_mpi_missing()))
 
 
 @pytest.fixture(scope='module')
@@ -64,10 +50,7 @@ def _config(material, out, **kwargs):
 
 
 def _env(tmp_path):
-    env = dict(os.environ)
-    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
-    env['CHAINER_FINETUNE_CACHE'] = str(tmp_path / 'cache')
-    return env
+    return mpi_check.env(str(tmp_path / 'cache'))
 
 
 def _run(tmp_path, values, dump, processes=None, timeout=240):
