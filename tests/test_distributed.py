@@ -235,3 +235,108 @@ def test_shard_evaluator_weights_examples_not_batches(material, tmp_path):
     with reporter:
         result = distributed.ShardEvaluator(it, link, '@numpy').evaluate()
     assert result['main/accuracy'] == pytest.approx(5 / 7)
+
+
+# -- the README's demo line under mpiexec --------------------------------------
+
+SUMMARY = re.compile(r'^pretrained: (\d\.\d{3}) scratch: (\d\.\d{3})$',
+                     re.MULTILINE)
+
+
+def _finetune_cli(tmp_path, args, processes=None, timeout=300, cache=None):
+    done = mpi_check.launch(['-m', 'chainer_finetune', 'finetune'] + args,
+                            cache or str(tmp_path / 'cache'),
+                            processes=processes, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def _validation_log(out, run):
+    with open(os.path.join(str(out), run, 'log')) as f:
+        return [e['validation/main/accuracy'] for e in json.load(f)]
+
+
+@needs_mpi
+def test_demo_line_under_mpiexec_is_the_single_process_line(material,
+                                                            tmp_path):
+    """The README's demo job reduced (the small generated net, 12 training
+    and 12 held-out images, 2 epochs, no random crops): ``mpiexec -n 2``
+    prints one ``report:`` and the same ``pretrained: ... scratch: ...``
+    line as one process, and every epoch's held-out accuracy of both runs
+    is the single-process one."""
+    model, prototxt, images = material
+    args = ['--caffemodel', model, '--prototxt', prototxt, '--data', images,
+            '--feature-layer', 'conv2', '--input-size', '16',
+            '--train-per-class', '4', '--test-per-class', '4', '--epochs',
+            '2', '--batchsize', '6', '--augment', 'none',
+            '--compare-scratch']
+    one = _finetune_cli(tmp_path, args + ['--out', str(tmp_path / 'one')])
+    two = _finetune_cli(tmp_path, args + ['--out', str(tmp_path / 'two')],
+                        processes=2)
+    assert len(SUMMARY.findall(one.stdout)) == 1, one.stdout
+    assert SUMMARY.findall(two.stdout) == SUMMARY.findall(one.stdout), \
+        two.stdout
+    assert two.stdout.count('report: ') == 1
+    for run in ('pretrained', 'scratch'):
+        numpy.testing.assert_allclose(
+            _validation_log(tmp_path / 'two', run),
+            _validation_log(tmp_path / 'one', run), atol=1e-6, err_msg=run)
+
+
+# -- --per-rank-bn ---------------------------------------------------------------
+
+def _head_inputs(values):
+    """The pooled features that the head's BatchNormalization sees in the
+    first step, per rank of 2 (the frozen part in inference mode, the
+    initial weights)."""
+    from chainer_finetune.finetune import datasets as job_data
+    config = finetune.FinetuneConfig(**values)
+    _, train_set, test_set = job_data.load_split(config)
+    source = finetune.resolve_source(config)
+    model, _ = finetune.build_classifier(config, 3, True, source)
+    train, _ = job_data.transformed(config, train_set, test_set, source)
+    parts = []
+    for rank in (0, 1):
+        batch = next(distributed.GlobalBatchSlice(train, config.batchsize,
+                                                  rank, 2, config.seed))
+        x, _ = chainer.dataset.concat_examples(batch)
+        with chainer.using_config('train', False), \
+                chainer.no_backprop_mode():
+            h, = model.backbone(inputs={model.input_name: x},
+                                outputs=[model.output])
+        parts.append(h.array.mean(axis=(2, 3)).astype(numpy.float64))
+    return parts, model.head_norm.decay
+
+
+@needs_mpi
+def test_per_rank_bn_normalizes_each_process_part(material, tmp_path):
+    """One step of a global batch of 12 on 2 processes. The head's
+    BatchNormalization running statistics after it are, as documented,
+    with ``--per-rank-bn`` (sync_batchnorm=False) the mean over the ranks
+    of each rank's 6 examples' statistics (variance corrected by 6/5), and
+    by default those of all 12 (corrected by 12/11), as one process."""
+    values = _config(material, tmp_path / 'x', epochs=1, batchsize=12)
+    (h0, h1), decay = _head_inputs(values)
+    whole = numpy.concatenate([h0, h1])
+    mean = (1 - decay) * whole.mean(axis=0)
+    per_rank_var = decay + (1 - decay) * (h0.var(axis=0) * 6 / 5 +
+                                          h1.var(axis=0) * 6 / 5) / 2
+    global_var = decay + (1 - decay) * whole.var(axis=0) * 12 / 11
+    # The two semantics differ measurably on this data.
+    assert numpy.abs(per_rank_var - global_var).max() > \
+        1e-2 * numpy.abs(global_var).max()
+    for sync, var in ((False, per_rank_var), (True, global_var)):
+        out = tmp_path / 'sync{}'.format(sync)
+        _run(tmp_path, dict(values, out=str(out / 'job'),
+                            sync_batchnorm=sync), out, processes=2)
+        rank0, _ = _load(out, 0)
+        rank1, _ = _load(out, 1)
+        for key in ('persistent/head_norm/avg_mean',
+                    'persistent/head_norm/avg_var'):
+            assert numpy.array_equal(rank0[key], rank1[key]), key
+        numpy.testing.assert_allclose(
+            rank0['persistent/head_norm/avg_mean'], mean, rtol=1e-5,
+            atol=1e-6)
+        numpy.testing.assert_allclose(
+            rank0['persistent/head_norm/avg_var'], var, rtol=1e-5,
+            err_msg='sync_batchnorm={}'.format(sync))
