@@ -225,8 +225,12 @@ def create_distributed(communicator: Optional[str] = None,
                                                ', '.join(COMMUNICATORS)))
     _import_chainermn()
     # An exception that reaches the top of any process aborts the whole
-    # job instead of leaving the others waiting in a collective.
-    chainermn.global_except_hook.add_hook()
+    # job instead of leaving the others waiting in a collective. (Added
+    # once; a second communicator in a process would only warn.)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'chainermn.global_except_hook',
+                                UserWarning)
+        chainermn.global_except_hook.add_hook()
     try:
         comm = chainermn.create_communicator(communicator)
     except (ImportError, RuntimeError, ValueError) as e:

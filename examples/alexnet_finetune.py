@@ -25,8 +25,8 @@ Usage::
         --caffemodel bvlc_alexnet.caffemodel --data images/ --batchsize 32
 
     # one process per GPU over NCCL
-    mpiexec -n 4 python examples/alexnet_finetune.py --communicator pure_nccl \\
-        --device '@cupy:{intra_rank}' --caffemodel bvlc_alexnet.caffemodel \\
+    mpiexec -n 4 python examples/alexnet_finetune.py \\
+        --communicator pure_nccl --device '@cupy:{intra_rank}' --caffemodel bvlc_alexnet.caffemodel \\
         --data images/
 
 What it does, in the order of Caffe's fine-tuning recipe

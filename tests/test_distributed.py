@@ -237,7 +237,7 @@ def test_shard_evaluator_weights_examples_not_batches(material, tmp_path):
     assert result['main/accuracy'] == pytest.approx(5 / 7)
 
 
-# -- the README's demo line under mpiexec --------------------------------------
+# -- the README's demo line under mpiexec -------------------------------------
 
 SUMMARY = re.compile(r'^pretrained: (\d\.\d{3}) scratch: (\d\.\d{3})$',
                      re.MULTILINE)
@@ -283,7 +283,7 @@ def test_demo_line_under_mpiexec_is_the_single_process_line(material,
             _validation_log(tmp_path / 'one', run), atol=1e-6, err_msg=run)
 
 
-# -- --per-rank-bn ---------------------------------------------------------------
+# -- --per-rank-bn ------------------------------------------------------------
 
 def _head_inputs(values):
     """The pooled features that the head's BatchNormalization sees in the
@@ -340,3 +340,99 @@ def test_per_rank_bn_normalizes_each_process_part(material, tmp_path):
         numpy.testing.assert_allclose(
             rank0['persistent/head_norm/avg_var'], var, rtol=1e-5,
             err_msg='sync_batchnorm={}'.format(sync))
+
+
+# -- devices and communicators ------------------------------------------------
+
+def test_device_from_the_intra_rank():
+    """One GPU per process from the rank on its machine; the errors of a
+    GPU communicator on the CPU and of processes sharing a fixed GPU."""
+    device_for = distributed.device_for
+    assert device_for('@cupy:{intra_rank}', 'pure_nccl', 1, 2) == '@cupy:1'
+    assert device_for('{intra_rank}', 'flat', 3, 4) == '3'
+    assert device_for('@numpy', 'naive', 1, 2) == '@numpy'
+    assert device_for('-1', 'naive', 0, 2) == '-1'
+    # One process per machine may name its GPU.
+    assert device_for('@cupy:0', 'pure_nccl', 0, 1) == '@cupy:0'
+    for spec in ('@numpy', '-1'):
+        with pytest.raises(FinetuneError,
+                           match='pure_nccl communicator needs a GPU'):
+            device_for(spec, 'pure_nccl', 0, 1)
+    with pytest.raises(FinetuneError, match='2 processes on this machine '
+                       'would share one GPU'):
+        device_for('@cupy:0', 'pure_nccl', 1, 2)
+    with pytest.raises(FinetuneError, match='share one GPU'):
+        device_for('0', 'naive', 0, 2)
+    with pytest.raises(FinetuneError,
+                       match=r'only field it may hold is {intra_rank}'):
+        device_for('@cupy:{rank}', 'pure_nccl', 0, 1)
+
+
+@needs_mpi
+def test_gpu_communicator_without_a_gpu_ends_every_rank(material, tmp_path):
+    """``--communicator pure_nccl`` where CuPy/NCCL cannot run: each rank
+    fails with one line naming the communicator and the job ends (exit 2,
+    no rank left waiting)."""
+    model, prototxt, images = material
+    try:
+        from cupy.cuda import nccl
+        if nccl.available:
+            pytest.skip('NCCL is available here: pure_nccl would start')
+    except ImportError:
+        pass
+    done = mpi_check.launch(
+        ['-m', 'chainer_finetune', 'finetune', '--caffemodel', model,
+         '--prototxt', prototxt, '--data', images, '--communicator',
+         'pure_nccl', '--out', str(tmp_path / 'out')],
+        str(tmp_path / 'cache'), processes=2, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines()
+             if 'cannot create the pure_nccl communicator' in line]
+    assert lines, done.stderr
+    assert all(re.search(r'error: rank [01] of 2: ', line) for line in lines)
+    assert not os.path.exists(str(tmp_path / 'out' / 'report.md'))
+
+
+def _gpu_skip_reason():
+    """Why the NCCL test cannot run (no GPU, CuPy without NCCL), or None;
+    with CHAINER_FINETUNE_REQUIRE_GPU=1 any reason is an error."""
+    import gpu_check
+    reason = gpu_check.gpu_unusable_reason()
+    if reason is None:
+        try:
+            from cupy.cuda import nccl
+            if not nccl.available:
+                reason = 'CuPy without NCCL (pure_nccl needs it)'
+        except ImportError as e:
+            reason = 'CuPy without NCCL: {}'.format(e)
+        if reason is not None and gpu_check.gpu_required():
+            raise gpu_check.GpuRequiredError(reason)
+    return reason
+
+
+@pytest.mark.gpu
+@needs_mpi
+def test_pure_nccl_one_gpu_per_process_equals_one_process(material,
+                                                          tmp_path):
+    """``pure_nccl`` with ``@cupy:{intra_rank}``: as many processes as GPUs
+    (up to 2) compute what one process on GPU 0 computes with the same
+    global batch, every rank on its own GPU."""
+    reason = _gpu_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    import cupy
+    n = min(2, cupy.cuda.runtime.getDeviceCount())
+    _run(tmp_path, _config(material, tmp_path / 'one', device='@cupy:0'),
+         tmp_path / 'd1')
+    _run(tmp_path, _config(material, tmp_path / 'n', communicator='pure_nccl',
+                           device='@cupy:{intra_rank}'),
+         tmp_path / 'dn', processes=n)
+    one, _ = _load(tmp_path / 'd1', 0)
+    ranks = [_load(tmp_path / 'dn', r) for r in range(n)]
+    assert [info['device'] for _, info in ranks] == [
+        '@cupy:{}'.format(r) for r in range(n)]
+    for key in one:
+        for values, _ in ranks:
+            assert numpy.array_equal(values[key], ranks[0][0][key]), key
+        numpy.testing.assert_allclose(ranks[0][0][key], one[key], rtol=1e-5,
+                                      atol=1e-5, err_msg=key)
