@@ -26,8 +26,8 @@ Usage::
 
     # one process per GPU over NCCL
     mpiexec -n 4 python examples/alexnet_finetune.py \\
-        --communicator pure_nccl --device '@cupy:{intra_rank}' --caffemodel bvlc_alexnet.caffemodel \\
-        --data images/
+        --communicator pure_nccl --device '@cupy:{intra_rank}' \\
+        --caffemodel bvlc_alexnet.caffemodel --data images/
 
 What it does, in the order of Caffe's fine-tuning recipe
 (``models/finetune_flickr_style/solver.prototxt`` in BVLC/caffe):
