@@ -4,8 +4,9 @@ ChainerMN ships inside the chainer 7.8.1 distribution (``import chainermn``)
 and runs over MPI (``pip install chainer_finetune[mpi]``: mpi4py and an
 MPI). :func:`create_distributed` makes a communicator when the process was
 started by ``mpiexec -n N`` (N > 1) or when one is asked for by name;
-:func:`distribute` turns a single-process recipe (model, optimizer,
-iterators) into the distributed one. Guide: :doc:`/distributed`.
+:func:`distribute_recipe` turns a single-process recipe (model,
+optimizer, data) into the distributed one (:func:`distribute` does the
+optimizer's part alone). Guide: :doc:`/distributed`.
 
 What a distributed run computes is what one process computes with the same
 global batch (see :class:`GlobalBatchSlice`): every rank follows the one
