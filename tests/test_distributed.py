@@ -87,8 +87,13 @@ def test_two_processes_compute_what_one_computes(material, tmp_path):
     assert 'persistent/head_norm/avg_var' in one
     for key in one:
         assert numpy.array_equal(rank0[key], rank1[key]), key
-        # Relative for the BatchNorm statistics (values up to 5e4).
-        numpy.testing.assert_allclose(rank0[key], one[key], rtol=1e-5,
+        # Relative for the BatchNorm statistics (values up to 5e4). The
+        # running variance gets 2e-5: ChainerMN computes the global batch's
+        # variance as E[x^2] - E[x]^2 from all-reduced sums, which loses
+        # float32 digits on features this large (1.003e-5 measured under
+        # NumPy 1.26, 7e-6 under 2.x).
+        rtol = 2e-5 if key.endswith('/avg_var') else 1e-5
+        numpy.testing.assert_allclose(rank0[key], one[key], rtol=rtol,
                                       atol=1e-5, err_msg=key)
     # Frozen layers and their BatchNorm statistics are the file's values.
     for key in ('param/backbone/conv1/W', 'persistent/backbone/bn1/avg_mean'):
