@@ -4,8 +4,9 @@ ChainerMN ships inside the chainer 7.8.1 distribution (``import chainermn``)
 and runs over MPI (``pip install chainer_finetune[mpi]``: mpi4py and an
 MPI). :func:`create_distributed` makes a communicator when the process was
 started by ``mpiexec -n N`` (N > 1) or when one is asked for by name;
-:func:`distribute` turns a single-process recipe (model, optimizer,
-iterators) into the distributed one. Guide: :doc:`/distributed`.
+:func:`distribute_recipe` turns a single-process recipe (model,
+optimizer, data) into the distributed one (:func:`distribute` does the
+optimizer's part alone). Guide: :doc:`/distributed`.
 
 What a distributed run computes is what one process computes with the same
 global batch (see :class:`GlobalBatchSlice`): every rank follows the one
@@ -29,7 +30,8 @@ import os
 import socket
 import sys
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Tuple,
+                    TypeVar)
 
 import chainer
 from chainer.training import extensions
@@ -97,6 +99,41 @@ def abort_job(code: int) -> None:
         mpi.COMM_WORLD.Abort(code)
 
 
+def device_for(spec: str, communicator: str, intra_rank: int,
+               intra_size: int) -> str:
+    """The device of the process of rank ``intra_rank`` among the
+    ``intra_size`` processes of its machine: ``spec`` with ``{intra_rank}``
+    replaced (``'@cupy:{intra_rank}'``: one GPU per process).
+
+    Args:
+        spec: A Chainer device string, possibly with ``{intra_rank}``.
+        communicator: The communicator's name (:data:`COMMUNICATORS`).
+        intra_rank: The process's rank on its machine.
+        intra_size: The number of processes on its machine.
+
+    Raises:
+        FinetuneError: a GPU communicator with a CPU device, or several
+            processes of a machine given the same GPU.
+    """
+    try:
+        device = str(spec).format(intra_rank=intra_rank)
+    except (KeyError, IndexError, ValueError) as e:
+        raise FinetuneError('device {!r}: the only field it may hold is '
+                            '{{intra_rank}} ({!r})'.format(spec, e)) from e
+    on_gpu = device.startswith('@cupy') or device.lstrip('-').isdigit() \
+        and int(device) >= 0
+    if communicator != 'naive' and not on_gpu:
+        raise FinetuneError(
+            'the {} communicator needs a GPU per process; the device is '
+            '{!r} (use --device @cupy:{{intra_rank}})'.format(
+                communicator, device))
+    if on_gpu and device == str(spec) and intra_size > 1:
+        raise FinetuneError(
+            'device {!r}: {} processes on this machine would share one '
+            'GPU; use @cupy:{{intra_rank}}'.format(device, intra_size))
+    return device
+
+
 @dataclasses.dataclass
 class Distributed:
     """A ChainerMN communicator and what follows from it.
@@ -131,26 +168,9 @@ class Distributed:
 
     def device(self, spec: str) -> str:
         """``spec`` with ``{intra_rank}`` replaced by this process's rank on
-        its machine (``'@cupy:{intra_rank}'``: one GPU per process).
-
-        Raises:
-            FinetuneError: a GPU communicator with a CPU device, or several
-                processes of a machine given the same GPU.
-        """
-        device = str(spec).format(intra_rank=self.intra_rank)
-        on_gpu = device.startswith('@cupy') or device.lstrip('-').isdigit() \
-            and int(device) >= 0
-        if self.name != 'naive' and not on_gpu:
-            raise FinetuneError(
-                'the {} communicator needs a GPU per process; the device is '
-                '{!r} (use --device @cupy:{{intra_rank}})'.format(
-                    self.name, device))
-        if on_gpu and device == str(spec) and self.comm.intra_size > 1:
-            raise FinetuneError(
-                'device {!r}: {} processes on this machine would share one '
-                'GPU; use @cupy:{{intra_rank}}'.format(
-                    device, self.comm.intra_size))
-        return device
+        its machine (:func:`device_for`)."""
+        return device_for(spec, self.name, self.intra_rank,
+                          self.comm.intra_size)
 
     def ranks_line(self) -> str:
         """Every rank's host and process id, gathered to all ranks: the
@@ -206,8 +226,12 @@ def create_distributed(communicator: Optional[str] = None,
                                                ', '.join(COMMUNICATORS)))
     _import_chainermn()
     # An exception that reaches the top of any process aborts the whole
-    # job instead of leaving the others waiting in a collective.
-    chainermn.global_except_hook.add_hook()
+    # job instead of leaving the others waiting in a collective. (Added
+    # once; a second communicator in a process would only warn.)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', 'chainermn.global_except_hook',
+                                UserWarning)
+        chainermn.global_except_hook.add_hook()
     try:
         comm = chainermn.create_communicator(communicator)
     except (ImportError, RuntimeError, ValueError) as e:
@@ -471,6 +495,72 @@ def distribute(dist: Distributed, model: chainer.Link,
     # gradients and steps instead of broadcasting again.
     multi.is_changed(multi.target)
     return multi
+
+
+class DistributedRecipe(NamedTuple):
+    """What :func:`distribute_recipe` makes of a single-process recipe."""
+
+    #: The optimizer to give the updater (a multi-node one when distributed).
+    optimizer: Any
+    #: This rank's slice of every global batch (:class:`GlobalBatchSlice`).
+    train_iter: GlobalBatchSlice
+    #: One ordered pass over this rank's shard of the held-out set.
+    test_iter: Any
+    #: A :class:`ShardEvaluator` of ``test_iter`` over all ranks' shards.
+    evaluator: ShardEvaluator
+    #: Whether this process writes logs, plots, snapshots and the model.
+    is_root: bool
+
+
+def distribute_recipe(dist: Optional[Distributed], model: chainer.Link,
+                      optimizer: chainer.Optimizer, train: Any, test: Any,
+                      batchsize: int, *, seed: int = 0,
+                      test_batchsize: Optional[int] = None,
+                      device: Any = None) -> DistributedRecipe:
+    """Turns a single-process recipe (a model, its optimizer, training and
+    held-out data) into the distributed one: the multi-node optimizer with
+    the model broadcast from rank 0 (:func:`distribute`), this rank's slice
+    of every global batch of ``batchsize`` (:class:`GlobalBatchSlice`) and
+    an evaluator over all ranks' shards of ``test``
+    (:class:`ShardEvaluator`).
+
+    Call it once the optimizer is set up on ``model`` with its hooks,
+    freezing and lr_mult applied (the same on every rank), and, for a model
+    with trainable ``L.BatchNormalization``, after
+    :func:`use_multi_node_batchnorm` (which must come before
+    ``optimizer.setup``). Then build the Trainer from the recipe's
+    optimizer and ``train_iter``, extend it with ``evaluator`` and add the
+    writers (LogReport, plots, snapshots) only where ``is_root``.
+
+    Args:
+        dist: The communicator (:func:`create_distributed`); None gives the
+            single-process recipe with the same data order (size 1).
+        model: The link the optimizer was set up on (e.g. an
+            ``L.Classifier``); also what ``evaluator`` evaluates.
+        optimizer: Its optimizer.
+        train: The whole training dataset (every rank can read it).
+        test: The whole held-out dataset.
+        batchsize: The global batch (a multiple of the process count).
+        seed: Seed of the training order.
+        test_batchsize: Batch of the held-out passes (default
+            ``batchsize``).
+        device: Where the evaluator sends batches.
+
+    Raises:
+        FinetuneError: ``batchsize`` not a multiple of the process count.
+    """
+    size, rank = (1, 0) if dist is None else (dist.size, dist.rank)
+    train_iter = GlobalBatchSlice(train, batchsize, rank, size, seed)
+    comm = None
+    if dist is not None:
+        optimizer = distribute(dist, model, optimizer)
+        test = held_out_shard(test, dist)
+        comm = dist.comm
+    test_iter = chainer.iterators.SerialIterator(
+        test, test_batchsize or batchsize, repeat=False, shuffle=False)
+    evaluator = ShardEvaluator(test_iter, model, device, comm)
+    return DistributedRecipe(optimizer, train_iter, test_iter, evaluator,
+                             dist is None or dist.is_root)
 
 
 def persistent_averager(model: chainer.Link, dist: Distributed) -> Any:

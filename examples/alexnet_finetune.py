@@ -19,6 +19,16 @@ Usage::
     python examples/alexnet_finetune.py --caffemodel bvlc_alexnet.caffemodel \\
         --data list.txt --data-dir images/ --device @cupy:0 --loaderjob 4
 
+    # data-parallel over 2 processes (ChainerMN; pip install
+    # "chainer_finetune[mpi]"); --batchsize is the global batch
+    mpiexec -n 2 python examples/alexnet_finetune.py \\
+        --caffemodel bvlc_alexnet.caffemodel --data images/ --batchsize 32
+
+    # one process per GPU over NCCL
+    mpiexec -n 4 python examples/alexnet_finetune.py \\
+        --communicator pure_nccl --device '@cupy:{intra_rank}' \\
+        --caffemodel bvlc_alexnet.caffemodel --data images/
+
 What it does, in the order of Caffe's fine-tuning recipe
 (``models/finetune_flickr_style/solver.prototxt`` in BVLC/caffe):
 
@@ -57,7 +67,15 @@ What it does, in the order of Caffe's fine-tuning recipe
    (``out/log``), a progress bar, loss and accuracy plots
    (``out/loss.png``, ``out/accuracy.png``; needs matplotlib) every epoch
    and at the last iteration, and a snapshot of the trainer at the end.
-5. Prints the final evaluation (the Evaluator's, at the last iteration)
+5. Under ``mpiexec -n N`` (or with ``--communicator``), trains
+   data-parallel with ChainerMN: after the single-process recipe above
+   (optimizer set up, hook or freeze applied),
+   :func:`chainer_finetune.distributed.distribute_recipe` turns it into the
+   distributed one (multi-node optimizer, model broadcast from rank 0, each
+   rank's slice of every global batch, held-out shards evaluated over all
+   ranks); only rank 0 prints, logs, plots and saves. See
+   ``docs/distributed.rst``.
+6. Prints the final evaluation (the Evaluator's, at the last iteration)
    and saves the fine-tuned model as
    ``out/model.npz`` and ``out/model.h5`` (``chainer.serializers``; load them
    into ``AlexNet(n_class)``). ``chainer_finetune.save_weights`` is not
@@ -92,7 +110,9 @@ import numpy  # noqa: E402
 from chainer import training  # noqa: E402
 from chainer.training import extensions  # noqa: E402
 
+from chainer_finetune import distributed  # noqa: E402
 from chainer_finetune.errors import DataError  # noqa: E402
+from chainer_finetune.errors import FinetuneError  # noqa: E402
 
 logger = logging.getLogger('alexnet_finetune')
 
@@ -280,6 +300,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help='seed of the split, fc8\'s initialization, crops and '
                    'dropout')
     p.add_argument('--out', '-o', default='result', help='output directory')
+    p.add_argument('--communicator', choices=distributed.COMMUNICATORS +
+                   ('none',),
+                   help='ChainerMN communicator of a data-parallel run '
+                   '(default: naive when started by mpiexec -n N, N > 1, '
+                   'else one process); --batchsize is then the global batch '
+                   'and --device may say @cupy:{intra_rank}')
     p.add_argument('--verbose', '-v', action='store_true',
                    help='show the library\'s INFO logs')
     args = p.parse_args(argv)
@@ -368,6 +394,65 @@ def evaluate(classifier: chainer.Link, dataset, batchsize: int,
     return {k: float(v) for k, v in result.items()}
 
 
+def _quiet(*args, **kwargs) -> None:
+    """print() of the ranks other than 0 (they print nothing but errors)."""
+
+
+def _iterators(args: argparse.Namespace, dist, classifier, optimizer,
+               train_ds, test_ds, device):
+    """The optimizer, iterators and evaluator: the single-process ones, or
+    (``dist``) the distributed recipe made from them."""
+    if dist is None:
+        train_iter = _make_iterator(train_ds, args.batchsize, True,
+                                    args.loaderjob)
+        test_iter = _make_iterator(test_ds, args.batchsize, False,
+                                   args.loaderjob)
+        return optimizer, train_iter, test_iter, extensions.Evaluator(
+            test_iter, classifier, device=device)
+    if args.loaderjob and dist.is_root:
+        logger.warning('--loaderjob is not used in a distributed run: each '
+                       'process loads its slice of every batch itself')
+    # The multi-node optimizer (model broadcast from rank 0), this rank's
+    # slice of every global batch, the held-out shards over all ranks.
+    recipe = distributed.distribute_recipe(
+        dist, classifier, optimizer, train_ds, test_ds, args.batchsize,
+        seed=args.seed, device=device)
+    return (recipe.optimizer, recipe.train_iter, recipe.test_iter,
+            recipe.evaluator)
+
+
+def _extend_writers(trainer: training.Trainer, stop, say) -> None:
+    """Log, plots, progress and the final snapshot (rank 0's only)."""
+    # Every epoch and at the last iteration (also when that ends no epoch).
+    def every_epoch_and_end() -> _Any:
+        return _Any((1, 'epoch'), stop)
+
+    trainer.extend(extensions.LogReport(trigger=every_epoch_and_end()))
+    if extensions.PlotReport.available():
+        import matplotlib
+        matplotlib.use('Agg')      # files only, no display needed
+        trainer.extend(extensions.PlotReport(
+            ['main/loss', 'validation/main/loss'], 'iteration',
+            trigger=every_epoch_and_end(), filename='loss.png'))
+        trainer.extend(extensions.PlotReport(
+            ['main/accuracy', 'validation/main/accuracy'], 'iteration',
+            trigger=every_epoch_and_end(), filename='accuracy.png'))
+    else:
+        say('matplotlib is not installed: no loss/accuracy plots '
+            '(pip install matplotlib)')
+    trainer.extend(extensions.PrintReport(
+        ['epoch', 'iteration', 'main/loss', 'validation/main/loss',
+         'main/accuracy', 'validation/main/accuracy', 'elapsed_time']))
+    trainer.extend(extensions.ProgressBar(update_interval=10))
+    # Uncompressed: zlib gains little on float weights and takes 100 times
+    # as long as writing them (tens of seconds for AlexNet).
+    trainer.extend(extensions.snapshot(
+        savefun=functools.partial(chainer.serializers.save_npz,
+                                  compression=False),
+        filename='snapshot_iter_{.updater.iteration}'),
+        trigger=training.triggers.IntervalTrigger(*stop))
+
+
 def run(args: argparse.Namespace) -> RunResult:
     """Loads, copies, freezes, trains, evaluates and saves (see the module
     docstring).
@@ -376,22 +461,33 @@ def run(args: argparse.Namespace) -> RunResult:
         args: From :func:`parse_args`; ``args.data`` must be set.
 
     Returns:
-        RunResult: The fine-tuned model and what was made on the way.
+        RunResult: The fine-tuned model and what was made on the way (on
+        every rank of a distributed run; rank 0 wrote the files).
     """
-    os.makedirs(args.out, exist_ok=True)
-    device = chainer.get_device(args.device)
+    dist = distributed.create_distributed(args.communicator)
+    root = dist is None or dist.is_root
+    say = print if root else _quiet
+    if dist is not None:
+        # Before anything is loaded: a batch the ranks cannot share.
+        distributed.per_rank_batch(args.batchsize, dist.size)
+    if root:
+        os.makedirs(args.out, exist_ok=True)
+    device = chainer.get_device(dist.device(args.device) if dist
+                                else args.device)
     device.use()
     numpy.random.seed(args.seed)   # fc8's initialization, dropout
 
     class_names, train_ds, test_ds = _datasets(args)
-    print('data: {} classes, {} training and {} test images'.format(
+    say('data: {} classes, {} training and {} test images'.format(
         len(class_names), len(train_ds), len(test_ds)))
 
     caffemodel = args.caffemodel or args.generate_caffemodel
-    net = chainer_finetune.load_caffe(caffemodel, cache=not args.no_cache)
+    # Rank 0 first: it fills the cache of converted nets for the others.
+    net = distributed.root_first(dist, lambda: chainer_finetune.load_caffe(
+        caffemodel, cache=not args.no_cache))
     model, report = pretrained_alexnet(net, len(class_names))
     del net                        # the copy holds its own arrays
-    print(report)
+    say(report)
 
     classifier = L.Classifier(model)
     classifier.to_device(device)
@@ -405,48 +501,23 @@ def run(args: argparse.Namespace) -> RunResult:
     else:
         # After setup: setup makes new (enabled) update rules.
         frozen = chainer_finetune.freeze(model, ['conv*'])
-        print('frozen: {}'.format(', '.join(frozen)))
+        say('frozen: {}'.format(', '.join(frozen)))
     optimizer.add_hook(chainer.optimizer_hooks.WeightDecay(args.weight_decay))
 
-    train_iter = _make_iterator(train_ds, args.batchsize, True,
-                                args.loaderjob)
-    test_iter = _make_iterator(test_ds, args.batchsize, False, args.loaderjob)
+    optimizer, train_iter, test_iter, evaluator = _iterators(
+        args, dist, classifier, optimizer, train_ds, test_ds, device)
     updater = training.updaters.StandardUpdater(train_iter, optimizer,
                                                 device=device)
     stop = (args.iterations, 'iteration') if args.iterations \
         else (args.epoch, 'epoch')
     trainer = training.Trainer(updater, stop, out=args.out)
-
-    # Every epoch and at the last iteration (also when that ends no epoch).
-    def every_epoch_and_end() -> _Any:
-        return _Any((1, 'epoch'), stop)
-
-    trainer.extend(extensions.Evaluator(test_iter, classifier, device=device),
-                   trigger=every_epoch_and_end())
-    trainer.extend(extensions.LogReport(trigger=every_epoch_and_end()))
-    if extensions.PlotReport.available():
-        import matplotlib
-        matplotlib.use('Agg')      # files only, no display needed
-        trainer.extend(extensions.PlotReport(
-            ['main/loss', 'validation/main/loss'], 'iteration',
-            trigger=every_epoch_and_end(), filename='loss.png'))
-        trainer.extend(extensions.PlotReport(
-            ['main/accuracy', 'validation/main/accuracy'], 'iteration',
-            trigger=every_epoch_and_end(), filename='accuracy.png'))
-    else:
-        print('matplotlib is not installed: no loss/accuracy plots '
-              '(pip install matplotlib)')
-    trainer.extend(extensions.PrintReport(
-        ['epoch', 'iteration', 'main/loss', 'validation/main/loss',
-         'main/accuracy', 'validation/main/accuracy', 'elapsed_time']))
-    trainer.extend(extensions.ProgressBar(update_interval=10))
-    # Uncompressed: zlib gains little on float weights and takes 100 times
-    # as long as writing them (tens of seconds for AlexNet).
-    trainer.extend(extensions.snapshot(
-        savefun=functools.partial(chainer.serializers.save_npz,
-                                  compression=False),
-        filename='snapshot_iter_{.updater.iteration}'),
-        trigger=training.triggers.IntervalTrigger(*stop))
+    trainer.extend(evaluator, trigger=_Any((1, 'epoch'), stop))
+    if dist is not None:
+        # The log shows the global batch's loss, not this rank's part's.
+        trainer.extend(distributed.ObservationAverager(
+            ('main/loss', 'main/accuracy'), dist))
+    if root:
+        _extend_writers(trainer, stop, say)
     try:
         trainer.run()
     finally:
@@ -465,18 +536,22 @@ def run(args: argparse.Namespace) -> RunResult:
         evaluation = evaluate(classifier, test_ds, args.batchsize, device,
                               args.loaderjob)
     evaluation = {k: float(v) for k, v in evaluation.items()}
-    print('final evaluation: ' + ', '.join(
+    say('final evaluation: ' + ', '.join(
         '{} {:.4f}'.format(k, v) for k, v in sorted(evaluation.items())))
+    if root:
+        _save(model, args.out, len(class_names))
+    return RunResult(model, classifier, report, train_ds, test_ds,
+                     class_names, evaluation, args.out, device)
 
-    chainer.serializers.save_npz(os.path.join(args.out, 'model.npz'), model,
+
+def _save(model: chainer.Link, out: str, n_class: int) -> None:
+    chainer.serializers.save_npz(os.path.join(out, 'model.npz'), model,
                                  compression=False)
-    chainer.serializers.save_hdf5(os.path.join(args.out, 'model.h5'), model,
+    chainer.serializers.save_hdf5(os.path.join(out, 'model.h5'), model,
                                   compression=0)
     print('saved {0}/model.npz and {0}/model.h5 (load into AlexNet({1}) '
           'with chainer.serializers.load_npz / load_hdf5)'.format(
-              args.out, len(class_names)))
-    return RunResult(model, classifier, report, train_ds, test_ds,
-                     class_names, evaluation, args.out, device)
+              out, n_class))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -496,8 +571,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         run(args)
-    except (chainer_finetune.CaffeModelError, DataError) as e:
+    except (chainer_finetune.CaffeModelError, DataError,
+            FinetuneError) as e:
         print('error: {}'.format(e), file=sys.stderr)
+        # One of several MPI processes: the others must not wait for it.
+        distributed.abort_job(1)
         return 1
     return 0
 

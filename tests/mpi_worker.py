@@ -23,15 +23,18 @@ from chainer_finetune.finetune import datasets as job_data  # noqa: E402
 
 
 def values_of(model):
-    """Every parameter and persistent value of ``model`` by path."""
+    """Every parameter and persistent value of ``model`` by path, as NumPy
+    arrays (from any device)."""
+    cpu = chainer.backend.CpuDevice()
     out = {}
     for path, param in model.namedparams():
-        out['param' + path] = numpy.asarray(param.array)
+        out['param' + path] = numpy.asarray(cpu.send(param.array))
     for path, link in model.namedlinks():
         for name in sorted(link._persistent):
             value = getattr(link, name)
-            if isinstance(value, numpy.ndarray):
-                out['persistent' + path + '/' + name] = value
+            if isinstance(value, chainer.get_array_types()):
+                out['persistent' + path + '/' + name] = numpy.asarray(
+                    cpu.send(value))
     return out
 
 
@@ -60,7 +63,9 @@ def main(argv):
                                 for e in result.log],
                    'loss': [e['main/loss'] for e in result.log],
                    'frozen': result.frozen,
-                   'size': 1 if dist is None else dist.size}, f)
+                   'size': 1 if dist is None else dist.size,
+                   'device': dist.device(config.device) if dist
+                   else config.device}, f)
     return 0
 
 

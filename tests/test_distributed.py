@@ -7,7 +7,6 @@ extra: mpi4py and MPICH) as a subprocess with a timeout."""
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,25 +22,12 @@ from chainer_finetune import distributed  # noqa: E402
 from chainer_finetune import finetune  # noqa: E402
 from chainer_finetune.errors import FinetuneError  # noqa: E402
 
+from mpi_check import MPIEXEC  # noqa: E402
+from mpi_check import needs_mpi  # noqa: E402
+import mpi_check  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'mpi_worker.py')
-ROOT = os.path.dirname(HERE)
-MPIEXEC = shutil.which('mpiexec', path=os.path.dirname(sys.executable)) or \
-    shutil.which('mpiexec')
-
-
-def _mpi_missing():
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return 'mpi4py is not installed (pip install "chainer_finetune[mpi]")'
-    if MPIEXEC is None:
-        return 'no mpiexec next to {} or on PATH'.format(sys.executable)
-    return None
-
-
-needs_mpi = pytest.mark.skipif(_mpi_missing() is not None,
-                               reason=str(_mpi_missing()))
 
 
 @pytest.fixture(scope='module')
@@ -64,10 +50,7 @@ def _config(material, out, **kwargs):
 
 
 def _env(tmp_path):
-    env = dict(os.environ)
-    env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
-    env['CHAINER_FINETUNE_CACHE'] = str(tmp_path / 'cache')
-    return env
+    return mpi_check.env(str(tmp_path / 'cache'))
 
 
 def _run(tmp_path, values, dump, processes=None, timeout=240):
@@ -104,8 +87,13 @@ def test_two_processes_compute_what_one_computes(material, tmp_path):
     assert 'persistent/head_norm/avg_var' in one
     for key in one:
         assert numpy.array_equal(rank0[key], rank1[key]), key
-        # Relative for the BatchNorm statistics (values up to 5e4).
-        numpy.testing.assert_allclose(rank0[key], one[key], rtol=1e-5,
+        # Relative for the BatchNorm statistics (values up to 5e4). The
+        # running variance gets 2e-5: ChainerMN computes the global batch's
+        # variance as E[x^2] - E[x]^2 from all-reduced sums, which loses
+        # float32 digits on features this large (1.003e-5 measured under
+        # NumPy 1.26, 7e-6 under 2.x).
+        rtol = 2e-5 if key.endswith('/avg_var') else 1e-5
+        numpy.testing.assert_allclose(rank0[key], one[key], rtol=rtol,
                                       atol=1e-5, err_msg=key)
     # Frozen layers and their BatchNorm statistics are the file's values.
     for key in ('param/backbone/conv1/W', 'persistent/backbone/bn1/avg_mean'):
@@ -252,3 +240,231 @@ def test_shard_evaluator_weights_examples_not_batches(material, tmp_path):
     with reporter:
         result = distributed.ShardEvaluator(it, link, '@numpy').evaluate()
     assert result['main/accuracy'] == pytest.approx(5 / 7)
+
+
+# -- the README's demo line under mpiexec -------------------------------------
+
+SUMMARY = re.compile(r'^pretrained: (\d\.\d{3}) scratch: (\d\.\d{3})$',
+                     re.MULTILINE)
+
+
+def _finetune_cli(tmp_path, args, processes=None, timeout=300, cache=None):
+    done = mpi_check.launch(['-m', 'chainer_finetune', 'finetune'] + args,
+                            cache or str(tmp_path / 'cache'),
+                            processes=processes, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def _validation_log(out, run):
+    with open(os.path.join(str(out), run, 'log')) as f:
+        return [e['validation/main/accuracy'] for e in json.load(f)]
+
+
+@needs_mpi
+def test_demo_line_under_mpiexec_is_the_single_process_line(material,
+                                                            tmp_path):
+    """The README's demo job reduced (the small generated net, 12 training
+    and 12 held-out images, 2 epochs, no random crops): ``mpiexec -n 2``
+    prints one ``report:`` and the same ``pretrained: ... scratch: ...``
+    line as one process, and every epoch's held-out accuracy of both runs
+    is the single-process one."""
+    model, prototxt, images = material
+    args = ['--caffemodel', model, '--prototxt', prototxt, '--data', images,
+            '--feature-layer', 'conv2', '--input-size', '16',
+            '--train-per-class', '4', '--test-per-class', '4', '--epochs',
+            '2', '--batchsize', '6', '--augment', 'none',
+            '--compare-scratch']
+    one = _finetune_cli(tmp_path, args + ['--out', str(tmp_path / 'one')])
+    two = _finetune_cli(tmp_path, args + ['--out', str(tmp_path / 'two')],
+                        processes=2)
+    assert len(SUMMARY.findall(one.stdout)) == 1, one.stdout
+    assert SUMMARY.findall(two.stdout) == SUMMARY.findall(one.stdout), \
+        two.stdout
+    assert two.stdout.count('report: ') == 1
+    for run in ('pretrained', 'scratch'):
+        numpy.testing.assert_allclose(
+            _validation_log(tmp_path / 'two', run),
+            _validation_log(tmp_path / 'one', run), atol=1e-6, err_msg=run)
+
+
+# -- --per-rank-bn ------------------------------------------------------------
+
+def _head_inputs(values):
+    """The pooled features that the head's BatchNormalization sees in the
+    first step, per rank of 2 (the frozen part in inference mode, the
+    initial weights)."""
+    from chainer_finetune.finetune import datasets as job_data
+    config = finetune.FinetuneConfig(**values)
+    _, train_set, test_set = job_data.load_split(config)
+    source = finetune.resolve_source(config)
+    model, _ = finetune.build_classifier(config, 3, True, source)
+    train, _ = job_data.transformed(config, train_set, test_set, source)
+    parts = []
+    for rank in (0, 1):
+        batch = next(distributed.GlobalBatchSlice(train, config.batchsize,
+                                                  rank, 2, config.seed))
+        x, _ = chainer.dataset.concat_examples(batch)
+        with chainer.using_config('train', False), \
+                chainer.no_backprop_mode():
+            h, = model.backbone(inputs={model.input_name: x},
+                                outputs=[model.output])
+        parts.append(h.array.mean(axis=(2, 3)).astype(numpy.float64))
+    return parts, model.head_norm.decay
+
+
+@needs_mpi
+def test_per_rank_bn_normalizes_each_process_part(material, tmp_path):
+    """One step of a global batch of 12 on 2 processes. The head's
+    BatchNormalization running statistics after it are, as documented,
+    with ``--per-rank-bn`` (sync_batchnorm=False) the mean over the ranks
+    of each rank's 6 examples' statistics (variance corrected by 6/5), and
+    by default those of all 12 (corrected by 12/11), as one process."""
+    values = _config(material, tmp_path / 'x', epochs=1, batchsize=12)
+    (h0, h1), decay = _head_inputs(values)
+    whole = numpy.concatenate([h0, h1])
+    mean = (1 - decay) * whole.mean(axis=0)
+    per_rank_var = decay + (1 - decay) * (h0.var(axis=0) * 6 / 5 +
+                                          h1.var(axis=0) * 6 / 5) / 2
+    global_var = decay + (1 - decay) * whole.var(axis=0) * 12 / 11
+    # The two semantics differ measurably on this data.
+    assert numpy.abs(per_rank_var - global_var).max() > \
+        1e-2 * numpy.abs(global_var).max()
+    for sync, var in ((False, per_rank_var), (True, global_var)):
+        out = tmp_path / 'sync{}'.format(sync)
+        _run(tmp_path, dict(values, out=str(out / 'job'),
+                            sync_batchnorm=sync), out, processes=2)
+        rank0, _ = _load(out, 0)
+        rank1, _ = _load(out, 1)
+        for key in ('persistent/head_norm/avg_mean',
+                    'persistent/head_norm/avg_var'):
+            assert numpy.array_equal(rank0[key], rank1[key]), key
+        numpy.testing.assert_allclose(
+            rank0['persistent/head_norm/avg_mean'], mean, rtol=1e-5,
+            atol=1e-6)
+        numpy.testing.assert_allclose(
+            rank0['persistent/head_norm/avg_var'], var, rtol=1e-5,
+            err_msg='sync_batchnorm={}'.format(sync))
+
+
+# -- devices and communicators ------------------------------------------------
+
+def test_device_from_the_intra_rank():
+    """One GPU per process from the rank on its machine; the errors of a
+    GPU communicator on the CPU and of processes sharing a fixed GPU."""
+    device_for = distributed.device_for
+    assert device_for('@cupy:{intra_rank}', 'pure_nccl', 1, 2) == '@cupy:1'
+    assert device_for('{intra_rank}', 'flat', 3, 4) == '3'
+    assert device_for('@numpy', 'naive', 1, 2) == '@numpy'
+    assert device_for('-1', 'naive', 0, 2) == '-1'
+    # One process per machine may name its GPU.
+    assert device_for('@cupy:0', 'pure_nccl', 0, 1) == '@cupy:0'
+    for spec in ('@numpy', '-1'):
+        with pytest.raises(FinetuneError,
+                           match='pure_nccl communicator needs a GPU'):
+            device_for(spec, 'pure_nccl', 0, 1)
+    with pytest.raises(FinetuneError, match='2 processes on this machine '
+                       'would share one GPU'):
+        device_for('@cupy:0', 'pure_nccl', 1, 2)
+    with pytest.raises(FinetuneError, match='share one GPU'):
+        device_for('0', 'naive', 0, 2)
+    with pytest.raises(FinetuneError,
+                       match=r'only field it may hold is {intra_rank}'):
+        device_for('@cupy:{rank}', 'pure_nccl', 0, 1)
+
+
+@needs_mpi
+def test_gpu_communicator_without_a_gpu_ends_every_rank(material, tmp_path):
+    """``--communicator pure_nccl`` where CuPy/NCCL cannot run: each rank
+    fails with one line naming the communicator and the job ends (exit 2,
+    no rank left waiting)."""
+    model, prototxt, images = material
+    try:
+        from cupy.cuda import nccl
+        if nccl.available:
+            pytest.skip('NCCL is available here: pure_nccl would start')
+    except ImportError:
+        pass
+    done = mpi_check.launch(
+        ['-m', 'chainer_finetune', 'finetune', '--caffemodel', model,
+         '--prototxt', prototxt, '--data', images, '--communicator',
+         'pure_nccl', '--out', str(tmp_path / 'out')],
+        str(tmp_path / 'cache'), processes=2, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines()
+             if 'cannot create the pure_nccl communicator' in line]
+    assert lines, done.stderr
+    assert all(re.search(r'error: rank [01] of 2: ', line) for line in lines)
+    assert not os.path.exists(str(tmp_path / 'out' / 'report.md'))
+
+
+def _gpu_skip_reason():
+    """Why the NCCL test cannot run (no GPU, CuPy without NCCL), or None;
+    with CHAINER_FINETUNE_REQUIRE_GPU=1 any reason is an error."""
+    import gpu_check
+    reason = gpu_check.gpu_unusable_reason()
+    if reason is None:
+        try:
+            from cupy.cuda import nccl
+            if not nccl.available:
+                reason = 'CuPy without NCCL (pure_nccl needs it)'
+        except ImportError as e:
+            reason = 'CuPy without NCCL: {}'.format(e)
+        if reason is not None and gpu_check.gpu_required():
+            raise gpu_check.GpuRequiredError(reason)
+    return reason
+
+
+@pytest.mark.gpu
+@needs_mpi
+def test_pure_nccl_one_gpu_per_process_equals_one_process(material,
+                                                          tmp_path):
+    """``pure_nccl`` with ``@cupy:{intra_rank}``: as many processes as GPUs
+    (up to 2) compute what one process on GPU 0 computes with the same
+    global batch, every rank on its own GPU."""
+    reason = _gpu_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    import cupy
+    n = min(2, cupy.cuda.runtime.getDeviceCount())
+    _run(tmp_path, _config(material, tmp_path / 'one', device='@cupy:0'),
+         tmp_path / 'd1')
+    _run(tmp_path, _config(material, tmp_path / 'n', communicator='pure_nccl',
+                           device='@cupy:{intra_rank}'),
+         tmp_path / 'dn', processes=n)
+    one, _ = _load(tmp_path / 'd1', 0)
+    ranks = [_load(tmp_path / 'dn', r) for r in range(n)]
+    assert [info['device'] for _, info in ranks] == [
+        '@cupy:{}'.format(r) for r in range(n)]
+    for key in one:
+        for values, _ in ranks:
+            assert numpy.array_equal(values[key], ranks[0][0][key]), key
+        numpy.testing.assert_allclose(ranks[0][0][key], one[key], rtol=1e-5,
+                                      atol=1e-5, err_msg=key)
+
+
+#: Set to 1 to run the README's demo at full size under mpiexec (about 15
+#: minutes per run on 2 CPU cores; CI runs the reduced one above).
+FULL_DEMO_VARIABLE = 'CHAINER_FINETUNE_FULL_DEMO'
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@needs_mpi
+@pytest.mark.skipif(os.environ.get(FULL_DEMO_VARIABLE) != '1',
+                    reason='the full-size demo under mpiexec takes about 30 '
+                    'minutes on 2 cores; set {}=1'.format(FULL_DEMO_VARIABLE))
+def test_full_demo_under_mpiexec_within_two_points(tmp_path):
+    """``chainer-finetune finetune`` (the README's demo: open_nsfw on
+    digits, random crops) in 1 and under ``mpiexec -n 2`` processes, seed
+    0: the same line format, the pretrained held-out accuracy within 2
+    points (the crops differ: each rank draws its own)."""
+    cache = os.environ.get('CHAINER_FINETUNE_CACHE') or os.path.join(
+        mpi_check.ROOT, '.cache')
+    one = _finetune_cli(tmp_path, ['--out', str(tmp_path / 'one')],
+                        timeout=3600, cache=cache)
+    two = _finetune_cli(tmp_path, ['--out', str(tmp_path / 'two')],
+                        processes=2, timeout=3600, cache=cache)
+    (p1, _), = SUMMARY.findall(one.stdout)
+    (p2, _), = SUMMARY.findall(two.stdout)
+    assert abs(float(p1) - float(p2)) <= 0.02, (p1, p2)

@@ -28,6 +28,8 @@ from chainer_finetune.caffe.zoo_shapes import alexnet_writer  # noqa: E402
 from chainer_finetune.caffe.zoo_shapes import make_alexnet  # noqa: E402
 
 import caffe_reference  # noqa: E402
+from mpi_check import needs_mpi  # noqa: E402
+import mpi_check  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'examples' / 'alexnet_finetune.py'
@@ -300,3 +302,44 @@ def test_main_generates_caffemodel(tmp_path, caplog):
         assert 'not overwritten' in caplog.text
     finally:
         path.unlink(missing_ok=True)
+
+
+@needs_mpi
+def test_communicator_runs_the_example_across_two_processes(
+        alexnet_file, image_folder, scratch):
+    """``mpiexec -n 2 ... --communicator naive``: rank 0 alone prints and
+    writes; the convolutions stay the file's; the held-out numbers over
+    both ranks' shards are what one process computes on the whole test set
+    with the saved model."""
+    out = scratch('out_mpi')
+    args = _common_args(alexnet_file[0], image_folder, out) + [
+        '--communicator', 'naive', '--no-cache']
+    done = mpi_check.launch([str(SCRIPT)] + args, str(scratch('mpi_cache')),
+                            processes=2, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count('final evaluation') == 1, done.stdout
+    assert done.stdout.count('values copied') == 1   # the copy report
+    log = json.loads((out / 'log').read_text())
+    assert log[-1]['iteration'] == 2
+    assert (out / 'snapshot_iter_2').is_file()
+    model = example.AlexNet(N_CLASS)
+    chainer.serializers.load_npz(str(out / 'model.npz'), model)
+    _, weights = alexnet_file
+    for name in CONVS:
+        numpy.testing.assert_array_equal(getattr(model, name).W.array,
+                                         weights[name][0])
+    assert numpy.any(model.fc8.b.array)
+    # One batch of all 10 test images: the mean over examples, as the
+    # distributed evaluator adds them up over both ranks' shards.
+    _, _, test_ds = example._datasets(example.parse_args(args))
+    again = example.evaluate(chainer.links.Classifier(model), test_ds,
+                             len(test_ds), '@numpy')
+    for key, value in again.items():
+        assert log[-1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_unknown_communicator_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        example.parse_args(['--caffemodel', 'm.caffemodel', '--communicator',
+                            'hierarchical'])
+    assert "invalid choice: 'hierarchical'" in capsys.readouterr().err
