@@ -19,8 +19,9 @@ the library's error naming the layer), or the library's error naming the
 file. Anything else counts as a failure: another exception ('crash'), a
 library error that does not name the file ('unnamed'), a MemoryError under
 the worker's address-space limit ('memory': an allocation the input asked
-for), or no answer within the per-case timeout ('hang': the worker is
-killed and replaced).
+for), or no answer within the per-case timeout twice ('hang': the worker is
+killed and replaced, and the case run once more in a fresh worker, since a
+busy machine can starve one run).
 
 As a script: ``python tests/model_fuzz.py --cases 10000`` (the nightly-sized
 run documented in docs/benchmarks.rst); tests/test_model_fuzz.py runs a
@@ -525,6 +526,7 @@ def fuzz(cases, fuzz_seed=0, workers=2, timeout=30.0,
         try:
             result.limit = max(w.limit for w in pool)
             pending = list(range(first, first + cases))[::-1]
+            retried = set()
             names = {}
             while pending or any(w.case is not None for w in pool):
                 for w in pool:
@@ -538,7 +540,8 @@ def fuzz(cases, fuzz_seed=0, workers=2, timeout=30.0,
                         w.conn.send((number, *_write(w.dir, 'case', model,
                                                      prototxt)))
                         w.case, w.sent = number, time.perf_counter()
-                _collect(pool, result, names, timeout, tmp, memory_bytes)
+                _collect(pool, result, names, timeout, tmp, memory_bytes,
+                         pending, retried)
         finally:
             for w in pool:
                 w.kill()
@@ -546,12 +549,17 @@ def fuzz(cases, fuzz_seed=0, workers=2, timeout=30.0,
     return result
 
 
-def _collect(pool, result, names, timeout, tmp, memory_bytes):
+def _collect(pool, result, names, timeout, tmp, memory_bytes, pending,
+             retried):
+    """Records the answers of busy workers; a case over the timeout is
+    run once more in a fresh worker (a busy machine can starve one run)
+    and is a hang only if it times out again."""
     busy = [w for w in pool if w.case is not None]
     ready = multiprocessing.connection.wait([w.conn for w in busy], 0.05)
     for i, w in enumerate(pool):
         if w.case is None:
             continue
+        late = None
         if w.conn in ready:
             try:
                 number, outcome, detail, seconds, peak = w.conn.recv()
@@ -562,15 +570,22 @@ def _collect(pool, result, names, timeout, tmp, memory_bytes):
                 w.kill()
                 pool[i] = _Worker(tmp, memory_bytes)
             if seconds > timeout:   # answered, but too late
-                outcome, detail = 'hang', 'took {:.3f} s'.format(seconds)
-            result.add(number, names[number], outcome, detail, seconds,
-                       peak)
-            w.case = None
+                late = 'took {:.3f} s'.format(seconds)
         elif time.perf_counter() - w.sent > timeout:
-            result.add(w.case, names[w.case], 'hang',
-                       'no answer in {} s'.format(timeout), timeout, 0)
+            number, late = w.case, 'no answer in {} s'.format(timeout)
             w.kill()
             pool[i] = _Worker(tmp, memory_bytes)
+        else:
+            continue
+        w.case = None
+        if late is not None and number not in retried:
+            retried.add(number)
+            pending.append(number)
+            continue
+        if late is not None:
+            outcome, detail, seconds, peak = 'hang', late + ' (twice)', \
+                timeout, 0
+        result.add(number, names[number], outcome, detail, seconds, peak)
 
 
 def main(argv=None):
