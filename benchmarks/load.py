@@ -24,7 +24,9 @@ heap is not):
 * ``load_caffe cache=True``: from the converted-net cache (kept under
   ``--workdir``), "n/a" if ``load_caffe`` takes no ``cache`` argument.
 
-Seconds are the median time of the operation alone (imports excluded);
+Seconds are the median time of the operation alone (imports excluded),
+wall clock in the table, CPU time (user + system, all threads) beside it
+in the ``--json`` file;
 peak RSS is the subprocess's ``ru_maxrss``, shown raw and net of a
 subprocess that only imports chainer_finetune. Ratios compare with the
 floor and with CaffeFunction in the same run, and the targets are checked
@@ -64,6 +66,7 @@ elif mode == 'opencv':
     import cv2
     prototxt = path[:-len('.caffemodel')] + '.prototxt'
 start = time.perf_counter()
+cpu_start = time.process_time()
 if mode == 'baseline':
     pass
 elif mode == 'floor':
@@ -98,6 +101,9 @@ elif mode == 'load_caffe_cached':
 else:
     raise SystemExit('unknown mode ' + mode)
 seconds = time.perf_counter() - start
+# CPU time of all threads: what the operation costs when other processes
+# share the CPUs (wall time then also counts their turns).
+cpu_seconds = time.process_time() - cpu_start
 # Linux: VmHWM, the peak RSS of this process image. ru_maxrss would do
 # too, but after fork+exec it starts at the parent's RSS.
 peak = None
@@ -112,7 +118,8 @@ if peak is None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.platform != 'darwin':
         peak *= 1024
-print(json.dumps(dict(seconds=seconds, peak=peak, **extra)))
+print(json.dumps(dict(seconds=seconds, cpu_seconds=cpu_seconds, peak=peak,
+                      **extra)))
 '''
 
 MODES = [
@@ -230,6 +237,7 @@ def measure(path: str, workdir: str, repeat: int, modes=None) -> dict:
         results[mode] = {
             'seconds': statistics.median(r['seconds'] for r in runs),
             'all_seconds': [r['seconds'] for r in runs],
+            'cpu_seconds': statistics.median(r['cpu_seconds'] for r in runs),
             'peak': statistics.median(r['peak'] for r in runs),
             'values': runs[0].get('values'),
         }
@@ -320,7 +328,8 @@ def targets(results: dict, size: int) -> list:
     return out
 
 
-def write_json(path: str, results: dict, size: int, args) -> None:
+def write_json(path: str, results: dict, size: int, args,
+               load_at_start: str) -> None:
     """The measurements, with what they were measured on."""
     import platform
     from importlib import metadata
@@ -336,7 +345,8 @@ def write_json(path: str, results: dict, size: int, args) -> None:
     data = {'file_bytes': size, 'quick': args.quick, 'repeat': args.repeat,
             'baseline_peak': results['baseline']['peak'], 'rows': rows,
             'python': sys.version.split()[0], 'cpus': os.cpu_count(),
-            'machine': platform.machine(), 'load_average': _load_average(),
+            'machine': platform.machine(), 'load_at_start': load_at_start,
+            'load_at_end': _load_average(),
             'versions': versions}
     with open(path, 'w') as f:
         json.dump(data, f, indent=1)
@@ -368,6 +378,7 @@ def main(argv=None) -> int:
         write_model(args.write[0], float(args.write[1]), int(args.write[2]))
         return 0
     start = time.perf_counter()
+    load_at_start = _load_average()
     path = ensure_model(args.workdir, args.quick)
     size = os.path.getsize(path)
     print('model: {} ({:.1f} MB), Python {}, {} CPUs, load average {}'
@@ -396,7 +407,7 @@ def main(argv=None) -> int:
         with open(args.rst, 'w') as f:
             f.write(text + '\n')
     if args.json:
-        write_json(args.json, results, size, args)
+        write_json(args.json, results, size, args, load_at_start)
     return 0
 
 

@@ -22,8 +22,8 @@ Each writes an SVG (and the data it drew, as JSON) into
     them.
 ``load``
     Runs ``benchmarks/load.py --json`` (VGG-16, 553 MB; ``--quick``: the
-    44 MB narrower VGG) and draws each loader's median time and net peak
-    memory: ``load_caffe`` with and without its cache, Chainer's
+    44 MB narrower VGG) and draws each loader's median CPU time (its wall
+    time written beside) and net peak memory: ``load_caffe`` with and without its cache, Chainer's
     ``CaffeFunction``, OpenCV's ``readNetFromCaffe`` and the floor.
     ``--from FILE`` draws an earlier ``--json`` file instead.
 ``parity``
@@ -168,36 +168,43 @@ def accuracy(args) -> None:
 # ---------------------------------------------------------------------------
 
 def draw_load(data: dict) -> None:
-    """Median seconds and net peak memory per loader, side by side."""
+    """CPU seconds (wall seconds beside) and net peak memory per loader.
+
+    CPU time, because on a shared machine the wall time also counts other
+    processes' turns; the wall time of each row is written beside its bar.
+    """
     plt = pyplot()
     rows = data['rows']
     labels = [row['label'].replace(' (', '\n(') for row in rows]
     colours = [OURS if row['mode'].startswith('load_caffe') else
                FLOOR if row['mode'] == 'floor' else REFERENCE
                for row in rows]
-    seconds = [row['seconds'] for row in rows]
-    memory = [(row['peak'] - data['baseline_peak']) / data['file_bytes']
-              for row in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 3.4),
                                       sharey=True)
-    positions = range(len(rows))[::-1]
-    for ax, values, text, title in (
-            (left, seconds, '{:.2f} s', 'median seconds (lower is better)'),
-            (right, memory, '{:.2f}x', 'net peak RSS / file size')):
-        ax.barh(list(positions), values, color=colours)
-        for y, value in zip(positions, values):
-            ax.text(value, y, ' ' + text.format(value), va='center',
-                    fontsize=9)
+    positions = list(range(len(rows)))[::-1]
+    memory = [(row['peak'] - data['baseline_peak']) / data['file_bytes']
+              for row in rows]
+    panels = (
+        (left, [row['cpu_seconds'] for row in rows],
+         ['{:.2f} s (wall {:.2f} s)'.format(row['cpu_seconds'],
+                                            row['seconds']) for row in rows],
+         'median CPU seconds (lower is better)'),
+        (right, memory, ['{:.2f}x'.format(m) for m in memory],
+         'net peak RSS / file size'))
+    for ax, values, texts, title in panels:
+        ax.barh(positions, values, color=colours)
+        for y, value, text in zip(positions, values, texts):
+            ax.text(value, y, ' ' + text, va='center', fontsize=8.5)
         ax.set_title(title, fontsize=10)
-        ax.set_xlim(0, max(values) * 1.3)
+        ax.set_xlim(0, max(values) * 1.45)
         ax.tick_params(axis='y', length=0)
-    left.set_yticks(list(positions))
+    left.set_yticks(positions)
     left.set_yticklabels(labels, fontsize=9)
-    fig.suptitle('{} caffemodel, {:.0f} MB; median of {} fresh processes, '
-                 '{} CPUs'.format('narrow VGG (--quick)' if data['quick']
-                                  else 'VGG-16', data['file_bytes'] / 1e6,
-                                  data['repeat'], data['cpus']),
-                 fontsize=10)
+    fig.suptitle('{} caffemodel, {:.0f} MB; median of {} fresh processes; '
+                 '{} CPUs, load average {} at the start'.format(
+                     'narrow VGG (--quick)' if data['quick'] else 'VGG-16',
+                     data['file_bytes'] / 1e6, data['repeat'], data['cpus'],
+                     data['load_at_start'].split()[0]), fontsize=9.5)
     fig.tight_layout()
     save(fig, 'load_benchmark_quick' if data['quick'] else 'load_benchmark')
     plt.close(fig)
