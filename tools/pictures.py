@@ -3,11 +3,11 @@
 
 Usage (from anywhere; paths are resolved relative to this repository)::
 
-    python tools/pictures.py accuracy [--seeds 0 1 2]  # runs the demo job
-    python tools/pictures.py load [--quick]            # runs benchmarks/load.py
-    python tools/pictures.py parity                    # from coverage_table.py's data
-    python tools/pictures.py layout                    # tools/package_diagram.py
-    python tools/pictures.py detection                 # tools/detection_pictures.py
+    python tools/pictures.py accuracy [--seeds 0 1 2]  # runs the demo
+    python tools/pictures.py load [--quick]    # runs benchmarks/load.py
+    python tools/pictures.py parity            # coverage_table.py's data
+    python tools/pictures.py layout            # tools/package_diagram.py
+    python tools/pictures.py detection         # tools/detection_pictures.py
 
 Each writes an SVG (and the data it drew, as JSON) into
 ``docs/_static/pictures/``:
@@ -23,8 +23,9 @@ Each writes an SVG (and the data it drew, as JSON) into
 ``load``
     Runs ``benchmarks/load.py --json`` (VGG-16, 553 MB; ``--quick``: the
     44 MB narrower VGG) and draws each loader's median CPU time (its wall
-    time written beside) and net peak memory: ``load_caffe`` with and without its cache, Chainer's
-    ``CaffeFunction``, OpenCV's ``readNetFromCaffe`` and the floor.
+    time written beside) and net peak memory: ``load_caffe`` with and
+    without its cache, Chainer's ``CaffeFunction``, OpenCV's
+    ``readNetFromCaffe`` and the floor.
     ``--from FILE`` draws an earlier ``--json`` file instead.
 ``parity``
     Draws the worst relative L2 error of any blob against OpenCV, per real
@@ -84,6 +85,7 @@ def save(fig, name: str) -> str:
 
 
 def write_json(name: str, data) -> None:
+    """Writes the data a chart was drawn from beside it, as JSON."""
     with open(os.path.join(OUTPUT_DIR, name + '.json'), 'w',
               encoding='utf-8') as f:
         json.dump(data, f, indent=1, sort_keys=True)
@@ -133,8 +135,9 @@ def draw_accuracy(curves: Dict[int, Dict[str, List[float]]]) -> None:
             values = runs[name]
             ax.plot(range(1, len(values) + 1), values, color=colour,
                     marker=marker, markersize=3.5, linewidth=1.3,
-                    alpha=0.9, label='{} (seeds {}; final {})'.format(
-                        name, ', '.join(str(s) for s in sorted(curves)),
+                    alpha=0.9, label='{} ({} {}; final {})'.format(
+                        name, 'seeds' if len(curves) > 1 else 'seed',
+                        ', '.join(str(s) for s in sorted(curves)),
                         ', '.join('{:.3f}'.format(r[name][-1])
                                   for _, r in sorted(curves.items())))
                     if i == 0 else None)
@@ -151,6 +154,7 @@ def draw_accuracy(curves: Dict[int, Dict[str, List[float]]]) -> None:
 
 
 def accuracy(args) -> None:
+    """``accuracy``: runs (or reuses) the demo per seed, draws it."""
     curves = {}
     for seed in args.seeds:
         out = demo_run(args.runs, seed, args.rerun)
@@ -211,6 +215,7 @@ def draw_load(data: dict) -> None:
 
 
 def load(args) -> None:
+    """``load``: runs the load benchmark (or reads ``--from``), draws it."""
     if args.source:
         with open(args.source, encoding='utf-8') as f:
             data = json.load(f)
@@ -272,6 +277,7 @@ def draw_parity(data: dict) -> None:
 
 
 def parity(args) -> None:
+    """``parity``: draws coverage_table.py's measurements."""
     with open(args.source, encoding='utf-8') as f:
         draw_parity(json.load(f))
 
