@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/load.py [--workdir .cache/bench] [--quick]
-                              [--repeat 3] [--rst FILE]
+                              [--repeat 3] [--rst FILE] [--json FILE]
 
 Writes (once; reused while its size matches) a V2 caffemodel with the
 shapes of VGG_ILSVRC_16_layers and random float32 weights (528 MiB; 46 MiB
@@ -17,11 +17,16 @@ heap is not):
 * ``CaffeFunction``: Chainer's own ``chainer.links.caffe.CaffeFunction`` on
   the same file (importable because chainer_finetune's compat layer serves
   its schema under Chainer's module name; a reference only);
+* ``opencv``: ``cv2.dnn.readNetFromCaffe(prototxt, path)``, OpenCV's own
+  reader (C++, its own protobuf), with the deploy prototxt written beside
+  the model (a reference only);
 * ``load_caffe``: ``chainer_finetune.load_caffe(path)``;
 * ``load_caffe cache=True``: from the converted-net cache (kept under
   ``--workdir``), "n/a" if ``load_caffe`` takes no ``cache`` argument.
 
-Seconds are the median time of the operation alone (imports excluded);
+Seconds are the median time of the operation alone (imports excluded),
+wall clock in the table, CPU time (user + system, all threads) beside it
+in the ``--json`` file;
 peak RSS is the subprocess's ``ru_maxrss``, shown raw and net of a
 subprocess that only imports chainer_finetune. Ratios compare with the
 floor and with CaffeFunction in the same run, and the targets are checked
@@ -57,7 +62,11 @@ elif mode == 'caffefunction':
     warnings.simplefilter('ignore')   # "Skip the layer" for Input layers
 elif mode in ('load_caffe', 'load_caffe_cached'):
     from chainer_finetune.caffe.loader import load_caffe
+elif mode == 'opencv':
+    import cv2
+    prototxt = path[:-len('.caffemodel')] + '.prototxt'
 start = time.perf_counter()
+cpu_start = time.process_time()
 if mode == 'baseline':
     pass
 elif mode == 'floor':
@@ -71,6 +80,18 @@ elif mode == 'floor':
 elif mode == 'caffefunction':
     model = CaffeFunction(path)
     extra['values'] = sum(p.size for p in model.params())
+elif mode == 'opencv':
+    model = cv2.dnn.readNetFromCaffe(prototxt, path)
+    # Each layer's blobs, as OpenCV holds them (getParam fails past the
+    # last one, or for a layer without blobs).
+    values = 0
+    for name in model.getLayerNames():
+        for i in range(4):
+            try:
+                values += model.getParam(name, i).size
+            except cv2.error:
+                break
+    extra['values'] = values
 elif mode == 'load_caffe':
     model = load_caffe(path)
     extra['values'] = sum(p.size for p in model.params())
@@ -80,6 +101,9 @@ elif mode == 'load_caffe_cached':
 else:
     raise SystemExit('unknown mode ' + mode)
 seconds = time.perf_counter() - start
+# CPU time of all threads: what the operation costs when other processes
+# share the CPUs (wall time then also counts their turns).
+cpu_seconds = time.process_time() - cpu_start
 # Linux: VmHWM, the peak RSS of this process image. ru_maxrss would do
 # too, but after fork+exec it starts at the parent's RSS.
 peak = None
@@ -94,13 +118,15 @@ if peak is None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.platform != 'darwin':
         peak *= 1024
-print(json.dumps(dict(seconds=seconds, peak=peak, **extra)))
+print(json.dumps(dict(seconds=seconds, cpu_seconds=cpu_seconds, peak=peak,
+                      **extra)))
 '''
 
 MODES = [
     # (mode, label)
     ('floor', 'floor (read + ParseFromString + asarray)'),
     ('caffefunction', 'Chainer CaffeFunction'),
+    ('opencv', 'OpenCV readNetFromCaffe'),
     ('load_caffe', 'load_caffe (no cache)'),
     ('load_caffe_cached', 'load_caffe (cache=True)'),
 ]
@@ -137,6 +163,10 @@ def write_model(path: str, width: float, fc_size: int) -> None:
     from chainer_finetune.caffe.zoo_shapes import vgg16_writer
 
     net = vgg16_writer(width=width, fc_size=fc_size)
+    # The deploy prototxt beside it, for OpenCV's readNetFromCaffe.
+    prototxt = path[:-len('.caffemodel')] + '.prototxt'
+    if not os.path.exists(prototxt):
+        net.write_prototxt(prototxt)
     n_values = net.n_params()
     # The values dominate: a file of about 4 bytes per value is reused.
     if os.path.exists(path) and \
@@ -207,6 +237,7 @@ def measure(path: str, workdir: str, repeat: int, modes=None) -> dict:
         results[mode] = {
             'seconds': statistics.median(r['seconds'] for r in runs),
             'all_seconds': [r['seconds'] for r in runs],
+            'cpu_seconds': statistics.median(r['cpu_seconds'] for r in runs),
             'peak': statistics.median(r['peak'] for r in runs),
             'values': runs[0].get('values'),
         }
@@ -297,6 +328,31 @@ def targets(results: dict, size: int) -> list:
     return out
 
 
+def write_json(path: str, results: dict, size: int, args,
+               load_at_start: str) -> None:
+    """The measurements, with what they were measured on."""
+    import platform
+    from importlib import metadata
+    versions = {}
+    for name in ('chainer', 'numpy', 'protobuf', 'opencv-python-headless',
+                 'opencv-python'):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    rows = [dict(mode=mode, label=label, **results[mode])
+            for mode, label in MODES if results.get(mode)]
+    data = {'file_bytes': size, 'quick': args.quick, 'repeat': args.repeat,
+            'baseline_peak': results['baseline']['peak'], 'rows': rows,
+            'python': sys.version.split()[0], 'cpus': os.cpu_count(),
+            'machine': platform.machine(), 'load_at_start': load_at_start,
+            'load_at_end': _load_average(),
+            'versions': versions}
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=1)
+        f.write('\n')
+
+
 def _load_average() -> str:
     try:
         return '{:.2f} {:.2f} {:.2f}'.format(*os.getloadavg())
@@ -313,6 +369,8 @@ def main(argv=None) -> int:
     parser.add_argument('--only', nargs='*', choices=[m for m, _ in MODES],
                         help='measure only these (the baseline always)')
     parser.add_argument('--rst', help='also write the table (reST) here')
+    parser.add_argument('--json', help='also write the measurements here '
+                        '(what tools/pictures.py load draws)')
     parser.add_argument('--write', nargs=3, metavar=('PATH', 'WIDTH', 'FC'),
                         help=argparse.SUPPRESS)   # internal: the generator
     args = parser.parse_args(argv)
@@ -320,6 +378,7 @@ def main(argv=None) -> int:
         write_model(args.write[0], float(args.write[1]), int(args.write[2]))
         return 0
     start = time.perf_counter()
+    load_at_start = _load_average()
     path = ensure_model(args.workdir, args.quick)
     size = os.path.getsize(path)
     print('model: {} ({:.1f} MB), Python {}, {} CPUs, load average {}'
@@ -347,6 +406,8 @@ def main(argv=None) -> int:
     if args.rst:
         with open(args.rst, 'w') as f:
             f.write(text + '\n')
+    if args.json:
+        write_json(args.json, results, size, args, load_at_start)
     return 0
 
 

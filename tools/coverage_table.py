@@ -4,6 +4,7 @@
 Usage (from anywhere; paths are resolved relative to this repository)::
 
     python tools/coverage_table.py          # rewrite docs/coverage_table.inc
+                                            # and the chart of the same run
     python tools/coverage_table.py --print  # only print it
 
 For every known model (:data:`chainer_finetune.hub.MODELS`: the real models
@@ -19,12 +20,17 @@ rows are OpenCV's: OpenCV pads that blob with zero rows up to
 ``keep_top_k``, so verify compares it as detections (paired by image and
 label), not as a blob.
 
+The same run writes ``docs/_static/pictures/parity.json`` (the worst
+rel-L2 per model and photograph) and draws it as ``parity.svg``
+(``tools/pictures.py parity`` redraws it from the JSON).
+
 The models, photographs and cache are those of tools/detection_pictures.py
 (the tests' cache unless ``$CHAINER_FINETUNE_CACHE`` is set).
 """
 
 import argparse
 import collections
+import json
 import logging
 import os
 import platform
@@ -36,6 +42,7 @@ import numpy
 # The sibling script puts this checkout first on the path and imports
 # chainer_finetune, which Chainer needs imported first on NumPy 2.
 from detection_pictures import PHOTOS, ROOT, cache_root
+import pictures  # noqa: E402
 from chainer_finetune import hub, load_caffe  # noqa: E402
 from chainer_finetune.caffe import verify  # noqa: E402
 from chainer_finetune.data import read_image  # noqa: E402
@@ -97,6 +104,7 @@ def measure(name: str, photos: Dict[str, str]) -> dict:
     files = hub.fetch_model(name, cache_dir())
     net = load_caffe(files.caffemodel, files.prototxt)
     worst: Optional[Worst] = None
+    by_photo = {}
     matches = []
     for photo in PHOTOS:
         blob = opencv_blob(model, photos[photo])
@@ -110,10 +118,11 @@ def measure(name: str, photos: Dict[str, str]) -> dict:
         top = verify.worst(blobs)
         logger.info('%s on %s: %d blobs, worst rel-L2 %.3g (%s)', name,
                     photo, len(blobs), top.rel_l2, top.blob)
+        by_photo[photo] = float(top.rel_l2)
         if worst is None or top.rel_l2 > worst.rel_l2:
             worst = Worst(top.rel_l2, top.blob, photo, len(blobs))
     return {'name': name, 'model': model, 'layers': layer_counts(net),
-            'worst': worst,
+            'worst': worst, 'worst_by_photo': by_photo,
             'detections': summarize(matches) if matches else None}
 
 
@@ -167,6 +176,18 @@ def table(rows: List[dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def chart_data(rows: List[dict]) -> dict:
+    """What ``tools/pictures.py parity`` draws: the worst rel-L2 per model
+    and photo, with the versions measured on."""
+    import cv2
+    return {'opencv': cv2.__version__, 'numpy': numpy.__version__,
+            'photos': list(PHOTOS),
+            'models': [{'name': row['name'],
+                        'compared': row['worst'].compared,
+                        'worst_by_photo': row['worst_by_photo']}
+                       for row in rows]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--print', action='store_true', dest='only_print',
@@ -174,13 +195,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     photos = hub.fetch_dataset('photos', cache_dir())
-    text = table([measure(name, photos) for name in hub.MODELS])
+    rows = [measure(name, photos) for name in hub.MODELS]
+    text = table(rows)
     if args.only_print:
         sys.stdout.write(text)
         return 0
     with open(OUTPUT, 'w', encoding='utf-8') as f:
         f.write(text)
     logger.info('wrote %s', OUTPUT)
+    # The same measurements as a chart (docs/_static/pictures/parity.svg).
+    data = chart_data(rows)
+    with open(pictures.PARITY_JSON, 'w', encoding='utf-8') as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write('\n')
+    pictures.draw_parity(data)
     return 0
 
 
