@@ -49,11 +49,15 @@ ALIASES = ('models', 'caffe.function', 'caffe.export', '__main__')
 STAGES = {
     'read': ('#dbeafe', ('caffe.wire', 'caffe.reader', 'caffe.upgrade')),
     'build': ('#dcfce7', ('caffe.layers', 'caffe.net', 'caffe.loader',
-                          'caffe.cache', 'caffe.preprocessing', 'hub')),
+                          'caffe.cache', 'caffe.preprocessing', 'hub',
+                          'caffe.fast_path', 'caffe.folding',
+                          'caffe.fast_conv')),
     'fine-tune': ('#fef3c7', ('paths', 'copy', 'freeze', 'lr_mult', 'head',
-                              'training', 'data', 'finetune')),
+                              'training', 'data', 'finetune',
+                              'distributed')),
     'write': ('#fce7f3', ('caffe.writer', 'caffe.weight_files',
-                          'caffe.zoo_shapes', 'export')),
+                          'caffe.zoo_shapes', 'export', 'onnx_export',
+                          'onnx_graph')),
     'use': ('#ede9fe', ('prediction', 'detect', 'caffe.verify', 'cli',
                         'runtime')),
 }
