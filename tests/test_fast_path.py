@@ -15,8 +15,8 @@ from chainer_finetune import unfreeze
 from chainer_finetune.caffe import fast_path
 from chainer_finetune.caffe.writer import NetWriter
 
-from tests.caffe_nets import all_layers_inputs
-from tests.caffe_nets import make_all_layers_net
+from caffe_nets import all_layers_inputs
+from caffe_nets import make_all_layers_net
 
 RTOL = 1e-6
 

@@ -11,9 +11,9 @@ from chainer_finetune import finetune
 from chainer_finetune.errors import FinetuneError
 from chainer_finetune.finetune import feature_cache
 
-from tests.test_finetune import _config
-from tests.test_finetune import material  # noqa: F401  (fixture)
-from tests.test_finetune import own_cache  # noqa: F401  (fixture)
+from test_finetune import _config
+from test_finetune import material  # noqa: F401  (fixture)
+from test_finetune import own_cache  # noqa: F401  (fixture)
 
 
 def _run(material, tmp_path, name, **kwargs):
