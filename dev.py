@@ -31,8 +31,8 @@ LOG_TAIL_LINES = 25
 RETRY = 'python3 dev.py setup'
 # What the first set-up downloads and how long it takes, for the one line
 # that starts it (measured on 2 cores, see README).
-FIRST_SETUP = ('first set-up: about 120 MB of wheels (NumPy, OpenCV, '
-               'matplotlib, Chainer, ...), about a minute')
+FIRST_SETUP = ('first set-up: about 160 MB of wheels (NumPy, OpenCV, '
+               'onnxruntime, matplotlib, Chainer, ...), about a minute')
 # What decides the venv's content; a change to any of these reinstalls.
 PACKAGING_FILES = ('setup.py', 'pyproject.toml', 'constraints/build.txt',
                    'dev.py')
