@@ -20,11 +20,11 @@ from chainer_finetune.caffe.writer import NetWriter  # noqa: E402
 N_CLASS = 3
 
 
-def _write_net(directory, global_stats=True, aux=False):
+def _write_net(directory, global_stats=True, aux=False, seed=0):
     """A small ResNet-like Caffe net: conv-BN-scale-relu, pool, fc, prob;
     with ``aux`` an InnerProduct after fc (the last one, not the
-    classifier)."""
-    rng = numpy.random.RandomState(0)
+    classifier); ``seed`` draws other weights of the same shapes."""
+    rng = numpy.random.RandomState(seed)
     w = NetWriter('small')
     w.input('data', (1, 3, 16, 16))
     w.layer('conv1', 'Convolution', 'data', 'conv1',

@@ -20,50 +20,15 @@ import chainer  # noqa: E402
 from chainer_finetune import cli  # noqa: E402
 from chainer_finetune import finetune  # noqa: E402
 from chainer_finetune import prediction as pred  # noqa: E402
-from chainer_finetune.caffe.writer import NetWriter  # noqa: E402
 from chainer_finetune.caffe.writer import write_binaryproto  # noqa: E402
 from chainer_finetune.errors import DataError  # noqa: E402
 from chainer_finetune.errors import PredictError  # noqa: E402
 from chainer_finetune.files import sha256_of  # noqa: E402
 from chainer_finetune.finetune import datasets as job_data  # noqa: E402
+from test_finetune import _write_net  # noqa: E402
 from chainer_finetune.finetune import model_file  # noqa: E402
 
 CLASSES = ['bright', 'dark', 'striped']
-
-
-def _write_net(directory, seed=0):
-    """conv-BN-scale-relu, conv-relu, global average pool, fc, prob."""
-    rng = numpy.random.RandomState(seed)
-    w = NetWriter('small')
-    w.input('data', (1, 3, 16, 16))
-    w.layer('conv1', 'Convolution', 'data', 'conv1',
-            params={'convolution_param': {'num_output': 6, 'kernel_size': 3,
-                                          'pad': 1}},
-            blobs=[rng.randn(6, 3, 3, 3) * 0.2, rng.randn(6) * 0.1])
-    w.layer('bn1', 'BatchNorm', 'conv1', 'conv1',
-            params={'batch_norm_param': {'use_global_stats': True}},
-            blobs=[rng.randn(6) * 2, rng.rand(6) * 2 + 1,
-                   numpy.array([2.0])])
-    w.layer('scale1', 'Scale', 'conv1', 'conv1',
-            params={'scale_param': {'bias_term': True}},
-            blobs=[rng.rand(6) + 0.5, rng.randn(6) * 0.1])
-    w.layer('relu1', 'ReLU', 'conv1', 'conv1')
-    w.layer('conv2', 'Convolution', 'conv1', 'conv2',
-            params={'convolution_param': {'num_output': 8, 'kernel_size': 3,
-                                          'stride': 2}},
-            blobs=[rng.randn(8, 6, 3, 3) * 0.2, rng.randn(8) * 0.1])
-    w.layer('relu2', 'ReLU', 'conv2', 'conv2')
-    w.layer('pool', 'Pooling', 'conv2', 'pool',
-            params={'pooling_param': {'pool': 'AVE', 'global_pooling': True}})
-    w.layer('fc', 'InnerProduct', 'pool', 'fc',
-            params={'inner_product_param': {'num_output': 5}},
-            blobs=[rng.randn(5, 8) * 0.3, rng.randn(5) * 0.1])
-    w.layer('prob', 'Softmax', 'fc', 'prob')
-    model = os.path.join(directory, 'small.caffemodel')
-    prototxt = os.path.join(directory, 'small.prototxt')
-    w.write_caffemodel(model)
-    w.write_prototxt(prototxt)
-    return model, prototxt
 
 
 def _write_images(root, per_class=6):
@@ -564,24 +529,32 @@ def test_package_exports():
     assert chainer_finetune.predict is pred.predict
 
 
+def _job_scores(job, n=3):
+    """The job's first ``n`` held-out images as its classifier's input, and
+    the class scores the classifier computes for them."""
+    from chainer_finetune import data
+    config, _, test_set = job
+    classifier, info = pred.load_classifier(config.out)
+    paths, _ = _held_out(test_set)
+    x = numpy.stack([info.preprocessor()(data.read_image(p))
+                     for p in paths[:n]])
+    with chainer.using_config('train', False):
+        return x, classifier(x).array
+
+
 def test_export_caffe_of_the_jobs_result(job, tmp_path, capsys):
     # `export --model RESULT` writes the fine-tuned classifier (backbone cut
     # at conv2, new pooled head); load_caffe and OpenCV run the files on
     # the held-out images as the job's classifier does.
     cv2 = pytest.importorskip('cv2')
-    from chainer_finetune import data, load_caffe
+    from chainer_finetune import load_caffe
     from chainer_finetune.caffe.verify import compare_arrays
-    config, _, test_set = job
+    config = job[0]
     out = str(tmp_path / 'deploy')
     assert cli.main(['export', '--format', 'caffe', '--model', config.out,
                      '-o', out]) == 0
     assert 'wrote ' + out + '.prototxt' in capsys.readouterr().out
-    classifier, info = pred.load_classifier(config.out)
-    paths, _ = _held_out(test_set)
-    x = numpy.stack([info.preprocessor()(data.read_image(p))
-                     for p in paths[:3]])
-    with chainer.using_config('train', False):
-        want = classifier(x).array
+    x, want = _job_scores(job)
     net = load_caffe(out + '.caffemodel', out + '.prototxt')
     with chainer.using_config('train', False):
         got, = net(inputs={'data': x}, outputs=['head'])
@@ -600,18 +573,12 @@ def test_export_onnx_of_the_jobs_result(job, tmp_path, capsys):
     # `export --format onnx --model RESULT`: one file whose batch is free,
     # run by onnxruntime at batch 1 and 3 as the job's classifier computes.
     ort = pytest.importorskip('onnxruntime')
-    from chainer_finetune import data
-    config, _, test_set = job
+    config = job[0]
     out = str(tmp_path / 'digits')
     assert cli.main(['export', '--format', 'onnx', '--model', config.out,
                      '-o', out]) == 0
     assert 'batch free' in capsys.readouterr().out
-    classifier, info = pred.load_classifier(config.out)
-    paths, _ = _held_out(test_set)
-    x = numpy.stack([info.preprocessor()(data.read_image(p))
-                     for p in paths[:3]])
-    with chainer.using_config('train', False):
-        want = classifier(x).array
+    x, want = _job_scores(job)
     session = ort.InferenceSession(out + '.onnx',
                                    providers=['CPUExecutionProvider'])
     for batch in (1, 3):
