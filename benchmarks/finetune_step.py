@@ -6,30 +6,40 @@ Usage::
                                        [--batch 32] [--warmup 2] [--iters 5]
                                        [--rst FILE]
 
-The model has bvlc_alexnet's layers and shapes (conv2, conv4 and conv5 with
-two groups, LRN after relu1 and relu2, 3x3/2 max pooling, fc6 9216x4096,
-fc7 4096x4096, dropout), fc8 with 10 outputs, random weights. Inputs are
-random 227x227 images, batch 32. MomentumSGD (lr 0.01, momentum 0.9) with
-``WeightDecay(5e-4)`` trains fc6-fc8; conv1-conv5 are frozen two ways:
+The model is a :class:`~chainer_finetune.CaffeNet` loaded by
+:func:`~chainer_finetune.load_caffe` from a caffemodel with bvlc_alexnet's
+exact structure and random weights
+(:func:`chainer_finetune.caffe.zoo_shapes.make_alexnet`: conv2, conv4 and
+conv5 with two groups, LRN after conv1 and conv2, 3x3/2 max pooling, fc6
+9216x4096, fc7 4096x4096, dropout), fc8 replaced by a 10-way head. Inputs
+are random 227x227 images, batch 32. MomentumSGD (lr 0.01, momentum 0.9)
+with ``WeightDecay(5e-4)`` trains fc6-fc8; conv1-conv5 are frozen three
+ways:
 
 * ``DelGradient (full backward)``: the classic recipe: backward runs
   through the whole net, then a :class:`chainer_finetune.freeze.DelGradient`
   hook zeroes the conv gradients (and disables their update rules);
-* ``freeze (backward stops at fc6)``: :func:`chainer_finetune.freeze.freeze`
-  on ``conv*``: the convolutions run without building a graph, so backward
-  stops at fc6.
+* ``freeze, fast path off``: :func:`chainer_finetune.freeze.freeze` on
+  ``conv*`` with ``net.fast_path = False``: the convolutions run Chainer's
+  own functions without building a graph, so backward stops at fc6 (the
+  freeze path before the fast path existed);
+* ``freeze, fast path on``: the same with the fast inference path
+  (:mod:`chainer_finetune.caffe.fast_path`) running the frozen layers.
 
-Each mode gets its own model (same weights) and ``--warmup`` untimed
-steps; then ``--iters`` timed steps of each, alternating between the modes
-so that both see the same machine load (``optimizer.update`` with forward,
-backward and update; on a GPU the device is synchronized). The table shows
-the median steps per second and the peak memory one step allocates beyond
-what is held before it: on the CPU from ``tracemalloc`` (NumPy reports its
-buffers to it), measured in one more step that is not timed (tracing slows
-Python down); on a GPU the bytes CuPy's memory pool holds after a step that
-starts from an emptied pool. The ratio row divides ``freeze`` by
-``DelGradient``; the CPU target is a speed-up of at least 1.5. Both modes
-are checked to leave the conv weights bit-identical.
+Each mode gets its own net (same weights) and ``--warmup`` untimed steps;
+then ``--iters`` timed steps of each, alternating between the modes so
+that all see the same machine load (``optimizer.update`` with forward,
+backward and update; on a GPU the device is synchronized). Every step
+reseeds NumPy's generator (dropout) so the modes train on the same masks.
+The table shows the median steps per second and the peak memory one step
+allocates beyond what is held before it: on the CPU from ``tracemalloc``
+(NumPy reports its buffers to it), measured in one more step that is not
+timed (tracing slows Python down); on a GPU the bytes CuPy's memory pool
+holds after a step that starts from an emptied pool. The ratio rows divide
+``freeze`` by ``DelGradient`` and the fast path by the freeze path without
+it; the CPU targets are a speed-up of at least 1.5 for each. The conv
+weights of every mode are checked to stay bit-identical, and the trained
+fc6-fc8 of the two freeze modes to agree (relative L2 distance, printed).
 
 ``--quick`` runs batch 4, one warm-up step and two timed ones (a smoke
 test, seconds).
@@ -39,8 +49,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 
@@ -48,61 +60,40 @@ import chainer_finetune  # noqa: F401  (before chainer: compat patches)
 
 import chainer
 import chainer.functions as F
-import chainer.links as L
 from chainer import optimizer_hooks
 from chainer import optimizers
 import numpy
 
+from chainer_finetune import load_caffe
+from chainer_finetune import replace_head
+from chainer_finetune.caffe.zoo_shapes import make_alexnet
 from chainer_finetune.freeze import DelGradient
 from chainer_finetune.freeze import freeze
 
 FROZEN = ['conv*']
+CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+TRAINED = ('fc6', 'fc7', 'fc8')
 N_CLASS = 10
 TARGET_SPEEDUP = 1.5
+MODES = ('delgradient', 'freeze', 'fast')
+LABELS = {'delgradient': 'DelGradient (full backward)',
+          'freeze': 'freeze, fast path off',
+          'fast': 'freeze, fast path on'}
 
 
-class AlexNet(chainer.Chain):
-    """bvlc_alexnet's layers and shapes (deploy.prototxt), fc8 10-way."""
-
-    def __init__(self, n_class: int = N_CLASS) -> None:
-        super(AlexNet, self).__init__()
-        with self.init_scope():
-            self.conv1 = L.Convolution2D(3, 96, 11, stride=4)
-            self.conv2 = L.Convolution2D(96, 256, 5, pad=2, groups=2)
-            self.conv3 = L.Convolution2D(256, 384, 3, pad=1)
-            self.conv4 = L.Convolution2D(384, 384, 3, pad=1, groups=2)
-            self.conv5 = L.Convolution2D(384, 256, 3, pad=1, groups=2)
-            self.fc6 = L.Linear(256 * 6 * 6, 4096)
-            self.fc7 = L.Linear(4096, 4096)
-            self.fc8 = L.Linear(4096, n_class)
-
-    def forward(self, x):
-        # Caffe's LRN divides alpha by local_size; Chainer's does not.
-        lrn = dict(n=5, k=1, alpha=1e-4 / 5, beta=0.75)
-        h = F.relu(self.conv1(x))
-        h = F.max_pooling_2d(F.local_response_normalization(h, **lrn), 3, 2)
-        h = F.relu(self.conv2(h))
-        h = F.max_pooling_2d(F.local_response_normalization(h, **lrn), 3, 2)
-        h = F.relu(self.conv3(h))
-        h = F.relu(self.conv4(h))
-        h = F.max_pooling_2d(F.relu(self.conv5(h)), 3, 2)
-        h = F.dropout(F.relu(self.fc6(h)), 0.5)
-        h = F.dropout(F.relu(self.fc7(h)), 0.5)
-        return self.fc8(h)
-
-
-def _setup(mode: str, device: chainer.backend.Device):
-    numpy.random.seed(0)
-    model = AlexNet()
-    model.to_device(device)
+def _setup(mode: str, caffemodel: str, device: chainer.backend.Device):
+    net = load_caffe(caffemodel)
+    replace_head(net, 'fc8', N_CLASS, seed=0)
+    net.to_device(device)
     optimizer = optimizers.MomentumSGD(lr=0.01, momentum=0.9)
-    optimizer.setup(model)
+    optimizer.setup(net)
     optimizer.add_hook(optimizer_hooks.WeightDecay(5e-4))
     if mode == 'delgradient':
-        optimizer.add_hook(DelGradient(FROZEN, model=model))
+        optimizer.add_hook(DelGradient(FROZEN, model=net))
     else:
-        freeze(model, FROZEN)
-    return model, optimizer
+        freeze(net, FROZEN)
+    net.fast_path = mode == 'fast'
+    return net, optimizer
 
 
 def _synchronize(device: chainer.backend.Device) -> None:
@@ -138,71 +129,89 @@ def _peak_bytes(step, device: chainer.backend.Device) -> int:
     return peak - base
 
 
-def _make_step(mode: str, device: chainer.backend.Device, batch: int):
-    model, optimizer = _setup(mode, device)
+def _make_step(mode: str, caffemodel: str, device: chainer.backend.Device,
+               batch: int):
+    net, optimizer = _setup(mode, caffemodel, device)
     rng = numpy.random.RandomState(1)
     x = device.send(rng.uniform(-1, 1, (batch, 3, 227, 227))
                     .astype(numpy.float32))
     t = device.send(rng.randint(0, N_CLASS, batch).astype(numpy.int32))
+    counter = [0]
 
     def lossfun():
-        return F.softmax_cross_entropy(model(x), t)
+        y, = net({'data': x}, outputs=['fc8'])
+        return F.softmax_cross_entropy(y, t)
 
     def step():
+        # Step k of every mode draws the same dropout masks.
+        numpy.random.seed(counter[0])
+        if device.xp is not numpy:
+            device.xp.random.seed(counter[0])
+        counter[0] += 1
         optimizer.update(lossfun)
-    return model, step
+    return net, step
 
 
-def _conv_weights(model) -> dict:
+def _weights(net, names) -> dict:
     cpu = chainer.backend.CpuDevice()
-    return {name: cpu.send(getattr(model, name).W.array).copy()
-            for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')}
+    return {name: cpu.send(net[name].W.array).copy() for name in names}
+
+
+def _rel_l2(a: dict, b: dict) -> float:
+    diff = sum(float(numpy.sum((a[k].astype(numpy.float64) - b[k]) ** 2))
+               for k in a)
+    norm = sum(float(numpy.sum(b[k].astype(numpy.float64) ** 2)) for k in b)
+    return (diff / norm) ** 0.5
 
 
 def run(device: chainer.backend.Device, batch: int, warmup: int,
         iters: int) -> dict:
-    """Times both modes, alternating steps so that both see the same load."""
-    modes = ('delgradient', 'freeze')
-    models, steps, before = {}, {}, {}
-    for mode in modes:
-        models[mode], steps[mode] = _make_step(mode, device, batch)
-        before[mode] = _conv_weights(models[mode])
-        for _ in range(warmup):
+    """Times the modes, alternating steps so that all see the same load."""
+    steps, nets, before = {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        caffemodel = os.path.join(tmp, 'alexnet.caffemodel')
+        make_alexnet(caffemodel)
+        for mode in MODES:
+            nets[mode], steps[mode] = _make_step(mode, caffemodel, device,
+                                                 batch)
+            before[mode] = _weights(nets[mode], CONVS)
+    for _ in range(warmup):
+        for mode in MODES:
             steps[mode]()
     _synchronize(device)
-    seconds = {mode: [] for mode in modes}
+    seconds = {mode: [] for mode in MODES}
     for _ in range(iters):
-        for mode in modes:
+        for mode in MODES:
             start = time.perf_counter()
             steps[mode]()
             _synchronize(device)
             seconds[mode].append(time.perf_counter() - start)
     results = {}
-    for mode in modes:
+    for mode in MODES:
         peak = _peak_bytes(steps[mode], device)
-        after = _conv_weights(models[mode])
-        for name in before[mode]:
+        after = _weights(nets[mode], CONVS)
+        for name in CONVS:
             if after[name].tobytes() != before[mode][name].tobytes():
                 raise AssertionError('{}: {} moved'.format(mode, name))
         results[mode] = {'median_s': statistics.median(seconds[mode]),
                          'seconds': seconds[mode], 'peak_bytes': peak}
+    results['fast_vs_freeze_rel_l2'] = _rel_l2(
+        _weights(nets['fast'], TRAINED), _weights(nets['freeze'], TRAINED))
     return results
 
 
 def format_table(results: dict, device: str, batch: int) -> str:
-    a, b = results['delgradient'], results['freeze']
-    rows = [
-        ('DelGradient (full backward)', '{:.3f}'.format(1 / a['median_s']),
-         '{:.0f}'.format(a['median_s'] * 1000),
-         '{:.0f}'.format(a['peak_bytes'] / 2 ** 20)),
-        ('freeze (backward stops at fc6)',
-         '{:.3f}'.format(1 / b['median_s']),
-         '{:.0f}'.format(b['median_s'] * 1000),
-         '{:.0f}'.format(b['peak_bytes'] / 2 ** 20)),
-        ('ratio freeze / DelGradient',
-         '{:.2f}x'.format(a['median_s'] / b['median_s']), '',
-         '{:.2f}x'.format(b['peak_bytes'] / a['peak_bytes'])),
-    ]
+    rows = [(LABELS[mode], '{:.3f}'.format(1 / results[mode]['median_s']),
+             '{:.0f}'.format(results[mode]['median_s'] * 1000),
+             '{:.0f}'.format(results[mode]['peak_bytes'] / 2 ** 20))
+            for mode in MODES]
+    for a, b, label in (('delgradient', 'freeze',
+                         'ratio freeze / DelGradient'),
+                        ('freeze', 'fast', 'ratio fast path / freeze')):
+        rows.append((label, '{:.2f}x'.format(
+            results[a]['median_s'] / results[b]['median_s']), '',
+            '{:.2f}x'.format(results[b]['peak_bytes'] /
+                             max(results[a]['peak_bytes'], 1))))
     headers = ('AlexNet, batch {}, {}'.format(batch, device), 'steps/s',
                'ms/step', 'peak MiB')
     widths = [max(len(str(r[i])) for r in rows + [headers])
@@ -235,22 +244,26 @@ def main(argv=None) -> int:
     device.use()
 
     results = run(device, batch, warmup, iters)
-    for mode, result in results.items():
+    for mode in MODES:
         print('{}: {}'.format(mode, ', '.join(
-            '{:.3f}s'.format(s) for s in result['seconds'])),
+            '{:.3f}s'.format(s) for s in results[mode]['seconds'])),
             file=sys.stderr, flush=True)
     table = format_table(results, args.device, batch)
     print(table)
+    print('fc6-fc8 after training, fast path vs freeze without it: '
+          'relative L2 {:.1e}'.format(results['fast_vs_freeze_rel_l2']))
     if args.rst:
         with open(args.rst, 'w') as f:
             f.write(table + '\n')
-    speedup = results['delgradient']['median_s'] / \
-        results['freeze']['median_s']
     if device.xp is numpy and not args.quick:
-        met = speedup >= TARGET_SPEEDUP
-        print('target: freeze >= {}x DelGradient steps/s on CPU: {:.2f}x, '
-              '{}'.format(TARGET_SPEEDUP, speedup,
-                          'met' if met else 'NOT met'))
+        met = True
+        for a, b, what in (('delgradient', 'freeze', 'freeze vs DelGradient'),
+                           ('freeze', 'fast', 'fast path vs freeze')):
+            speedup = results[a]['median_s'] / results[b]['median_s']
+            met = met and speedup >= TARGET_SPEEDUP
+            print('target: {} >= {}x steps/s on CPU: {:.2f}x, {}'.format(
+                what, TARGET_SPEEDUP, speedup,
+                'met' if speedup >= TARGET_SPEEDUP else 'NOT met'))
         return 0 if met else 1
     return 0
 

@@ -105,8 +105,8 @@ def test_resnet_shaped_net_fast_equals_plain(resnet):
         (fast,), _ = _forward(resnet, x)
         (plain,), _ = _forward(resnet, x, fast=False)
     # conv1+bn+scale+relu, branch1+bn+scale, branch2a+relu,
-    # branch2b+bn+scale, sum+relu, bn+scale: six groups.
-    assert fast_path.groups_run(resnet) - before == 6
+    # branch2b+bn+scale, sum+relu, bn+scale, pool: seven groups.
+    assert fast_path.groups_run(resnet) - before == 7
     assert _rel(fast, plain) <= RTOL
     assert fast.flags.c_contiguous
 
@@ -117,7 +117,7 @@ def test_frozen_layers_in_training_mode_run_fast(resnet):
     x = _input()
     before = fast_path.groups_run(resnet)
     (fast,), _ = _forward(resnet, x, train=True)
-    assert fast_path.groups_run(resnet) - before == 6
+    assert fast_path.groups_run(resnet) - before == 7
     (plain,), _ = _forward(resnet, x, fast=False, train=True)
     assert _rel(fast, plain) <= RTOL
 
@@ -140,9 +140,9 @@ def test_batch_statistics_in_training_are_not_folded(tmp_path):
     with chainer.no_backprop_mode():
         before = fast_path.groups_run(net)
         (train_fast,), _ = _forward(net, x, train=True)
-    # Only branch2a+relu2a and sum+relu_sum (no BatchNorm) run fast; the
-    # BatchNorm layers use the batch's statistics.
-    assert fast_path.groups_run(net) - before == 2
+    # Only branch2a+relu2a, sum+relu_sum and pool (no BatchNorm) run
+    # fast; the BatchNorm layers use the batch's statistics.
+    assert fast_path.groups_run(net) - before == 3
     net2 = load_caffe(path)
     with chainer.no_backprop_mode():
         (train_plain,), _ = _forward(net2, x, fast=False, train=True)
@@ -278,3 +278,56 @@ def test_a_user_wrapper_keeps_its_layer_on_chainers_functions(resnet):
     _check_fresh(resnet, _input())
     assert calls
     assert isinstance(resnet['conv1'], L.Convolution2D)
+
+
+# (pool, kernel, stride, pad, input side, runs fast): Caffe's rounded-up
+# sizes with a last window past the input, padding, a stride larger than
+# the kernel, rectangular kernels, global pooling.
+POOLINGS = [
+    ('MAX', (3, 3), (2, 2), (0, 0), 12, True),    # last window overhangs
+    ('MAX', (3, 3), (2, 2), (1, 1), 11, True),
+    ('MAX', (2, 3), (2, 1), (1, 0), 9, True),
+    ('MAX', (2, 2), (2, 2), (0, 0), 7, True),
+    ('MAX', (1, 1), (3, 3), (0, 0), 8, False),    # a window past the input
+    ('AVE', (3, 3), (2, 2), (0, 0), 11, True),
+    ('AVE', (2, 3), (1, 2), (0, 0), 9, True),
+    ('AVE', (3, 3), (2, 2), (0, 0), 12, False),   # clipped divisor
+    ('AVE', (3, 3), (2, 2), (1, 1), 11, False),   # padding in the divisor
+    ('MAX', 'global', None, None, 7, True),
+    ('AVE', 'global', None, None, 7, True),
+]
+
+
+@pytest.mark.parametrize('pool,kernel,stride,pad,side,fast', POOLINGS)
+def test_pooling_fast_equals_plain(tmp_path, pool, kernel, stride, pad,
+                                   side, fast):
+    if kernel == 'global':
+        params = {'pool': pool, 'global_pooling': True}
+    else:
+        params = {'pool': pool, 'kernel_h': kernel[0], 'kernel_w': kernel[1],
+                  'stride_h': stride[0], 'stride_w': stride[1],
+                  'pad_h': pad[0], 'pad_w': pad[1]}
+    w = NetWriter('pool')
+    w.input('data', (3, 5, side, side))
+    w.layer('pool', 'Pooling', 'data', 'pool',
+            params={'pooling_param': params})
+    path = str(tmp_path / 'pool.caffemodel')
+    w.write_caffemodel(path)
+    net = load_caffe(path)
+    x = numpy.random.RandomState(2).standard_normal(
+        (3, 5, side, side)).astype(numpy.float32) - 3   # all negative too
+    x[0, 0] = -5.0
+    results = []
+    for use_fast in (True, False):
+        before = fast_path.groups_run(net)
+        net.fast_path = use_fast
+        with chainer.no_backprop_mode():
+            y, = net(inputs={'data': x}, outputs=['pool'])
+        results.append(y.array)
+        assert fast_path.groups_run(net) - before == (fast and use_fast)
+    assert results[0].shape == results[1].shape
+    assert results[0].flags.c_contiguous
+    if pool == 'MAX':     # the same elements picked, to the bit
+        assert numpy.array_equal(results[0], results[1])
+    else:
+        assert _rel(results[0], results[1]) <= RTOL

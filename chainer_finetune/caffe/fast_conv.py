@@ -133,6 +133,68 @@ def convolution(x: Any, W: Any, b: Optional[Any], geometry: Geometry
                                 groups=groups).array
 
 
+Pair = Tuple[int, int]
+
+
+def pooling_fits(is_max: bool, shape: Tuple[int, ...], kernel: Pair,
+                 stride: Pair, pad: Pair, out: Pair) -> bool:
+    """Whether :func:`pooling` computes Caffe's result for an (N, C, H, W)
+    input of ``shape``: MAX where every window overlaps the input (Caffe
+    gives -FLT_MAX for one that does not), AVE without padding and with
+    every window inside the input (Caffe's divisor is then the kernel's
+    area everywhere)."""
+    size = shape[2:]
+    if min(out) < 1:
+        return False
+    if is_max:
+        return all((o - 1) * s - p < n
+                   for o, s, p, n in zip(out, stride, pad, size))
+    return not any(pad) and all((o - 1) * s + k <= n for o, s, k, n in
+                                zip(out, stride, kernel, size))
+
+
+def pooling(x: numpy.ndarray, is_max: bool, kernel: Pair, stride: Pair,
+            pad: Pair, out: Pair) -> numpy.ndarray:
+    """Caffe's MAX or AVE pooling of a float32 (N, C, H, W) NumPy array
+    without a graph, where :func:`pooling_fits`; an (N, C, oh, ow) view of
+    a channel-major result.
+
+    Chainer's CPU pooling builds an im2col copy of every window (and an
+    argmax for MAX); here each output is the maximum or sum of kh x kw
+    strided views, and a global pooling one reduction.
+    """
+    (kh, kw), (sy, sx), (ph, pw), (oh, ow) = kernel, stride, pad, out
+    xc = channel_major(x)
+    c, n, h, w = xc.shape
+    if (kh, kw) == (h, w) and (oh, ow) == (1, 1) and not (ph or pw):
+        flat = xc.reshape(c, n, h * w)
+        y = flat.max(axis=2) if is_max else flat.mean(axis=2,
+                                                      dtype=numpy.float32)
+        return y.reshape(c, n, 1, 1).transpose(1, 0, 2, 3)
+    need_h, need_w = (oh - 1) * sy + kh, (ow - 1) * sx + kw
+    if ph or pw or need_h > h or need_w > w:
+        # -inf padding (MAX only: AVE fits without): a window's maximum is
+        # that of its part inside the input, as Caffe clips it.
+        padded = numpy.full((c, n, max(h + 2 * ph, need_h),
+                             max(w + 2 * pw, need_w)), -numpy.inf, x.dtype)
+        padded[:, :, ph:ph + h, pw:pw + w] = xc
+        xc = padded
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            view = xc[:, :, i:i + sy * (oh - 1) + 1:sy,
+                      j:j + sx * (ow - 1) + 1:sx]
+            if y is None:
+                y = numpy.array(view, order='C')
+            elif is_max:
+                numpy.maximum(y, view, out=y)
+            else:
+                y += view
+    if not is_max:
+        y *= numpy.float32(1.0 / (kh * kw))
+    return y.transpose(1, 0, 2, 3)
+
+
 def affine(x: Any, scale: Any, shift: Any) -> Any:
     """``x * scale + shift`` per channel (axis 1), as a new array."""
     shape = (1, -1) + (1,) * (x.ndim - 2)

@@ -14,7 +14,9 @@ layer by layer:
   ReLU in place on its fresh output;
 * ``BatchNorm [-> Scale] [-> ReLU]`` or ``Scale [-> ReLU]`` without a
   convolution before: one per-channel multiply-add;
-* ``Eltwise`` (SUM) ``[-> ReLU]``: the sum, the ReLU in place.
+* ``Eltwise`` (SUM) ``[-> ReLU]``: the sum, the ReLU in place;
+* ``Pooling`` on the CPU (MAX; AVE without padding): the maximum or the
+  mean of strided views, without Chainer's im2col copy and argmax.
 
 A layer joins a group only where the blob it reads has no other reader
 and is not asked for, and only while it has no layer wrapper other than a
@@ -49,7 +51,7 @@ class Group:
     """Consecutive layers run as one step (Caffe layer names; None where
     the group has no layer of that role)."""
 
-    kind: str                 # 'conv', 'affine' or 'eltwise'
+    kind: str                 # 'conv', 'affine', 'eltwise' or 'pool'
     indices: Tuple[int, ...]  # positions in net.layers
     bottoms: Tuple[str, ...]
     top: str
@@ -58,11 +60,12 @@ class Group:
     scale: Optional[str] = None
     relu: Optional[str] = None
     eltwise: Optional[str] = None
+    pool: Optional[str] = None
 
     @property
     def members(self) -> List[str]:
         return [n for n in (self.conv, self.bn, self.scale, self.eltwise,
-                            self.relu) if n is not None]
+                            self.pool, self.relu) if n is not None]
 
 
 class _State:
@@ -163,6 +166,9 @@ def _group_at(net, state: _State, order, pos, outputs
                                _AFTER_CONV[2:])
         members['eltwise'] = name
         group_kind = 'eltwise'
+    elif kind == 'Pooling' and len(bottoms) == 1:
+        members = {'pool': name}
+        group_kind = 'pool'
     else:
         return None, pos + 1
     indices = tuple(order[start:pos + 1])
@@ -237,6 +243,8 @@ def _runnable(net, group: Group, xs: Sequence[chainer.Variable]) -> bool:
     if group.relu is not None and \
             net.layer_function(group.relu).name not in ('relu', 'leaky_relu'):
         return False
+    if group.pool is not None:
+        return _pooling_runnable(net, group, xs[0])
     if group.conv is not None:
         link = net[group.conv]
         if type(link) is not L.Convolution2D or link.W.array is None or \
@@ -255,6 +263,19 @@ def _channels_match(net, group: Group, x: chainer.Variable) -> bool:
     if group.bn is not None and net[group.bn].avg_mean.shape != (channels,):
         return False
     return group.scale is None or net[group.scale].W.shape == (channels,)
+
+
+def _pool_geometry(net, group: Group, x: Any):
+    function = net.layer_function(group.pool)
+    return (function.is_max,) + tuple(function.geometry(*x.shape[2:]))
+
+
+def _pooling_runnable(net, group: Group, x: chainer.Variable) -> bool:
+    # On CuPy, Chainer's pooling (cuDNN) is the fast one.
+    if x.ndim != 4 or not isinstance(x.array, numpy.ndarray):
+        return False
+    is_max, kernel, stride, pad, out = _pool_geometry(net, group, x)
+    return fast_conv.pooling_fits(is_max, x.shape, kernel, stride, pad, out)
 
 
 def _affine(net, group: Group) -> Optional[folding.Affine]:
@@ -311,6 +332,8 @@ def _compute(net, state: _State, group: Group, xs: Sequence[Any]) -> Any:
     elif group.kind == 'affine':
         scale, shift = folding.as_float32(_affine(net, group))
         y = fast_conv.affine(xs[0], scale, shift)
+    elif group.kind == 'pool':
+        y = fast_conv.pooling(xs[0], *_pool_geometry(net, group, xs[0]))
     else:
         function = net.layer_function(group.eltwise)
         coeffs = function.coeffs or [1.0] * len(xs)

@@ -47,8 +47,12 @@ from chainer_finetune.freeze import unfreeze
 from chainer_finetune.lr_mult import lr_mults_from_prototxt
 from chainer_finetune.lr_mult import set_lr_mult
 from chainer_finetune.training.extensions import GradualUnfreeze
+from chainer_finetune.training.triggers import EpochTrigger
 
 logger = logging.getLogger(__name__)
+
+#: Least seconds between two redraws of the loss and accuracy plots.
+PLOT_SECONDS = 5.0
 
 
 def _freeze(model: CaffeClassifier, config: FinetuneConfig) -> List[str]:
@@ -71,9 +75,13 @@ def _apply_lr_mults(model: CaffeClassifier, source: ModelSource) -> None:
     set_lr_mult(model.backbone, known)
 
 
+def _save_uncompressed(path: str, target: chainer.Link) -> None:
+    chainer.serializers.save_npz(path, target, compression=False)
+
+
 def _extend(trainer: training.Trainer, name: str, model: CaffeClassifier,
             classifier: L.Classifier, test_iter: Any,
-            device: chainer.backend.Device,
+            device: chainer.backend.Device, last_epoch: int,
             dist: Optional[distributed.Distributed] = None) -> None:
     """Evaluation, logs, the best model's snapshot, plots and progress
     (in a distributed run, the writers on rank 0 only)."""
@@ -93,16 +101,23 @@ def _extend(trainer: training.Trainer, name: str, model: CaffeClassifier,
             trainer.extend(extensions.LogReport(filename=None))
             return
     trainer.extend(extensions.LogReport())
-    trainer.extend(extensions.snapshot_object(model, WEIGHTS_FILE),
+    # Uncompressed: zlib took 0.27 s per save of the demo's model, half an
+    # epoch with the feature cache, for files 7% smaller.
+    trainer.extend(extensions.snapshot_object(model, WEIGHTS_FILE,
+                                              savefun=_save_uncompressed),
                    trigger=training.triggers.MaxValueTrigger(
                        'validation/main/accuracy'))
     if extensions.PlotReport.available():
-        trainer.extend(extensions.PlotReport(
-            ['main/loss', 'validation/main/loss'], 'epoch',
-            file_name='loss.png'))
-        trainer.extend(extensions.PlotReport(
-            ['main/accuracy', 'validation/main/accuracy'], 'epoch',
-            file_name='accuracy.png'))
+        # Redrawn at most every PLOT_SECONDS (0.15 s per figure) and after
+        # the last epoch.
+        for keys, file_name in ((['main/loss', 'validation/main/loss'],
+                                 'loss.png'),
+                                (['main/accuracy',
+                                  'validation/main/accuracy'],
+                                 'accuracy.png')):
+            trainer.extend(extensions.PlotReport(
+                keys, 'epoch', file_name=file_name,
+                trigger=EpochTrigger(PLOT_SECONDS, last_epoch)))
     trainer.extend(extensions.PrintReport(
         ['epoch', 'main/loss', 'main/accuracy', 'validation/main/loss',
          'validation/main/accuracy', 'elapsed_time'],
@@ -239,7 +254,8 @@ def train_one(config: FinetuneConfig, name: str, model: CaffeClassifier,
         trainer.extend(GradualUnfreeze(
             model.backbone, {config.unfreeze_at: config.unfreeze or
                              config.freeze}))
-    _extend(trainer, name, model, classifier, test_iter, device, dist)
+    _extend(trainer, name, model, classifier, test_iter, device,
+            config.epochs, dist)
     _checkpoints(trainer, config, name, model, dist)
     logger.info('%s: training %d epochs of %d images (batch %d) on %s',
                 name, config.epochs, len(train), config.batchsize, device)

@@ -67,19 +67,29 @@ class _Pooling(base.LayerFunction):
     global_pooling: bool
     ceil: bool
 
-    def __call__(self, net, x):
-        H, W = x.shape[2:]
+    @property
+    def is_max(self) -> bool:
+        return self.method == caffe_pb2.PoolingParameter.MAX
+
+    def geometry(self, H: int, W: int) -> Tuple[Tuple[int, int], ...]:
+        """``(kernel, stride, pad, out)`` as (h, w) pairs for an H x W
+        input (``out``: Caffe's output size, possibly below 1)."""
         if self.global_pooling:
             kernel, stride, pad = (H, W), (1, 1), (0, 0)
         else:
             kernel, stride, pad = self.kernel, self.stride, self.pad
         out = tuple(caffe_pooled_size(n, k, s, p, self.ceil, any(pad))
                     for n, k, s, p in zip((H, W), kernel, stride, pad))
+        return kernel, stride, pad, out
+
+    def __call__(self, net, x):
+        H, W = x.shape[2:]
+        kernel, stride, pad, out = self.geometry(H, W)
         if min(out) < 1:
             raise CaffeModelError(
                 'pooling kernel {} with pad {} does not fit the input size '
                 '{}'.format(kernel, pad, (H, W)))
-        if self.method == caffe_pb2.PoolingParameter.MAX:
+        if self.is_max:
             # cover_all gives the rounded-up count; windows start at
             # i * stride - pad as in Caffe, and -inf padding makes the max
             # run over the part of each window inside the input.
