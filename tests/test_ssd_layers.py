@@ -527,3 +527,30 @@ def test_detection_output_on_cupy_matches_numpy():
     assert isinstance(on_gpu, cupy.ndarray)
     np.testing.assert_allclose(cupy.asnumpy(on_gpu), on_cpu, rtol=0,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize('eta', [1.0, 0.7])
+def test_nms_indices_is_the_forks_greedy_pass(eta):
+    """Crowded boxes (many overlaps at the threshold's edge), inverted and
+    empty boxes and tied scores: the kept boxes and their order are the
+    loop of ApplyNMSFast's, with the fixed threshold's one-pass-per-kept-box
+    form and the adaptive one alike."""
+    from chainer_finetune.caffe.layers.detection import DetectionSettings
+    from chainer_finetune.caffe.layers.detection import nms_indices
+    rng = np.random.RandomState(3)
+    for trial in range(40):
+        n = rng.randint(1, 300)
+        corner = rng.uniform(0, 0.6, (n, 2))
+        size = rng.uniform(-0.05, 0.4, (n, 2))      # some inverted boxes
+        boxes = np.concatenate([corner, corner + size], 1).astype(np.float32)
+        boxes[rng.rand(n) < 0.05] = boxes[0]          # exact duplicates
+        scores = rng.choice(np.linspace(0, 1, 25), n).astype(np.float32)
+        settings = DetectionSettings(
+            num_classes=2, confidence_threshold=0.1,
+            nms_threshold=float(rng.choice([0.3, 0.45, 0.6])),
+            top_k=int(rng.choice([-1, 50])), eta=eta)
+        got = nms_indices(np, boxes, scores, settings)
+        want = R.nms(boxes, scores, np.float32(0.1),
+                     np.float32(settings.nms_threshold), np.float32(eta),
+                     settings.top_k)
+        assert got.tolist() == want, trial

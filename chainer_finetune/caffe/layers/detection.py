@@ -361,13 +361,26 @@ def nms_indices(xp, boxes, scores, settings: DetectionSettings
     threshold = numpy.float32(settings.nms_threshold)
     eta = numpy.float32(settings.eta)
     kept: List[int] = []
+    if eta >= 1:
+        # A fixed threshold: each kept box suppresses, at once, every later
+        # candidate that overlaps it too much (the overlap is symmetric to
+        # the bit), which is what comparing each candidate with every kept
+        # box decides, in one pass per kept box instead of per candidate.
+        alive = numpy.ones(len(candidates), bool)
+        for position in range(len(candidates)):
+            if alive[position]:
+                kept.append(position)
+                alive[position + 1:] &= jaccard_overlaps(
+                    host_boxes[position],
+                    host_boxes[position + 1:]) <= threshold
+        return numpy.asarray(candidates[kept], dtype=numpy.int64)
     for position in range(len(candidates)):
         if kept and not (jaccard_overlaps(host_boxes[position],
                                           host_boxes[kept]) <=
                          threshold).all():
             continue
         kept.append(position)
-        if eta < 1 and threshold > 0.5:
+        if threshold > 0.5:     # the fork's adaptive NMS
             threshold = threshold * eta
     return numpy.asarray(candidates[kept], dtype=numpy.int64)
 
