@@ -25,7 +25,7 @@ def _rel(a, b):
     return numpy.linalg.norm(a - b) / max(numpy.linalg.norm(b), 1e-30)
 
 
-def _resnet_writer(seed=0, global_stats=True):
+def resnet_writer(seed=0, global_stats=True):
     """A small ResNet-shaped net: Convolution (biased or not, 1x1 strided,
     3x3 padded, dilated, grouped), BatchNorm, Scale (with and without
     bias), ReLU (plain and leaky), Eltwise SUM (with coefficients), a
@@ -79,7 +79,7 @@ def _resnet_writer(seed=0, global_stats=True):
 @pytest.fixture
 def resnet(tmp_path):
     path = str(tmp_path / 'resnetish.caffemodel')
-    _resnet_writer().write_caffemodel(path)
+    resnet_writer().write_caffemodel(path)
     return load_caffe(path)
 
 
@@ -134,7 +134,7 @@ def test_layers_that_need_a_gradient_run_chainers_functions(resnet):
 
 def test_batch_statistics_in_training_are_not_folded(tmp_path):
     path = str(tmp_path / 'batchstats.caffemodel')
-    _resnet_writer(global_stats=False).write_caffemodel(path)
+    resnet_writer(global_stats=False).write_caffemodel(path)
     net = load_caffe(path)
     x = _input()
     with chainer.no_backprop_mode():
@@ -236,7 +236,7 @@ def test_no_stale_weights_after_copy_model_or_in_place_edits(tmp_path):
     paths = []
     for seed in (0, 5):
         paths.append(str(tmp_path / 'n{}.caffemodel'.format(seed)))
-        _resnet_writer(seed).write_caffemodel(paths[-1])
+        resnet_writer(seed).write_caffemodel(paths[-1])
     net, other = load_caffe(paths[0]), load_caffe(paths[1])
     x = _input()
     first = _check_fresh(net, x)

@@ -338,3 +338,39 @@ def test_save_npz_from_gpu_loads_into_cpu_model(tmp_path):
                                   sorted(model_gpu.namedparams())):
         assert isinstance(p2.array, device.xp.ndarray), key
         numpy.testing.assert_array_equal(_cpu(p2.array), _cpu(p1.array))
+
+
+@pytest.mark.parametrize('frozen', [False, True])
+def test_fast_path_on_cupy_matches_plain_cpu(tmp_path, frozen):
+    """The fast path on CuPy (BatchNorm and Scale folded into the
+    convolutions, which Chainer's convolution runs there; pooling left to
+    Chainer's): the blobs of the CPU's plain path, inference and frozen in
+    training mode."""
+    from chainer_finetune import freeze
+    from chainer_finetune import load_caffe
+    from chainer_finetune import unfreeze
+    from chainer_finetune.caffe import fast_path
+    from test_fast_path import resnet_writer
+
+    path = str(tmp_path / 'resnetish.caffemodel')
+    resnet_writer().write_caffemodel(path)
+    nets = {'cpu': load_caffe(path), 'gpu': load_caffe(path)}
+    nets['gpu'].to_device(GPU)
+    nets['cpu'].fast_path = False
+    x = numpy.random.RandomState(1).standard_normal(
+        (2, 4, 11, 11)).astype(numpy.float32)
+    device = chainer.get_device(GPU)
+    outputs = {}
+    for key, net in nets.items():
+        if frozen:
+            freeze(net, '*')
+            unfreeze(net, 'fc')
+        xd = device.send(x) if key == 'gpu' else x
+        with chainer.using_config('train', frozen), chainer.using_device(
+                device if key == 'gpu' else chainer.get_device('@numpy')):
+            y, = net(inputs={'data': xd}, outputs=['fc'])
+        outputs[key] = y
+    # Six groups (the pooling runs Chainer's cuDNN pooling on CuPy).
+    assert fast_path.groups_run(nets['gpu']) == 6
+    rtol = 1e-2 if _cudnn_enabled() else 1e-4
+    _assert_close(outputs['gpu'], outputs['cpu'], rtol, 'fc')
