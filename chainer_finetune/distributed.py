@@ -253,6 +253,18 @@ def per_rank_batch(global_batch: int, size: int) -> int:
     return global_batch // size
 
 
+def _serialize_random_state(serializer: Any, prefix: str,
+                            rng: numpy.random.RandomState) -> None:
+    """Saves or restores ``rng``'s state under ``PREFIX_keys`` and
+    ``PREFIX_rest``."""
+    name, keys, pos, has_gauss, gauss = rng.get_state()
+    keys = serializer(prefix + '_keys', keys)
+    pos, has_gauss, gauss = serializer(
+        prefix + '_rest', numpy.array([pos, has_gauss, gauss], numpy.float64))
+    rng.set_state((name, numpy.asarray(keys, numpy.uint32), int(pos),
+                   int(has_gauss), float(gauss)))
+
+
 class GlobalBatchSlice(chainer.dataset.Iterator):
     """Rank ``rank``'s slice of every global batch of one order.
 
@@ -261,18 +273,27 @@ class GlobalBatchSlice(chainer.dataset.Iterator):
     ShuffleOrderSampler seeded with ``seed``: the order a single-process
     run with that seed and batch follows, epoch boundaries included) and
     loads only the examples of its slice ``[rank * b, (rank + 1) * b)``.
-    Its epoch counters and serialized state (the index iterator's and its
-    random generator's) are the same on every rank: rank 0's snapshot
-    resumes every rank, and a resumed run shuffles its later epochs as an
-    uninterrupted one does. With ``size`` 1 it is the single-process
-    iterator that a checkpointed run can resume exactly.
+
+    Random augmentation is a function of the example's place in that one
+    stream: a generator of its own (seeded from ``seed``) draws a seed for
+    every example of every *global* batch, on every rank alike, and a
+    dataset with an ``example(i, seed)`` method (a
+    :class:`~chainer_finetune.data.AugmentedDataset`) loads the example
+    with it; so one process and N crop each example alike. Other datasets
+    are read as ``dataset[i]``.
+
+    Its epoch counters and serialized state (the index iterator's and both
+    random generators') are the same on every rank: rank 0's snapshot
+    resumes every rank, and a resumed run shuffles and crops its later
+    batches as an uninterrupted one does. With ``size`` 1 it is the
+    single-process iterator that a checkpointed run can resume exactly.
 
     Args:
         dataset: The whole dataset (every rank can read it).
         global_batch: The global batch size (a multiple of ``size``).
         rank: This process's rank.
         size: Number of processes.
-        seed: Seed of the shuffled order.
+        seed: Seed of the shuffled order and of the examples' seeds.
     """
 
     def __init__(self, dataset: Any, global_batch: int, rank: int,
@@ -281,6 +302,10 @@ class GlobalBatchSlice(chainer.dataset.Iterator):
         self.batch = per_rank_batch(global_batch, size)
         self.rank = rank
         self.rng = numpy.random.RandomState(seed)
+        # A stream of its own (init_by_array of [seed, 1]): drawing the
+        # examples' seeds leaves the order what make_iterator's would be.
+        self.example_rng = numpy.random.RandomState([seed, 1])
+        self._load = getattr(dataset, 'example', None)
         sampler = chainer.iterators.ShuffleOrderSampler(self.rng)
         self.indices = chainer.iterators.SerialIterator(
             numpy.arange(len(dataset)), global_batch, repeat=True,
@@ -288,9 +313,14 @@ class GlobalBatchSlice(chainer.dataset.Iterator):
 
     def __next__(self) -> List[Any]:
         batch = next(self.indices)
-        start = self.rank * self.batch
-        return [self.dataset[int(i)]
-                for i in batch[start:start + self.batch]]
+        # One seed per example of the whole global batch, drawn alike on
+        # every rank whatever its slice.
+        seeds = self.example_rng.randint(0, 2 ** 31, size=len(batch))
+        part = slice(self.rank * self.batch, (self.rank + 1) * self.batch)
+        if self._load is None:
+            return [self.dataset[int(i)] for i in batch[part]]
+        return [self._load(int(i), int(s))
+                for i, s in zip(batch[part], seeds[part])]
 
     next = __next__
 
@@ -319,14 +349,11 @@ class GlobalBatchSlice(chainer.dataset.Iterator):
 
     def serialize(self, serializer: Any) -> None:
         self.indices.serialize(serializer)
-        # The generator of the next epochs' orders: without it a resumed
-        # run would shuffle its later epochs differently.
-        name, keys, pos, has_gauss, gauss = self.rng.get_state()
-        keys = serializer('rng_keys', keys)
-        pos, has_gauss, gauss = serializer(
-            'rng_rest', numpy.array([pos, has_gauss, gauss], numpy.float64))
-        self.rng.set_state((name, numpy.asarray(keys, numpy.uint32),
-                            int(pos), int(has_gauss), float(gauss)))
+        # The generators of the next epochs' orders and of the examples'
+        # seeds: without them a resumed run would shuffle its later epochs,
+        # and crop its examples, otherwise.
+        _serialize_random_state(serializer, 'rng', self.rng)
+        _serialize_random_state(serializer, 'example_rng', self.example_rng)
 
 
 def held_out_shard(dataset: Any, dist: Distributed) -> Any:
