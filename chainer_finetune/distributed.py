@@ -41,8 +41,11 @@ import chainer.links as L
 import chainermn
 import numpy
 
-from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.errors import FinetuneError
+from chainer_finetune.freeze import freeze
+from chainer_finetune.freeze import frozen_paths
+from chainer_finetune.paths import join_path
+from chainer_finetune.paths import link_paths
 
 logger = logging.getLogger(__name__)
 
@@ -420,21 +423,31 @@ class ShardEvaluator(extensions.Evaluator):
 
 class GlobalBatchNormalization(chainermn.links.MultiNodeBatchNormalization):
     """ChainerMN's MultiNodeBatchNormalization with the running variance a
-    single process keeps.
+    single process keeps, called as Chainer's own links are.
 
     It normalizes with the mean and variance of the whole global batch, but
-    its running variance corrects that variance by m / (m - 1) with m the
-    examples of *one* process instead of the global batch's: with 2
+    ChainerMN's running variance corrects that variance by m / (m - 1) with
+    m the examples of *one* process instead of the global batch's: with 2
     processes of 3 examples the running variance came out 1.25 times what
     one process computes (measured). The correction is redone here with
     the global batch (every process has the same number of examples).
+
+    ChainerMN's class defines ``__call__``; this one computes in
+    ``forward`` behind ``chainer.Link.__call__``, as
+    ``L.BatchNormalization`` does, so that
+    :func:`~chainer_finetune.freeze` can hold it (stored statistics, no
+    update, no all-reduce) like any other link.
     """
 
-    def __call__(self, x: Any, finetune: bool = False) -> Any:
+    __call__ = chainer.Link.__call__
+
+    def forward(self, x: Any, finetune: bool = False) -> Any:
+        """Normalizes ``x`` (see ``MultiNodeBatchNormalization``)."""
+        call = chainermn.links.MultiNodeBatchNormalization.__call__
         if not chainer.config.train or finetune:
-            return super().__call__(x, finetune)
+            return call(self, x, finetune)
         before = self.avg_var.copy()
-        y = super().__call__(x, finetune)
+        y = call(self, x, finetune)
         local = x.size // self.avg_mean.size
         total = local * self.comm.size
         ratio = (total / max(total - 1.0, 1.0)) / (local / max(local - 1.0,
@@ -444,62 +457,80 @@ class GlobalBatchNormalization(chainermn.links.MultiNodeBatchNormalization):
         return y
 
 
-def use_multi_node_batchnorm(model: chainer.Link, comm: Any) -> List[str]:
-    """Replaces, in place, every ``L.BatchNormalization`` child of a Chain
-    in ``model`` by a :class:`GlobalBatchNormalization` (ChainerMN's
-    MultiNodeBatchNormalization) with
-    the same parameters, statistics and settings: in training it normalizes
-    with the mean and variance of the whole global batch (one all-reduce
-    per layer and step), as a single process would.
+def _global_batch_norm(link: L.BatchNormalization, comm: Any,
+                       where: str) -> GlobalBatchNormalization:
+    """A :class:`GlobalBatchNormalization` with ``link``'s parameters,
+    statistics, settings and Caffe factor."""
+    if link.avg_mean is None:
+        raise FinetuneError(
+            '{}: a BatchNormalization that has not seen an input yet; run a '
+            'forward pass first'.format(where))
+    with warnings.catch_warnings():
+        # Its "experimental" FutureWarning, printed by every rank.
+        warnings.simplefilter('ignore', FutureWarning)
+        mnbn = GlobalBatchNormalization(
+            link.avg_mean.shape, comm, decay=link.decay, eps=link.eps,
+            dtype=link.avg_mean.dtype,
+            use_gamma=getattr(link, 'gamma', None) is not None,
+            use_beta=getattr(link, 'beta', None) is not None)
+    for param in ('gamma', 'beta'):
+        if getattr(link, param, None) is not None:
+            getattr(mnbn, param).array[...] = getattr(link, param).array
+    mnbn.avg_mean[...] = link.avg_mean
+    mnbn.avg_var[...] = link.avg_var
+    mnbn.N = link.N
+    if hasattr(link, 'caffe_factor'):
+        # A Caffe BatchNorm layer's scale factor (its layer function sets
+        # the decay from it every step): saved under the same name.
+        mnbn.add_persistent('caffe_factor', link.caffe_factor)
+    mnbn.to_device(link.device)
+    if not link.update_enabled:
+        mnbn.disable_update()
+    return mnbn
 
-    The BatchNorm links of a :class:`~chainer_finetune.CaffeNet` are left
-    as they are: its layer functions decide how they normalize (the
-    stored statistics when frozen or ``use_global_stats``, else per-rank
-    batch statistics, averaged over the ranks by
-    :func:`persistent_averager`; see :doc:`/distributed`).
+
+def use_multi_node_batchnorm(model: chainer.Link, comm: Any) -> List[str]:
+    """Replaces, in place, every ``L.BatchNormalization`` of ``model`` (the
+    BatchNorm layers of a :class:`~chainer_finetune.CaffeNet` included) by
+    a :class:`GlobalBatchNormalization` (ChainerMN's
+    MultiNodeBatchNormalization) under the same name, with the same
+    parameters, statistics (Caffe's ``caffe_factor`` too), decay, eps and
+    update setting: in training it normalizes with the mean and variance
+    of the whole global batch (one all-reduce per layer and step), as a
+    single process would, and what it saves has the same keys.
+
+    A link that :func:`~chainer_finetune.freeze` holds is held again after
+    the swap: it keeps normalizing with its stored statistics, without an
+    all-reduce. A CaffeNet BatchNorm layer with ``use_global_stats`` never
+    calls its link in training. Call it after the first forward pass (a
+    lazily sized link has no statistics before) and before
+    ``optimizer.setup``.
 
     Returns:
         The paths of the replaced links.
+
+    Raises:
+        FinetuneError: a BatchNormalization that has not seen an input.
     """
+    held = set(frozen_paths(model))
     replaced = []
-    for path, parent in sorted(model.namedlinks(skipself=False)):
-        if not isinstance(parent, chainer.Chain) or \
-                isinstance(parent, CaffeNet):
-            # A CaffeNet's BatchNorm links are driven by its layer
-            # functions (global or batch statistics, Caffe's settings).
+    for path, parent in link_paths(model, include_root=True):
+        if not isinstance(parent, chainer.Chain):
             continue
         for link in list(parent.children()):
             if type(link) is not L.BatchNormalization:
                 continue
             name = link.name
-            if link.avg_mean is None:
-                raise FinetuneError(
-                    '{}/{}: a BatchNormalization that has not seen an input '
-                    'yet; run a forward pass first'.format(path, name))
-            with warnings.catch_warnings():
-                # Its "experimental" FutureWarning, printed by every rank.
-                warnings.simplefilter('ignore', FutureWarning)
-                mnbn = GlobalBatchNormalization(
-                    link.avg_mean.shape, comm, decay=link.decay,
-                    eps=link.eps, dtype=link.avg_mean.dtype,
-                    use_gamma=getattr(link, 'gamma', None) is not None,
-                    use_beta=getattr(link, 'beta', None) is not None)
-            for param in ('gamma', 'beta'):
-                if getattr(link, param, None) is not None:
-                    getattr(mnbn, param).array[...] = getattr(
-                        link, param).array
-            mnbn.avg_mean[...] = link.avg_mean
-            mnbn.avg_var[...] = link.avg_var
-            mnbn.N = link.N
-            mnbn.to_device(link.device)
-            if not link.update_enabled:
-                mnbn.disable_update()
+            where = join_path(path, name)
+            mnbn = _global_batch_norm(link, comm, where)
             # Replaced in the parent's registry of children too, so that
             # namedparams() and serializers see the new link.
             delattr(parent, name)
             with parent.init_scope():
                 setattr(parent, name, mnbn)
-            replaced.append('{}/{}'.format(path.rstrip('/'), name))
+            if where in held:
+                freeze(model, '/' + where)
+            replaced.append(where)
     return replaced
 
 

@@ -24,7 +24,7 @@ from chainer_finetune.finetune import datasets as job_data  # noqa: E402
 
 def values_of(model):
     """Every parameter and persistent value of ``model`` by path, as NumPy
-    arrays (from any device)."""
+    arrays (from any device; scalars as 0-d arrays)."""
     cpu = chainer.backend.CpuDevice()
     out = {}
     for path, param in model.namedparams():
@@ -33,8 +33,9 @@ def values_of(model):
         for name in sorted(link._persistent):
             value = getattr(link, name)
             if isinstance(value, chainer.get_array_types()):
-                out['persistent' + path + '/' + name] = numpy.asarray(
-                    cpu.send(value))
+                value = cpu.send(value)
+            # Scalars too: a Caffe BatchNorm's caffe_factor, N.
+            out['persistent' + path + '/' + name] = numpy.asarray(value)
     return out
 
 
@@ -63,6 +64,10 @@ def main(argv):
                                 for e in result.log],
                    'loss': [e['main/loss'] for e in result.log],
                    'frozen': result.frozen,
+                   # The class of every BatchNormalization-like link.
+                   'batchnorm': {path: type(link).__name__
+                                 for path, link in model.namedlinks()
+                                 if hasattr(link, 'avg_var')},
                    'size': 1 if dist is None else dist.size,
                    'device': dist.device(config.device) if dist
                    else config.device}, f)

@@ -109,10 +109,180 @@ def test_two_processes_compute_what_one_computes(material, tmp_path):
     assert os.listdir(str(tmp_path / 'two' / 'pretrained'))
 
 
-def _load_initial(material, tmp_path):
+def _write_resnet_like(directory):
+    """A net shaped like the material's, as ResNets are built: conv1
+    without bias, then a Caffe BatchNorm on batch statistics in training
+    (no ``use_global_stats``) and a Scale, conv2 without bias (its output
+    meets the head's BatchNormalization). A bias right before a
+    normalization gets a gradient of float noise (about 1e-9 here, zero in
+    exact arithmetic) that Adam turns into steps of up to its rate: any
+    two float computations, one process or two, would then differ there
+    by 1e-4 after one step (measured with conv biases)."""
+    from chainer_finetune.caffe.writer import NetWriter
+    rng = numpy.random.RandomState(0)
+    w = NetWriter('small_resnet')
+    w.input('data', (1, 3, 16, 16))
+    w.layer('conv1', 'Convolution', 'data', 'conv1',
+            params={'convolution_param': {'num_output': 6, 'kernel_size': 3,
+                                          'pad': 1, 'bias_term': False}},
+            blobs=[rng.randn(6, 3, 3, 3) * 0.2])
+    w.layer('bn1', 'BatchNorm', 'conv1', 'conv1',
+            blobs=[rng.randn(6) * 2, rng.rand(6) * 2 + 1,
+                   numpy.array([2.0])])
+    w.layer('scale1', 'Scale', 'conv1', 'conv1',
+            params={'scale_param': {'bias_term': True}},
+            blobs=[rng.rand(6) + 0.5, rng.randn(6) * 0.1])
+    w.layer('relu1', 'ReLU', 'conv1', 'conv1')
+    w.layer('conv2', 'Convolution', 'conv1', 'conv2',
+            params={'convolution_param': {'num_output': 8, 'kernel_size': 3,
+                                          'stride': 2, 'bias_term': False}},
+            blobs=[rng.randn(8, 6, 3, 3) * 0.2])
+    w.layer('relu2', 'ReLU', 'conv2', 'conv2')
+    w.layer('pool', 'Pooling', 'conv2', 'pool',
+            params={'pooling_param': {'pool': 'AVE', 'global_pooling': True}})
+    w.layer('fc', 'InnerProduct', 'pool', 'fc',
+            params={'inner_product_param': {'num_output': 5}},
+            blobs=[rng.randn(5, 8) * 0.3, rng.randn(5) * 0.1])
+    model = os.path.join(directory, 'small_resnet.caffemodel')
+    prototxt = os.path.join(directory, 'small_resnet.prototxt')
+    w.write_caffemodel(model)
+    w.write_prototxt(prototxt)
+    return model, prototxt
+
+
+@pytest.fixture(scope='module')
+def trainable_bn_net(tmp_path_factory):
+    """:func:`_write_resnet_like`'s net: a Caffe BatchNorm + Scale that
+    trains."""
+    return _write_resnet_like(str(tmp_path_factory.mktemp('trainable_bn')))
+
+
+def _assert_same_as_one_process(one, rank0, rank1, rtol=1e-5):
+    """Every value of rank 0 within ``rtol`` (relative, atol 1e-5) of the
+    one-process run's; the ranks bit-identical."""
+    assert sorted(one) == sorted(rank0) == sorted(rank1)
+    for key in one:
+        assert numpy.array_equal(rank0[key], rank1[key]), key
+        numpy.testing.assert_allclose(rank0[key], one[key], rtol=rtol,
+                                      atol=1e-5, err_msg=key)
+
+
+@needs_mpi
+def test_caffe_batchnorm_and_crops_two_processes_compute_what_one_computes(
+        material, trainable_bn_net, tmp_path):
+    """A Caffe BatchNorm + Scale that trains (batch statistics), random
+    crops, 20 steps (10 epochs of 12 images, global batch 6), frozen for
+    the first 5 epochs and unfrozen then (GradualUnfreeze): 2 processes of
+    3 equal 1 process of 6: parameters, BatchNorm statistics (Caffe's
+    factor included) and held-out accuracy within 1e-5; the ranks end
+    bit-identical, bn1 a GlobalBatchNormalization on both."""
+    model, prototxt = trainable_bn_net
+    values = _config(material, tmp_path / 'one', caffemodel=model,
+                     prototxt=prototxt, augment='crop', unfreeze_at=5)
+    _run(tmp_path, values, tmp_path / 'd1')
+    _run(tmp_path, dict(values, out=str(tmp_path / 'two')), tmp_path / 'd2',
+         processes=2)
+    one, info1 = _load(tmp_path / 'd1', 0)
+    rank0, info0 = _load(tmp_path / 'd2', 0)
+    rank1, info_1 = _load(tmp_path / 'd2', 1)
+    assert info0['batchnorm'] == info_1['batchnorm'] == {
+        '/backbone/bn1': 'GlobalBatchNormalization',
+        '/head_norm': 'GlobalBatchNormalization'}
+    assert info1['batchnorm']['/backbone/bn1'] == 'BatchNormalization'
+    for key in ('avg_mean', 'avg_var', 'caffe_factor'):
+        assert 'persistent/backbone/bn1/' + key in one
+    _assert_same_as_one_process(one, rank0, rank1)
+    # bn1 trained after the unfreeze: its statistics and Caffe factor moved
+    # (a factor of 2.0 in the file, plus one per step of the last 5 epochs,
+    # decayed by 0.999; float32 in the file).
+    _, initial = _load_initial(material, tmp_path, caffemodel=model,
+                               prototxt=prototxt)
+    bn1 = initial.backbone['bn1']
+    assert numpy.abs(rank0['persistent/backbone/bn1/avg_mean'] -
+                     bn1.avg_mean).max() > 1e-2
+    factor = 2.0
+    for _ in range(10):
+        factor = 0.999 * factor + 1
+    assert float(rank0['persistent/backbone/bn1/caffe_factor']) == \
+        pytest.approx(factor, rel=1e-6)
+    assert info0['accuracy'] == info_1['accuracy']
+    numpy.testing.assert_allclose(info0['accuracy'], info1['accuracy'],
+                                  atol=1e-5)
+    numpy.testing.assert_allclose(info0['loss'], info1['loss'], atol=1e-5)
+
+
+def _conv1_outputs(values, size):
+    """conv1's output (the input of bn1) in the first step, per rank of
+    ``size``, with the initial weights and the run's crops."""
+    from chainer_finetune.finetune import datasets as job_data
+    config = finetune.FinetuneConfig(**values)
+    _, train_set, test_set = job_data.load_split(config)
+    source = finetune.resolve_source(config)
+    model, _ = finetune.build_classifier(config, 3, True, source)
+    train, _ = job_data.transformed(config, train_set, test_set, source)
+    parts = []
+    for rank in range(size):
+        batch = next(distributed.GlobalBatchSlice(train, config.batchsize,
+                                                  rank, size, config.seed))
+        x, _ = chainer.dataset.concat_examples(batch)
+        with chainer.no_backprop_mode():
+            h = model.backbone['conv1'](x)
+        # (examples x positions, channels): Caffe's statistics per channel.
+        parts.append(h.array.transpose(0, 2, 3, 1).reshape(
+            -1, h.shape[1]).astype(numpy.float64))
+    return parts, model.backbone['bn1']
+
+
+@needs_mpi
+def test_per_rank_bn_caffe_layer_keeps_each_process_statistics(
+        material, trainable_bn_net, tmp_path):
+    """One step of a global batch of 12 on 2 processes, bn1 (Caffe
+    BatchNorm, batch statistics) trainable, random crops: its running
+    statistics are, with ``--per-rank-bn``, the mean over the ranks of
+    each rank's statistics (variance corrected by m / (m - 1), m = 6
+    examples x 256 positions), and by default those of all 12 examples
+    (corrected by 2m / (2m - 1)) as in one process; Caffe's decay
+    0.999 f / (0.999 f + 1) from the file's factor f = 2."""
+    model, prototxt = trainable_bn_net
+    values = _config(material, tmp_path / 'x', caffemodel=model,
+                     prototxt=prototxt, augment='crop', freeze=[], epochs=1,
+                     batchsize=12)
+    (h0, h1), bn1 = _conv1_outputs(values, 2)
+    decay = 0.999 * 2.0 / (0.999 * 2.0 + 1)
+    m = len(h0)
+    whole = numpy.concatenate([h0, h1])
+    mean = decay * bn1.avg_mean + (1 - decay) * whole.mean(axis=0)
+    per_rank = decay * bn1.avg_var + (1 - decay) * (
+        h0.var(axis=0) + h1.var(axis=0)) / 2 * m / (m - 1)
+    global_var = decay * bn1.avg_var + (1 - decay) * whole.var(axis=0) * \
+        2 * m / (2 * m - 1)
+    # The two semantics differ measurably on this data.
+    assert numpy.abs(per_rank - global_var).max() > 1e-2 * numpy.abs(
+        global_var).max()
+    for sync, var in ((False, per_rank), (True, global_var)):
+        out = tmp_path / 'sync{}'.format(sync)
+        _run(tmp_path, dict(values, out=str(out / 'job'),
+                            sync_batchnorm=sync), out, processes=2)
+        rank0, info0 = _load(out, 0)
+        rank1, _ = _load(out, 1)
+        assert info0['batchnorm']['/backbone/bn1'] == (
+            'GlobalBatchNormalization' if sync else 'BatchNormalization')
+        for key in ('avg_mean', 'avg_var', 'caffe_factor'):
+            key = 'persistent/backbone/bn1/' + key
+            assert numpy.array_equal(rank0[key], rank1[key]), key
+        numpy.testing.assert_allclose(
+            rank0['persistent/backbone/bn1/avg_mean'], mean, rtol=1e-5,
+            atol=1e-5)
+        numpy.testing.assert_allclose(
+            rank0['persistent/backbone/bn1/avg_var'], var, rtol=1e-5,
+            err_msg='sync_batchnorm={}'.format(sync))
+
+
+def _load_initial(material, tmp_path, **kwargs):
     """The classifier's values before training (epochs=0 is refused by
     Chainer's trigger; build it instead)."""
-    config = finetune.FinetuneConfig(**_config(material, tmp_path / 'x'))
+    config = finetune.FinetuneConfig(**_config(material, tmp_path / 'x',
+                                               **kwargs))
     model, _ = finetune.build_classifier(config, 3, True)
     return {'param' + p: numpy.asarray(v.array)
             for p, v in model.namedparams(include_uninit=False)}, model
