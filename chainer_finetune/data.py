@@ -35,7 +35,8 @@ a list file
 
 :func:`split_per_class` draws a per-class training / held-out split;
 :func:`make_dataset` with a :class:`CaffeTransform` makes the Chainer
-dataset::
+dataset (an :class:`AugmentedDataset`, whose random crops can also be drawn
+from a seed per example)::
 
     images = load_images('digits')
     train, test = split_per_class(images, n_train=100, n_test=None, seed=0)
