@@ -17,9 +17,9 @@ place in that order; the optimizer averages the gradients over the ranks
 rank 0 before the first step; trainable BatchNormalization links, a Caffe
 net's BatchNorm layers included, normalize with the statistics of the
 whole global batch (``chainermn.links.MultiNodeBatchNormalization``)
-unless per-rank statistics are asked for; the held-out set is split into disjoint shards
-(``chainermn.scatter_index``) and :class:`ShardEvaluator` adds up the
-examples of all of them.
+unless per-rank statistics are asked for; the held-out set is split into
+disjoint shards (``chainermn.scatter_index``) and :class:`ShardEvaluator`
+adds up the examples of all of them.
 """
 
 from __future__ import annotations
