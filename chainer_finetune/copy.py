@@ -57,12 +57,12 @@ _BLOCKING = frozenset([SHAPE_MISMATCH, TYPE_MISMATCH, UNINITIALIZED_IN_SRC,
 _NOT_MISMATCHES = frozenset([DROPPED, HELD_BACK])
 
 _PARAM = 'param'
+_PERSISTENT = 'persistent'
 # Link classes that hold the same values under the same names: a model
 # trained data-parallel has ChainerMN's BatchNormalization where one trained
 # in one process has Chainer's (chainer_finetune.distributed).
 _SAME_KINDS = ((L.BatchNormalization,
                 chainermn.links.MultiNodeBatchNormalization),)
-_PERSISTENT = 'persistent'
 
 
 class CopyEntry(NamedTuple):
