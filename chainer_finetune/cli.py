@@ -524,8 +524,9 @@ def _configure_finetune(parser: argparse.ArgumentParser) -> None:
       "default naive when started by mpiexec -n N (N > 1); --batchsize is "
       "then the global batch, --device may say @cupy:{intra_rank}")
     a('--per-rank-bn', dest='sync_batchnorm', action='store_false',
-      default=None, help="distributed: the new head's BatchNormalization "
-      "uses each process's part of the batch (default: the global batch's "
+      default=None, help="distributed: trainable BatchNormalization (the "
+      "new head's and the Caffe net's BatchNorm layers) uses each "
+      "process's part of the batch (default: the global batch's "
       "statistics, as in one process)")
     a('--checkpoint-every', type=int, metavar='N',
       help="write checkpoint.npz into each run's directory every N "

@@ -16,6 +16,9 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, NamedTuple,
 import chainer
 from chainer import backend
 import chainer.links as L
+# Part of the chainer distribution (mpi4py is imported only when a
+# communicator is made).
+import chainermn.links
 import numpy
 
 from chainer_finetune.errors import CopyMismatchError
@@ -55,6 +58,11 @@ _NOT_MISMATCHES = frozenset([DROPPED, HELD_BACK])
 
 _PARAM = 'param'
 _PERSISTENT = 'persistent'
+# Link classes that hold the same values under the same names: a model
+# trained data-parallel has ChainerMN's BatchNormalization where one trained
+# in one process has Chainer's (chainer_finetune.distributed).
+_SAME_KINDS = ((L.BatchNormalization,
+                chainermn.links.MultiNodeBatchNormalization),)
 
 
 class CopyEntry(NamedTuple):
@@ -479,11 +487,20 @@ def _shape_of(value: Any) -> Optional[Tuple[int, ...]]:
     return tuple(value.shape) if _is_array(value) else None
 
 
+def _related(slink: chainer.Link, dlink: chainer.Link) -> bool:
+    """Whether the two links' values pair: one's class derives from the
+    other's, or both are of one of :data:`_SAME_KINDS`."""
+    if isinstance(dlink, type(slink)) or isinstance(slink, type(dlink)):
+        return True
+    return any(isinstance(slink, kind) and isinstance(dlink, kind)
+               for kind in _SAME_KINDS)
+
+
 def _plan_pair(slink: chainer.Link, dlink: chainer.Link, plan: _Plan) -> None:
     svals = _own_values(slink)
     dvals = _own_values(dlink)
     names = list(svals) + [n for n in dvals if n not in svals]
-    if not (isinstance(dlink, type(slink)) or isinstance(slink, type(dlink))):
+    if not _related(slink, dlink):
         reason = 'type mismatch: {} in src, {} in dst'.format(
             type(slink).__name__, type(dlink).__name__)
         plan.skip_all([(n, (svals.get(n) or dvals[n])[0]) for n in names],
@@ -636,7 +653,8 @@ def copy_model(src: chainer.Link, dst: chainer.Link,
     shape: parameters, and persistent values that are arrays or scalars
     (BatchNormalization's ``avg_mean``, ``avg_var``, ``N``). Arrays are
     written into ``dst``'s own (its device, its dtype), never shared. Links
-    of unrelated types are not paired, and a pair is copied whole or not at
+    of unrelated types are not paired (Chainer's and ChainerMN's
+    BatchNormalization count as one type), and a pair is copied whole or not at
     all: when a value both have cannot be copied, the pair's other values
     are *held back*. Uninitialized parameters of ``dst`` (``L.Linear(None,
     10)``) are created from the source's shape where it agrees with the

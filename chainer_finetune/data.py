@@ -35,7 +35,8 @@ a list file
 
 :func:`split_per_class` draws a per-class training / held-out split;
 :func:`make_dataset` with a :class:`CaffeTransform` makes the Chainer
-dataset::
+dataset (an :class:`AugmentedDataset`, whose random crops can also be drawn
+from a seed per example)::
 
     images = load_images('digits')
     train, test = split_per_class(images, n_train=100, n_test=None, seed=0)
@@ -976,29 +977,71 @@ class CaffeTransform:
         self.rng = numpy.random.RandomState(seed)
         self._pid = os.getpid()
 
-    def __call__(self, example: Tuple[numpy.ndarray, int]
+    def __call__(self, example: Tuple[numpy.ndarray, int],
+                 rng: Optional[numpy.random.RandomState] = None
                  ) -> Tuple[numpy.ndarray, numpy.int32]:
-        """Returns ``(float32 (3, h, w) BGR array, int32 label)``."""
+        """Returns ``(float32 (3, h, w) BGR array, int32 label)``.
+
+        Args:
+            example: ``(image, label)``.
+            rng: The random state of this example's crop and mirror
+                (training mode); None: the transform's own sequential one.
+        """
         image, label = example
         if not self.train:
             return self.preprocessor(image, random=False), numpy.int32(label)
-        if self.seed is None and os.getpid() != self._pid:
-            self.rng = numpy.random.RandomState()
-            self._pid = os.getpid()
-        return (self.preprocessor(image, random=True, rng=self.rng),
+        if rng is None:
+            if self.seed is None and os.getpid() != self._pid:
+                self.rng = numpy.random.RandomState()
+                self._pid = os.getpid()
+            rng = self.rng
+        return (self.preprocessor(image, random=True, rng=rng),
                 numpy.int32(label))
 
 
+class AugmentedDataset(chainer.datasets.TransformDataset):
+    """Examples ``transform(dataset[i])`` whose random augmentation can also
+    be a function of a seed given per example.
+
+    ``dataset[i]`` (``get_example``) works as Chainer's TransformDataset:
+    the transform draws from its own random state, so an example's crop
+    depends on how many were drawn before it in this process.
+    :meth:`example` draws from ``RandomState(seed)`` instead: the crop then
+    depends on the seed alone, wherever and in whichever process the
+    example is loaded. :class:`~chainer_finetune.distributed.GlobalBatchSlice`
+    gives every example of every global batch a seed of its own, so that one
+    process and N processes, and a run resumed from a checkpoint, crop each
+    example alike.
+
+    Args:
+        dataset: The examples, e.g. :meth:`ImageSet.as_dataset`.
+        transform: Called as ``transform(example)`` and
+            ``transform(example, rng=random_state)`` (a
+            :class:`CaffeTransform`).
+    """
+
+    def __init__(self, dataset, transform: Callable[..., object]) -> None:
+        super().__init__(dataset, transform)
+        self.dataset = dataset
+        self.transform = transform
+
+    def example(self, i: int, seed: int) -> object:
+        """Example ``i`` with its augmentation drawn from
+        ``numpy.random.RandomState(seed)``."""
+        return self.transform(self.dataset[i],
+                              rng=numpy.random.RandomState(seed))
+
+
 def make_dataset(images: ImageSet,
-                 transform: Callable[[Tuple[numpy.ndarray, numpy.int32]],
-                                     object]
-                 ) -> chainer.datasets.TransformDataset:
-    """``images`` as a Chainer dataset of ``transform((image, label))``."""
-    return chainer.datasets.TransformDataset(images.as_dataset(), transform)
+                 transform: Callable[..., object]) -> AugmentedDataset:
+    """``images`` as a Chainer dataset of ``transform((image, label))``
+    (an :class:`AugmentedDataset`: its :meth:`~AugmentedDataset.example`
+    takes a seed per example)."""
+    return AugmentedDataset(images.as_dataset(), transform)
 
 
-__all__ = ['ACCEPTED_FORMS', 'CaffeTransform', 'DIGITS_CLASSES',
-           'check_images', 'find_bad_images',
+__all__ = ['ACCEPTED_FORMS', 'AugmentedDataset', 'CaffeTransform',
+           'DIGITS_CLASSES', 'check_images', 'find_bad_images',
            'FASHION_MNIST_CLASSES', 'FASHION_MNIST_DIR', 'IMAGE_EXTENSIONS',
            'ImageDataset', 'ImageSet', 'MAX_CLASSES', 'load_images',
            'make_dataset', 'read_digits_csv', 'read_idx', 'read_image',

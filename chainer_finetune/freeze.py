@@ -15,6 +15,9 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import chainer
 import chainer.links as L
+# Part of the chainer distribution (mpi4py is imported only when a
+# communicator is made).
+import chainermn.links
 
 from chainer_finetune.caffe.net import CaffeNet
 from chainer_finetune.paths import Patterns
@@ -25,8 +28,10 @@ from chainer_finetune.paths import params_under
 
 logger = logging.getLogger(__name__)
 
-# Links whose forward in training mode updates running statistics.
-_STATISTICS_LINKS = (L.BatchNormalization, L.DecorrelatedBatchNormalization)
+# Links whose forward in training mode updates running statistics (the
+# multi-node one also all-reduces the batch's).
+_STATISTICS_LINKS = (L.BatchNormalization, L.DecorrelatedBatchNormalization,
+                     chainermn.links.MultiNodeBatchNormalization)
 
 # The name freeze() wraps CaffeNet layer functions under.
 _LAYER_WRAPPER = 'freeze'
@@ -369,9 +374,10 @@ def freeze(model: chainer.Link, patterns: Patterns) -> List[str]:
       disabled when the link (or its CaffeNet layer) next runs forward, so
       freeze after ``setup`` to cover a link whose parameters its parent
       reads without calling it;
-    * a BatchNormalization (or DecorrelatedBatchNormalization) normalizes
-      with its stored statistics and leaves them alone, even in training
-      mode (Caffe's ``use_global_stats: true``);
+    * a BatchNormalization (or DecorrelatedBatchNormalization, or
+      ChainerMN's MultiNodeBatchNormalization, which then all-reduces
+      nothing) normalizes with its stored statistics and leaves them
+      alone, even in training mode (Caffe's ``use_global_stats: true``);
     * if none of its inputs needs a gradient, it runs without building a
       graph, so backward stops where the frozen prefix ends (pass arrays:
       a ``chainer.Variable(x)`` input asks for its own gradient).

@@ -46,11 +46,13 @@ def env(cache: str) -> dict:
 
 
 def launch(args: List[str], cache: str, processes: Optional[int] = None,
-           timeout: float = 300) -> subprocess.CompletedProcess:
+           timeout: float = 300, extra_env: Optional[dict] = None
+           ) -> subprocess.CompletedProcess:
     """Runs ``python ARGS`` (under ``mpiexec -n processes`` when given) and
-    returns it, whatever its exit status."""
+    returns it, whatever its exit status; ``extra_env`` is added to its
+    environment."""
     cmd = [sys.executable] + list(args)
     if processes:
         cmd = [MPIEXEC, '-n', str(processes)] + cmd
-    return subprocess.run(cmd, env=env(cache), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(cmd, env=dict(env(cache), **(extra_env or {})),
+                          capture_output=True, text=True, timeout=timeout)

@@ -90,10 +90,13 @@ class FinetuneConfig:
             ``naive`` when started by ``mpiexec -n N`` with N > 1, else one
             process; ``'none'``: one process. ``batchsize`` is then the
             global batch, split evenly over the processes.
-        sync_batchnorm: In a distributed run, the new head's
-            BatchNormalization normalizes with the statistics of the whole
+        sync_batchnorm: In a distributed run, trainable
+            BatchNormalization (the new head's and the Caffe net's
+            BatchNorm layers) normalizes with the statistics of the whole
             global batch (ChainerMN's MultiNodeBatchNormalization), as one
-            process would; False: with each process's part.
+            process would; False: with each process's part (the running
+            statistics are then averaged over the processes every epoch
+            and checkpoint).
         checkpoint_every: Write ``checkpoint.npz`` (the whole trainer
             state) into each run's directory every this many iterations
             (None: never).

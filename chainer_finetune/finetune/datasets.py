@@ -2,8 +2,10 @@
 
 The image set is split once per job (:func:`load_split`); each run gets
 Chainer datasets of its own (:func:`transformed`), so that every run draws
-the same sequence of random crops, and iterators with a seeded order of
-their own (:func:`make_iterator`).
+the same random crops, and iterators with a seeded order of their own
+(:func:`make_iterator`, or the training iterator of
+:class:`~chainer_finetune.distributed.GlobalBatchSlice`, which crops each
+example with a seed of its own: the same in one process and in N).
 """
 
 from __future__ import annotations
