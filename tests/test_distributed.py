@@ -706,28 +706,32 @@ FULL_DEMO_VARIABLE = 'CHAINER_FINETUNE_FULL_DEMO'
                     reason='the full-size demo in 1 and 2 processes takes a '
                     'few minutes on 2 cores; set {}=1'.format(
                         FULL_DEMO_VARIABLE))
-def test_full_demo_under_mpiexec_within_two_points(tmp_path):
+def test_full_demo_under_mpiexec_pretrained_within_two_points(tmp_path):
     """``chainer-finetune finetune`` (the README's demo: open_nsfw on
-    digits, random crops) in 1 and under ``mpiexec -n 2`` processes (one
-    BLAS thread each: 2 cores), seed 0: the same line format, the held-out
-    accuracy of both runs (pretrained, scratch) within 2 points.
+    digits, random crops) in 1 and under ``mpiexec -n 2`` processes, both
+    with one BLAS thread per process (2 cores), seed 0: the same line
+    format; the pretrained run's held-out accuracy within 2 points, epoch
+    by epoch within 2e-3.
 
-    The pretrained run is the same epoch by epoch. The run from scratch
-    moves by a few points with any change of float rounding, in one
-    process too (docs/distributed.rst: one process 0.790 with 2 BLAS
-    threads, 0.758 with 1; two processes 0.796 with 1 thread each, 0.760
-    with 2): its margin here was measured, not designed."""
+    The run from scratch is not compared: its final accuracy moves by
+    3 to 35 points with any change of float rounding, in one process too
+    (docs/distributed.rst: seed 1 in one process, 0.416 with 1 BLAS thread
+    and 0.770 with 2), so no bound on it between 1 and 2 processes would
+    test the distribution. That the two compute the same up to rounding is
+    what ``test_caffe_batchnorm_and_crops_two_processes_compute_what_one_
+    computes`` checks (20 steps within 1e-5)."""
     cache = os.environ.get('CHAINER_FINETUNE_CACHE') or os.path.join(
         mpi_check.ROOT, '.cache')
+    one_thread = {'OPENBLAS_NUM_THREADS': '1'}
     one = _finetune_cli(tmp_path, ['--out', str(tmp_path / 'one')],
-                        timeout=3600, cache=cache)
+                        timeout=3600, cache=cache, extra_env=one_thread)
     two = _finetune_cli(tmp_path, ['--out', str(tmp_path / 'two')],
                         processes=2, timeout=3600, cache=cache,
-                        extra_env={'OPENBLAS_NUM_THREADS': '1'})
+                        extra_env=one_thread)
     (p1, s1), = SUMMARY.findall(one.stdout)
     (p2, s2), = SUMMARY.findall(two.stdout)
     assert abs(float(p1) - float(p2)) <= 0.02, (p1, p2)
-    assert abs(float(s1) - float(s2)) <= 0.02, (s1, s2)
+    assert 0.0 <= float(s1) <= 1.0 and 0.0 <= float(s2) <= 1.0
     numpy.testing.assert_allclose(_validation_log(tmp_path / 'two',
                                                   'pretrained'),
                                   _validation_log(tmp_path / 'one',
