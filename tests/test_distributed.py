@@ -107,44 +107,15 @@ def test_two_processes_compute_what_one_computes(material, tmp_path):
 
 
 def _write_resnet_like(directory):
-    """A net shaped like the material's, as ResNets are built: conv1
-    without bias, then a Caffe BatchNorm on batch statistics in training
-    (no ``use_global_stats``) and a Scale, conv2 without bias (its output
-    meets the head's BatchNormalization). A bias right before a
-    normalization gets a gradient of float noise (about 1e-9 here, zero in
-    exact arithmetic) that Adam turns into steps of up to its rate: any
-    two float computations, one process or two, would then differ there
-    by 1e-4 after one step (measured with conv biases)."""
-    from chainer_finetune.caffe.writer import NetWriter
-    rng = numpy.random.RandomState(0)
-    w = NetWriter('small_resnet')
-    w.input('data', (1, 3, 16, 16))
-    w.layer('conv1', 'Convolution', 'data', 'conv1',
-            params={'convolution_param': {'num_output': 6, 'kernel_size': 3,
-                                          'pad': 1, 'bias_term': False}},
-            blobs=[rng.randn(6, 3, 3, 3) * 0.2])
-    w.layer('bn1', 'BatchNorm', 'conv1', 'conv1',
-            blobs=[rng.randn(6) * 2, rng.rand(6) * 2 + 1,
-                   numpy.array([2.0])])
-    w.layer('scale1', 'Scale', 'conv1', 'conv1',
-            params={'scale_param': {'bias_term': True}},
-            blobs=[rng.rand(6) + 0.5, rng.randn(6) * 0.1])
-    w.layer('relu1', 'ReLU', 'conv1', 'conv1')
-    w.layer('conv2', 'Convolution', 'conv1', 'conv2',
-            params={'convolution_param': {'num_output': 8, 'kernel_size': 3,
-                                          'stride': 2, 'bias_term': False}},
-            blobs=[rng.randn(8, 6, 3, 3) * 0.2])
-    w.layer('relu2', 'ReLU', 'conv2', 'conv2')
-    w.layer('pool', 'Pooling', 'conv2', 'pool',
-            params={'pooling_param': {'pool': 'AVE', 'global_pooling': True}})
-    w.layer('fc', 'InnerProduct', 'pool', 'fc',
-            params={'inner_product_param': {'num_output': 5}},
-            blobs=[rng.randn(5, 8) * 0.3, rng.randn(5) * 0.1])
-    model = os.path.join(directory, 'small_resnet.caffemodel')
-    prototxt = os.path.join(directory, 'small_resnet.prototxt')
-    w.write_caffemodel(model)
-    w.write_prototxt(prototxt)
-    return model, prototxt
+    """test_finetune's net as ResNets are built: convolutions without bias,
+    a Caffe BatchNorm on batch statistics in training (no
+    ``use_global_stats``) and a Scale. A bias right before a normalization
+    gets a gradient of float noise (about 1e-9 here, zero in exact
+    arithmetic) that Adam turns into steps of up to its rate: any two float
+    computations, one process or two, would then differ there by 1e-4 after
+    one step (measured with conv biases)."""
+    from test_finetune import _write_net
+    return _write_net(directory, global_stats=False, conv_bias=False)
 
 
 @pytest.fixture(scope='module')
@@ -152,6 +123,21 @@ def trainable_bn_net(tmp_path_factory):
     """:func:`_write_resnet_like`'s net: a Caffe BatchNorm + Scale that
     trains."""
     return _write_resnet_like(str(tmp_path_factory.mktemp('trainable_bn')))
+
+
+def _assert_statistics(out, prefix, mean, var, sync, mean_atol,
+                       extra=()):
+    """The running statistics under ``prefix`` the same on both ranks and
+    on rank 0 the expected ``mean`` and ``var`` (rtol 1e-5)."""
+    rank0, _ = _load(out, 0)
+    rank1, _ = _load(out, 1)
+    for name in ('avg_mean', 'avg_var') + tuple(extra):
+        key = prefix + name
+        assert numpy.array_equal(rank0[key], rank1[key]), key
+    numpy.testing.assert_allclose(rank0[prefix + 'avg_mean'], mean,
+                                  rtol=1e-5, atol=mean_atol)
+    numpy.testing.assert_allclose(rank0[prefix + 'avg_var'], var, rtol=1e-5,
+                                  err_msg='sync_batchnorm={}'.format(sync))
 
 
 def _assert_same_as_one_process(one, rank0, rank1, rtol=1e-5):
@@ -215,20 +201,29 @@ def test_caffe_batchnorm_and_crops_two_processes_compute_what_one_computes(
     numpy.testing.assert_allclose(info0['loss'], info1['loss'], atol=1e-5)
 
 
-def _conv1_outputs(values, size):
-    """conv1's output (the input of bn1) in the first step, per rank of
-    ``size``, with the initial weights and the run's crops."""
+def _first_batches(values, size):
+    """The job's pretrained model (initial weights) and the inputs of the
+    first step per rank of ``size`` (the run's order and crops)."""
     from chainer_finetune.finetune import datasets as job_data
     config = finetune.FinetuneConfig(**values)
     _, train_set, test_set = job_data.load_split(config)
     source = finetune.resolve_source(config)
     model, _ = finetune.build_classifier(config, 3, True, source)
     train, _ = job_data.transformed(config, train_set, test_set, source)
-    parts = []
+    inputs = []
     for rank in range(size):
         batch = next(distributed.GlobalBatchSlice(train, config.batchsize,
                                                   rank, size, config.seed))
-        x, _ = chainer.dataset.concat_examples(batch)
+        inputs.append(chainer.dataset.concat_examples(batch)[0])
+    return model, inputs
+
+
+def _conv1_outputs(values, size):
+    """conv1's output (the input of bn1) in the first step, per rank of
+    ``size``, with the initial weights and the run's crops."""
+    model, inputs = _first_batches(values, size)
+    parts = []
+    for x in inputs:
         with chainer.no_backprop_mode():
             h = model.backbone['conv1'](x)
         # (examples x positions, channels): Caffe's statistics per channel.
@@ -267,19 +262,11 @@ def test_per_rank_bn_caffe_layer_keeps_each_process_statistics(
         out = tmp_path / 'sync{}'.format(sync)
         _run(tmp_path, dict(values, out=str(out / 'job'),
                             sync_batchnorm=sync), out, processes=2)
-        rank0, info0 = _load(out, 0)
-        rank1, _ = _load(out, 1)
+        info0 = _load(out, 0)[1]
         assert info0['batchnorm']['/backbone/bn1'] == (
             'GlobalBatchNormalization' if sync else 'BatchNormalization')
-        for key in ('avg_mean', 'avg_var', 'caffe_factor'):
-            key = 'persistent/backbone/bn1/' + key
-            assert numpy.array_equal(rank0[key], rank1[key]), key
-        numpy.testing.assert_allclose(
-            rank0['persistent/backbone/bn1/avg_mean'], mean, rtol=1e-5,
-            atol=1e-5)
-        numpy.testing.assert_allclose(
-            rank0['persistent/backbone/bn1/avg_var'], var, rtol=1e-5,
-            err_msg='sync_batchnorm={}'.format(sync))
+        _assert_statistics(out, 'persistent/backbone/bn1/', mean, var,
+                           sync, mean_atol=1e-5, extra=('caffe_factor',))
 
 
 def _load_initial(material, tmp_path, **kwargs):
@@ -545,17 +532,9 @@ def _head_inputs(values):
     """The pooled features that the head's BatchNormalization sees in the
     first step, per rank of 2 (the frozen part in inference mode, the
     initial weights)."""
-    from chainer_finetune.finetune import datasets as job_data
-    config = finetune.FinetuneConfig(**values)
-    _, train_set, test_set = job_data.load_split(config)
-    source = finetune.resolve_source(config)
-    model, _ = finetune.build_classifier(config, 3, True, source)
-    train, _ = job_data.transformed(config, train_set, test_set, source)
+    model, inputs = _first_batches(values, 2)
     parts = []
-    for rank in (0, 1):
-        batch = next(distributed.GlobalBatchSlice(train, config.batchsize,
-                                                  rank, 2, config.seed))
-        x, _ = chainer.dataset.concat_examples(batch)
+    for x in inputs:
         with chainer.using_config('train', False), \
                 chainer.no_backprop_mode():
             h, = model.backbone(inputs={model.input_name: x},
@@ -585,17 +564,8 @@ def test_per_rank_bn_normalizes_each_process_part(material, tmp_path):
         out = tmp_path / 'sync{}'.format(sync)
         _run(tmp_path, dict(values, out=str(out / 'job'),
                             sync_batchnorm=sync), out, processes=2)
-        rank0, _ = _load(out, 0)
-        rank1, _ = _load(out, 1)
-        for key in ('persistent/head_norm/avg_mean',
-                    'persistent/head_norm/avg_var'):
-            assert numpy.array_equal(rank0[key], rank1[key]), key
-        numpy.testing.assert_allclose(
-            rank0['persistent/head_norm/avg_mean'], mean, rtol=1e-5,
-            atol=1e-6)
-        numpy.testing.assert_allclose(
-            rank0['persistent/head_norm/avg_var'], var, rtol=1e-5,
-            err_msg='sync_batchnorm={}'.format(sync))
+        _assert_statistics(out, 'persistent/head_norm/', mean, var, sync,
+                           mean_atol=1e-6)
 
 
 # -- devices and communicators ------------------------------------------------

@@ -20,18 +20,28 @@ from chainer_finetune.caffe.writer import NetWriter  # noqa: E402
 N_CLASS = 3
 
 
-def _write_net(directory, global_stats=True, aux=False, seed=0):
+def _write_net(directory, global_stats=True, aux=False, seed=0,
+               conv_bias=True):
     """A small ResNet-like Caffe net: conv-BN-scale-relu, pool, fc, prob;
     with ``aux`` an InnerProduct after fc (the last one, not the
-    classifier); ``seed`` draws other weights of the same shapes."""
+    classifier); ``seed`` draws other weights of the same shapes;
+    ``conv_bias`` False leaves the convolutions without bias, as ResNets
+    have them before a normalization."""
     rng = numpy.random.RandomState(seed)
     w = NetWriter('small')
     w.input('data', (1, 3, 16, 16))
-    w.layer('conv1', 'Convolution', 'data', 'conv1',
-            params={'convolution_param': {'num_output': 6, 'kernel_size': 3,
-                                          'pad': 1}},
-            blobs=[rng.randn(6, 3, 3, 3) * 0.2, rng.randn(6) * 0.1],
-            param_specs=[{'lr_mult': 1}, {'lr_mult': 2}])
+
+    def conv(name, bottom, c_in, c_out, **settings):
+        settings.update(num_output=c_out, kernel_size=3,
+                        bias_term=conv_bias)
+        blobs = [rng.randn(c_out, c_in, 3, 3) * 0.2]
+        if conv_bias:
+            blobs.append(rng.randn(c_out) * 0.1)
+        specs = [{'lr_mult': 1}, {'lr_mult': 2}] if name == 'conv1' else None
+        w.layer(name, 'Convolution', bottom, name,
+                params={'convolution_param': settings}, blobs=blobs,
+                param_specs=specs[:len(blobs)] if specs else ())
+    conv('conv1', 'data', 3, 6, pad=1)
     bn = {'use_global_stats': True} if global_stats else {}
     w.layer('bn1', 'BatchNorm', 'conv1', 'conv1',
             params={'batch_norm_param': bn},
@@ -41,10 +51,7 @@ def _write_net(directory, global_stats=True, aux=False, seed=0):
             params={'scale_param': {'bias_term': True}},
             blobs=[rng.rand(6) + 0.5, rng.randn(6) * 0.1])
     w.layer('relu1', 'ReLU', 'conv1', 'conv1')
-    w.layer('conv2', 'Convolution', 'conv1', 'conv2',
-            params={'convolution_param': {'num_output': 8, 'kernel_size': 3,
-                                          'stride': 2}},
-            blobs=[rng.randn(8, 6, 3, 3) * 0.2, rng.randn(8) * 0.1])
+    conv('conv2', 'conv1', 6, 8, stride=2)
     w.layer('relu2', 'ReLU', 'conv2', 'conv2')
     w.layer('pool', 'Pooling', 'conv2', 'pool',
             params={'pooling_param': {'pool': 'AVE', 'global_pooling': True}})
