@@ -381,8 +381,8 @@ class ShardEvaluator(extensions.Evaluator):
     counts as much as a full one) and ChainerMN's multi-node evaluator
     then averages the per-rank means (shards of unequal size count alike);
     here every reported value is weighted by its batch's size and the sums
-    and counts are added up over the ranks (``gather_obj``, then ``bcast_obj``), so N
-    processes report what one does.
+    and counts are added up over the ranks (``gather_obj``, then
+    ``bcast_obj``), so N processes report what one does.
 
     Args:
         iterator: The held-out iterator (a single ordered pass).
