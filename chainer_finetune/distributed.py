@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import warnings
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Tuple,
                     TypeVar)
@@ -59,6 +60,10 @@ T = TypeVar('T')
 #: CuPy (``pure_nccl``, ``flat``: NCCL; ``non_cuda_aware``: NCCL between
 #: the GPUs of a node, MPI between nodes).
 COMMUNICATORS = ('naive', 'pure_nccl', 'flat', 'non_cuda_aware')
+
+#: Seconds a failing process of an MPI job waits, after writing its error,
+#: before it ends the job (MPI_Abort), so that the launcher forwards it.
+ABORT_GRACE_SECONDS = 1.0
 
 #: The environment variables an MPI launcher sets to the number of
 #: processes (MPICH/Hydra and Intel MPI, PMIx, Open MPI, MVAPICH2).
@@ -103,6 +108,11 @@ def abort_job(code: int) -> None:
     if mpi.COMM_WORLD.Get_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
+        # The launcher ends every process at once, its own output proxies
+        # included: what they have not read yet is lost (seen under load:
+        # a job whose every rank printed its error line showed none). A
+        # moment lets them forward this process's last lines first.
+        time.sleep(ABORT_GRACE_SECONDS)
         mpi.COMM_WORLD.Abort(code)
 
 
