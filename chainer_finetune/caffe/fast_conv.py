@@ -49,17 +49,39 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - (k - 1) * d - 1) // s + 1
 
 
+def _padded(xc: numpy.ndarray, pad: Tuple[int, int], fill: float,
+            least: Tuple[int, int] = (0, 0)) -> numpy.ndarray:
+    """The channel-major ``xc`` (C, N, H, W) with ``pad`` rows and columns
+    of ``fill`` on each side, extended at the bottom and right to at least
+    ``least`` (height, width); ``xc`` itself where nothing is added."""
+    (ph, pw), (c, n, h, w) = pad, xc.shape
+    height, width = max(h + 2 * ph, least[0]), max(w + 2 * pw, least[1])
+    if (height, width) == (h, w):
+        return xc
+    padded = numpy.full((c, n, height, width), fill, xc.dtype)
+    padded[:, :, ph:ph + h, pw:pw + w] = xc
+    return padded
+
+
+def _window(padded: numpy.ndarray, i: int, j: int, stride: Tuple[int, int],
+            dilate: Tuple[int, int], oh: int, ow: int) -> numpy.ndarray:
+    """The (C, n, oh, ow) view of kernel position (i, j) over ``padded``:
+    the input element each output position reads there."""
+    (sy, sx), (dy, dx) = stride, dilate
+    return padded[:, :, i * dy:i * dy + sy * (oh - 1) + 1:sy,
+                  j * dx:j * dx + sx * (ow - 1) + 1:sx]
+
+
 def _im2col(padded: numpy.ndarray, kh: int, kw: int, geometry: Geometry,
             oh: int, ow: int) -> numpy.ndarray:
     """(C*kh*kw, n*oh*ow) columns of the padded channel-major ``padded``
     (C, n, H, W), rows in Caffe's order (channel, kernel row, column)."""
-    (sy, sx), _, (dy, dx), _ = geometry
+    stride, _, dilate, _ = geometry
     c, n = padded.shape[:2]
     col = numpy.empty((c, kh, kw, n, oh, ow), padded.dtype)
     for i in range(kh):
         for j in range(kw):
-            col[:, i, j] = padded[:, :, i * dy:i * dy + sy * (oh - 1) + 1:sy,
-                                  j * dx:j * dx + sx * (ow - 1) + 1:sx]
+            col[:, i, j] = _window(padded, i, j, stride, dilate, oh, ow)
     return col.reshape(c * kh * kw, n * oh * ow)
 
 
@@ -100,11 +122,7 @@ def _convolution_cpu(x: numpy.ndarray, W: numpy.ndarray,
             _product(W, col[:, i * m:(i + 1) * m], y[:, i * m:(i + 1) * m],
                      groups)
     else:
-        if ph or pw:
-            padded = numpy.zeros((c, n, h + 2 * ph, w + 2 * pw), x.dtype)
-            padded[:, :, ph:ph + h, pw:pw + w] = xc
-        else:
-            padded = xc
+        padded = _padded(xc, (ph, pw), 0.0)
         for i in range(n):
             col = _im2col(padded[:, i:i + 1], kh, kw, geometry, oh, ow)
             _product(W, col, y[:, i * oh * ow:(i + 1) * oh * ow], groups)
@@ -171,19 +189,15 @@ def pooling(x: numpy.ndarray, is_max: bool, kernel: Pair, stride: Pair,
         y = flat.max(axis=2) if is_max else flat.mean(axis=2,
                                                       dtype=numpy.float32)
         return y.reshape(c, n, 1, 1).transpose(1, 0, 2, 3)
-    need_h, need_w = (oh - 1) * sy + kh, (ow - 1) * sx + kw
-    if ph or pw or need_h > h or need_w > w:
-        # -inf padding (MAX only: AVE fits without): a window's maximum is
-        # that of its part inside the input, as Caffe clips it.
-        padded = numpy.full((c, n, max(h + 2 * ph, need_h),
-                             max(w + 2 * pw, need_w)), -numpy.inf, x.dtype)
-        padded[:, :, ph:ph + h, pw:pw + w] = xc
-        xc = padded
+    # -inf padding (MAX only: AVE fits without), also past the bottom and
+    # right where the last window overhangs: a window's maximum is that of
+    # its part inside the input, as Caffe clips it.
+    xc = _padded(xc, (ph, pw), -numpy.inf,
+                 ((oh - 1) * sy + kh, (ow - 1) * sx + kw))
     y = None
     for i in range(kh):
         for j in range(kw):
-            view = xc[:, :, i:i + sy * (oh - 1) + 1:sy,
-                      j:j + sx * (ow - 1) + 1:sx]
+            view = _window(xc, i, j, (sy, sx), (1, 1), oh, ow)
             if y is None:
                 y = numpy.array(view, order='C')
             elif is_max:
